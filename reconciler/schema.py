@@ -1,0 +1,309 @@
+"""The manifest rules: the JSON Schema file, its project keywords, and human messages for each rule."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+from jsonschema import Draft202012Validator, ValidationError
+from jsonschema.protocols import Validator
+
+from reconciler.manifests import DocPath, Manifest
+from reconciler.problems import Problem, field_path
+
+SCHEMA_RESOURCE = "schemas/record-task.schema.json"
+_TIME = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z$")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def schema_text() -> str:
+    """The schema file as shipped inside the package (what `reconciler schema` prints)."""
+    return resources.files("reconciler").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(schema_text())
+    return schema
+
+
+def parse_record_time(text: str) -> datetime | None:
+    """A recordTimes value as an aware UTC datetime, or None if it is not a real time in the format."""
+    match = _TIME.match(text)
+    if match is None:
+        return None
+    try:
+        year, month, day, hour, minute, second = (int(part) for part in match.groups())
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else "", f"{secs} s"]
+    if secs == 0 and (hours or minutes):
+        parts[2] = ""
+    return " ".join(part for part in parts if part)
+
+
+# --- the project's own keywords -------------------------------------------------------------
+
+
+def _calendar_time(
+    validator: Validator, enabled: bool, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    real = not (isinstance(instance, str) and _TIME.match(instance)) or parse_record_time(instance)
+    if enabled and not real:
+        yield ValidationError(
+            f"{instance} is not a real calendar time (check the month, day, hour, minute and "
+            "second); use a UTC time like 2018-10-21T10:00:00Z"
+        )
+
+
+def _segments(
+    validator: Validator, rules: Mapping[str, int], instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not isinstance(instance, list):
+        return
+    spans: list[tuple[int, datetime, datetime]] = []
+    for index, segment in enumerate(instance):
+        if not isinstance(segment, dict):
+            return
+        start = segment.get("startTime")
+        end = segment.get("endTime")
+        if not (isinstance(start, str) and isinstance(end, str)):
+            return
+        start_at, end_at = parse_record_time(start), parse_record_time(end)
+        if start_at is None or end_at is None:
+            return  # the format or calendar rule already reports it
+        if end_at <= start_at:
+            yield ValidationError(
+                f"endTime {end} is not after startTime {start}; a segment must end after it starts",
+                path=(index, "endTime"),
+            )
+            return
+        if spans and start_at < spans[-1][2]:
+            previous = spans[-1]
+            yield ValidationError(
+                f"segment {index + 1} starts at {start}, before segment {previous[0] + 1} ends at "
+                f"{instance[previous[0]]['endTime']}; segments must be in ascending order and "
+                "must not overlap",
+                path=(index, "startTime"),
+            )
+            return
+        spans.append((index, start_at, end_at))
+    if not spans:
+        return
+    total = sum(int((end - start).total_seconds()) for _, start, end in spans)
+    minimum = rules.get("minTotalSeconds")
+    if minimum is not None and total < minimum:
+        yield ValidationError(
+            f"total length {_duration(total)} is below the {_duration(minimum)} minimum "
+            "(the segments' durations added up)"
+        )
+    span = int((spans[-1][2] - spans[0][1]).total_seconds())
+    maximum = rules.get("maxSpanSeconds")
+    if maximum is not None and span > maximum:
+        yield ValidationError(
+            f"spans {_duration(span)} from the first startTime to the last endTime; "
+            f"at most {_duration(maximum)} is allowed"
+        )
+
+
+def _unique_file_types(
+    validator: Validator, enabled: bool, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not (enabled and isinstance(instance, str)):
+        return
+    seen: set[str] = set()
+    for kind in instance.lower().split(";"):
+        if kind in seen:
+            yield ValidationError(
+                f"'{kind}' is given twice in {instance!r}; each file type (ts, flv, mp4) "
+                "may appear once"
+            )
+            return
+        seen.add(kind)
+
+
+def _placeholders(
+    validator: Validator, allowed: list[str], instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not isinstance(instance, str):
+        return
+    choices = " ".join(f"{{{name}}}" for name in allowed)
+    for name in _PLACEHOLDER.findall(instance):
+        if name not in allowed:
+            hint = difflib.get_close_matches(name, allowed, n=1)
+            suggestion = f" (did you mean {{{hint[0]}}}?)" if hint else ""
+            yield ValidationError(f"unknown placeholder {{{name}}}{suggestion}; allowed: {choices}")
+    if "{" in _PLACEHOLDER.sub("", instance) or "}" in _PLACEHOLDER.sub("", instance):
+        yield ValidationError(
+            f"{instance!r} has an unmatched '{{' or '}}'; placeholders are written {{Name}}, "
+            f"one of {choices}"
+        )
+
+
+# --- standard keywords, re-stated so each error names the field it is about ----------------
+
+_STANDARD = Draft202012Validator.VALIDATORS
+
+
+def _required(
+    validator: Validator, required: list[str], instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if isinstance(instance, dict):
+        for name in required:
+            if name not in instance:
+                yield ValidationError("required field is missing", path=(name,))
+
+
+def _additional_properties(
+    validator: Validator, extra: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if extra is not False or not isinstance(instance, dict):
+        yield from _STANDARD["additionalProperties"](validator, extra, instance, schema)
+        return
+    known = list(schema.get("properties", {}))
+    for name in instance:
+        if name not in known:
+            hint = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+            yield ValidationError(
+                f"unknown field '{name}'; {suggestion}allowed here: {', '.join(known)}",
+                path=(name,),
+            )
+
+
+RecordTaskValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    Draft202012Validator,
+    {
+        "required": _required,
+        "additionalProperties": _additional_properties,
+        "x-reconciler-calendarTime": _calendar_time,
+        "x-reconciler-segments": _segments,
+        "x-reconciler-uniqueFileTypes": _unique_file_types,
+        "x-reconciler-placeholders": _placeholders,
+    },
+)
+
+
+@cache
+def _validator() -> Validator:
+    schema = load_schema()
+    RecordTaskValidator.check_schema(schema)
+    return RecordTaskValidator(schema)  # type: ignore[no-any-return]
+
+
+# --- turning errors into problems -------------------------------------------------------------
+
+_TYPE_NAMES = {
+    "string": "text",
+    "object": "a mapping",
+    "array": "a list",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "empty",
+}
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"text {value!r}"
+
+
+def _describe(error: ValidationError) -> tuple[DocPath, str]:
+    """The path an error is about and the message a user can act on."""
+    path: DocPath = tuple(error.absolute_path)
+    keyword, expected = error.validator, error.validator_value
+    value: Any = error.instance
+    schema: Mapping[str, Any] = error.schema if isinstance(error.schema, Mapping) else {}
+    if "propertyNames" in error.relative_schema_path:
+        # jsonschema reports a bad key at its mapping's path; point at the key itself.
+        rule = schema.get("patternErrorMessage") or error.message
+        return (*path, str(value)), f"key {value!r}: {rule}"
+    if keyword == "type":
+        wanted = _TYPE_NAMES.get(str(expected), str(expected))
+        message = f"must be {wanted}, not {_kind_of(value)}"
+        if expected == "string" and isinstance(value, int | float | bool):
+            message += " (put it in quotes to make it text)"
+        return path, message
+    if keyword == "const":
+        return path, f"must be {expected!r}, not {_kind_of(value)}"
+    if keyword == "pattern":
+        return path, f"{value!r} {schema.get('patternErrorMessage', f'must match {expected}')}"
+    if keyword in ("minLength", "maxLength"):
+        bound = "at least" if keyword == "minLength" else "at most"
+        return path, f"is {len(value)} characters long; {bound} {expected} allowed"
+    if keyword in ("minItems", "maxItems"):
+        bound = "at least" if keyword == "minItems" else "at most"
+        return path, f"has {len(value)} entries; {bound} {expected} allowed"
+    return path, error.message
+
+
+_MISSING = object()
+
+
+def _lookup(doc: Any, path: DocPath) -> Any:
+    for part in path:
+        try:
+            doc = doc[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return doc
+
+
+def _errors(doc: Any) -> list[ValidationError]:
+    return list(_validator().iter_errors(doc))
+
+
+def check_manifest(manifest: Manifest) -> list[Problem]:
+    """Every rule the manifest breaks, each with its position and field path (empty when valid)."""
+    problems = []
+    for error in _errors(manifest.doc):
+        path, message = _describe(error)
+        # Point at the key when the error is about a key or a whole mapping or list (or a field
+        # that is missing); at the value itself when a scalar is wrong.
+        target = _lookup(manifest.doc, path)
+        about_key = (
+            error.validator == "additionalProperties"
+            or "propertyNames" in error.relative_schema_path
+            or target is _MISSING
+            or isinstance(target, dict | list)
+        )
+        problems.append(manifest.problem(path, message, key=about_key))
+    return sorted(problems)
+
+
+def check_spec(spec: Any) -> list[tuple[str, str]]:
+    """Rules for a bare request body (the sandbox's check): (field path, message) pairs."""
+    wrapped = {
+        "apiVersion": "reconciler/v1",
+        "kind": "RecordTask",
+        "metadata": {"name": "request"},
+        "spec": spec,
+    }
+    found = []
+    for error in _errors(wrapped):
+        path, message = _describe(error)
+        found.append((field_path(path[1:] if path[:1] == ("spec",) else path), message))
+    return sorted(found)

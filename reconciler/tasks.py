@@ -1,0 +1,208 @@
+"""Task: a valid manifest as the exact request it sends, identified by the sha256 of that request."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from reconciler.manifests import Manifest, iter_files
+from reconciler.problems import Location, Problem
+from reconciler.schema import check_manifest, parse_record_time
+
+PATH_FIELDS = ("publishDomain", "appName", "streamName")
+BODY_FIELDS = (
+    "publishDomain",
+    "appName",
+    "streamName",
+    "recordTimes",
+    "saveBucket",
+    "saveEndpoint",
+    "recordFileType",
+)
+OPTIONAL_BODY_FIELDS = ("saveObject", "taskExternalId")
+SHORT_HASH = 12
+
+
+def normalise_file_types(value: str) -> str:
+    """`MP4;flv` and `flv;mp4` ask for the same thing: lower-case, sorted, `;`-joined."""
+    return ";".join(sorted(part.lower() for part in value.split(";")))
+
+
+def canonical_request(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The request a (valid) spec sends: path parameters and JSON body, normalised."""
+    body: dict[str, Any] = {name: spec[name] for name in BODY_FIELDS}
+    body["recordTimes"] = [
+        {"startTime": segment["startTime"], "endTime": segment["endTime"]}
+        for segment in spec["recordTimes"]
+    ]
+    body["recordFileType"] = normalise_file_types(spec["recordFileType"])
+    for name in OPTIONAL_BODY_FIELDS:
+        if spec.get(name) is not None:
+            body[name] = spec[name]
+    return {"path": {name: spec[name] for name in PATH_FIELDS}, "body": body}
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one serialisation that is hashed (and sent): sorted keys, no whitespace, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def request_hash(request: Mapping[str, Any]) -> str:
+    """A task's identity: sha256 of its canonical request."""
+    return hashlib.sha256(canonical_json(request)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Task:
+    """One clip to submit: the request, its identity, and the manifest it came from."""
+
+    name: str
+    request: Mapping[str, Any]
+    hash: str
+    location: Location
+    name_location: Location
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:SHORT_HASH]
+
+    @property
+    def source(self) -> str:
+        return self.location.file
+
+    @property
+    def path(self) -> Mapping[str, str]:
+        return self.request["path"]  # type: ignore[no-any-return]
+
+    @property
+    def body(self) -> Mapping[str, Any]:
+        return self.request["body"]  # type: ignore[no-any-return]
+
+    @property
+    def stream(self) -> str:
+        path = self.path
+        return f"{path['publishDomain']}/{path['appName']}/{path['streamName']}"
+
+    @property
+    def last_end(self) -> datetime:
+        """When the recording this clip needs is complete (the last segment's end)."""
+        end = parse_record_time(self.body["recordTimes"][-1]["endTime"])
+        assert end is not None, "tasks are built from validated manifests only"
+        return end
+
+
+def task_from_manifest(manifest: Manifest) -> Task:
+    """The Task of a manifest that passed check_manifest."""
+    doc = manifest.doc
+    request = canonical_request(doc["spec"])
+    return Task(
+        name=doc["metadata"]["name"],
+        request=request,
+        hash=request_hash(request),
+        location=manifest.location,
+        name_location=manifest.where(("metadata", "name")),
+        labels=dict(doc["metadata"].get("labels") or {}),
+    )
+
+
+@dataclass(frozen=True)
+class ManifestResult:
+    """One manifest's verdict, for reports that list every manifest (JSON, JUnit)."""
+
+    location: Location
+    name: str | None
+    hash: str | None
+    problems: tuple[Problem, ...]
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    """Everything read from the given paths: valid tasks, every problem, and counts."""
+
+    tasks: list[Task]
+    problems: list[Problem]
+    results: list[ManifestResult]
+    files: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def invalid(self) -> int:
+        return sum(1 for result in self.results if not result.valid)
+
+
+def load_tasks(paths: Sequence[str]) -> TaskSet:
+    """Load, check and hash every manifest under `paths`; set-level rules included."""
+    tasks: list[Task] = []
+    problems: list[Problem] = []
+    results: list[ManifestResult] = []
+    files = 0
+    for loaded in iter_files(paths):
+        files += loaded.read
+        problems.extend(loaded.problems)
+        for manifest in loaded.manifests:
+            found = check_manifest(manifest)
+            task = None if found else task_from_manifest(manifest)
+            if task is not None:
+                tasks.append(task)
+            problems.extend(found)
+            name = _name_of(manifest.doc)
+            results.append(
+                ManifestResult(manifest.location, name, task.hash if task else None, tuple(found))
+            )
+    duplicates = find_duplicates(tasks)
+    if duplicates:
+        extra: dict[Location, list[Problem]] = {}
+        for task, problem in duplicates:
+            extra.setdefault(task.location, []).append(problem)
+            problems.append(problem)
+        results = [
+            ManifestResult(r.location, r.name, r.hash, r.problems + tuple(extra[r.location]))
+            if r.location in extra
+            else r
+            for r in results
+        ]
+    return TaskSet(tasks, sorted(problems), results, files)
+
+
+def _name_of(doc: Any) -> str | None:
+    metadata = doc.get("metadata") if isinstance(doc, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def find_duplicates(tasks: Sequence[Task]) -> list[tuple[Task, Problem]]:
+    """Names are unique in a manifest set, and so is content: a second copy would never be sent.
+
+    Each problem is reported on the later manifest and names the earlier one.
+    """
+    found: list[tuple[Task, Problem]] = []
+    by_name: dict[str, Task] = {}
+    by_hash: dict[str, Task] = {}
+    for task in tasks:
+        first = by_name.setdefault(task.name, task)
+        if first is not task:
+            message = (
+                f"name '{task.name}' is already used at {first.name_location}; "
+                "names must be unique across all manifests"
+            )
+            found.append((task, Problem(task.name_location, "metadata.name", message)))
+        twin = by_hash.setdefault(task.hash, task)
+        if twin is not task:
+            message = (
+                f"same request as '{twin.name}' at {twin.location} (task {task.short_hash}); "
+                "the second copy would never be sent: remove one, or change what it asks for"
+            )
+            found.append((task, Problem(task.location, "spec", message)))
+    return found

@@ -1,0 +1,314 @@
+"""Plan: what apply will do, as a value: manifests compared with the state, grouped by action."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from reconciler.state import State, TaskStatus
+from reconciler.tasks import SHORT_HASH, Task, request_hash
+
+PLAN_FORMAT_VERSION = 1
+DEFAULT_SETTLE_SECONDS = 300
+
+
+class PlanAction(StrEnum):
+    CREATE = "create"  # new content: apply submits it
+    UNCHANGED = "unchanged"  # already submitted
+    PENDING = "pending"  # sent or about to be sent, outcome unknown: needs a person
+    WAITING = "waiting"  # the recording is not complete yet: a later run submits it
+    REPLACED = "replaced"  # in state under a name whose manifest now asks for something else
+    ORPHANED = "orphaned"  # in state, no longer in any manifest
+
+
+# The order actions are shown in, and the words the summary uses for them.
+ACTION_ORDER = tuple(PlanAction)
+SUMMARY_WORDS = {
+    PlanAction.CREATE: "to submit",
+    PlanAction.UNCHANGED: "unchanged",
+    PlanAction.WAITING: "waiting",
+    PlanAction.PENDING: "pending",
+    PlanAction.REPLACED: "replaced",
+    PlanAction.ORPHANED: "orphaned",
+}
+
+
+class PlanError(Exception):
+    """A saved plan that cannot be used (unreadable, another format, tampered with)."""
+
+
+def utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One task and what apply does with it."""
+
+    action: PlanAction
+    hash: str
+    name: str
+    source: str
+    request: Mapping[str, Any]
+    line: int | None = None  # where the manifest starts in `source`
+    ready_at: str | None = None  # WAITING: when it becomes CREATE
+    replaced_by: str | None = None  # REPLACED: the hash now under this name
+    state_status: str | None = None  # the status recorded in state, if any
+    renamed_from: str | None = None  # UNCHANGED/PENDING: the name or source recorded before
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:SHORT_HASH]
+
+    @property
+    def stream(self) -> str:
+        path = self.request.get("path", {})
+        return "/".join(
+            str(path.get(key, "?")) for key in ("publishDomain", "appName", "streamName")
+        )
+
+    @property
+    def times(self) -> str:
+        """`19:11:40Z..19:13:10Z on 2026-11-20` style summary of the segments."""
+        segments = self.request.get("body", {}).get("recordTimes", [])
+        if not segments:
+            return ""
+        first, last = segments[0]["startTime"], segments[-1]["endTime"]
+        text = f"{first} .. {last}"
+        if len(segments) > 1:
+            text += f" ({len(segments)} segments)"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "action": self.action.value,
+            "hash": self.hash,
+            "name": self.name,
+            "source": self.source,
+            "line": self.line,
+            "request": self.request,
+        }
+        for key, value in (
+            ("readyAt", self.ready_at),
+            ("replacedBy", self.replaced_by),
+            ("stateStatus", self.state_status),
+            ("renamedFrom", self.renamed_from),
+        ):
+            if value is not None:
+                document[key] = value
+        return document
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> PlanItem:
+        return cls(
+            action=PlanAction(document["action"]),
+            hash=str(document["hash"]),
+            name=str(document["name"]),
+            source=str(document["source"]),
+            request=dict(document["request"]),
+            line=document.get("line"),
+            ready_at=document.get("readyAt"),
+            replaced_by=document.get("replacedBy"),
+            state_status=document.get("stateStatus"),
+            renamed_from=document.get("renamedFrom"),
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every task grouped by action, and the state it was made against."""
+
+    items: tuple[PlanItem, ...]
+    state_fingerprint: str
+    created_at: str
+    settle_seconds: int = DEFAULT_SETTLE_SECONDS
+    selector: Mapping[str, str] = field(default_factory=dict)
+
+    def of(self, action: PlanAction) -> list[PlanItem]:
+        return [item for item in self.items if item.action is action]
+
+    def counts(self) -> dict[PlanAction, int]:
+        counts = dict.fromkeys(ACTION_ORDER, 0)
+        for item in self.items:
+            counts[item.action] += 1
+        return counts
+
+    @property
+    def pending_count(self) -> int:
+        return sum(1 for item in self.items if item.action is PlanAction.PENDING)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(item.action is PlanAction.CREATE for item in self.items)
+
+    def summary(self) -> str:
+        """`Plan: 3 to submit, 12 unchanged, 1 waiting, 1 pending.` (zero counts left out)."""
+        counts = self.counts()
+        parts = [
+            f"{counts[action]} {SUMMARY_WORDS[action]}"
+            for action in (
+                PlanAction.CREATE,
+                PlanAction.UNCHANGED,
+                PlanAction.WAITING,
+                PlanAction.PENDING,
+                PlanAction.REPLACED,
+                PlanAction.ORPHANED,
+            )
+            if counts[action] or action is PlanAction.CREATE
+        ]
+        return f"Plan: {', '.join(parts)}."
+
+    def to_json(self) -> dict[str, Any]:
+        """The saved-plan / `plan --format json` document."""
+        counts = self.counts()
+        return {
+            "formatVersion": PLAN_FORMAT_VERSION,
+            "command": "plan",
+            "createdAt": self.created_at,
+            "stateFingerprint": self.state_fingerprint,
+            "settleSeconds": self.settle_seconds,
+            "selector": dict(self.selector),
+            "summary": {action.value: counts[action] for action in ACTION_ORDER},
+            "items": [item.to_json() for item in self.items],
+        }
+
+    @classmethod
+    def from_json(cls, document: Any) -> Plan:
+        """A saved plan, checked: right format, and every request still hashes to its identity."""
+        if not isinstance(document, dict) or document.get("command") != "plan":
+            raise PlanError("not a reconciler plan file (made by `reconciler plan --out FILE`)")
+        version = document.get("formatVersion")
+        if version != PLAN_FORMAT_VERSION:
+            raise PlanError(
+                f"plan format version {version!r} is not supported; this reconciler reads "
+                f"version {PLAN_FORMAT_VERSION}: make the plan again with this version"
+            )
+        try:
+            items = tuple(PlanItem.from_json(item) for item in document["items"])
+            plan = cls(
+                items=items,
+                state_fingerprint=str(document["stateFingerprint"]),
+                created_at=str(document["createdAt"]),
+                settle_seconds=int(document.get("settleSeconds", DEFAULT_SETTLE_SECONDS)),
+                selector=dict(document.get("selector") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"plan file is incomplete or malformed ({exc})") from exc
+        for item in plan.of(PlanAction.CREATE):
+            if request_hash(item.request) != item.hash:
+                raise PlanError(
+                    f"the request of '{item.name}' ({item.short_hash}) does not match its hash: "
+                    "the plan file was edited; make the plan again"
+                )
+        return plan
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+
+def parse_selector(expressions: Iterable[str]) -> dict[str, str]:
+    """`key=value` strings into a mapping; ValueError with the offending text otherwise."""
+    selector: dict[str, str] = {}
+    for expression in expressions:
+        key, sep, value = expression.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"selector {expression!r} is not key=value")
+        selector[key.strip()] = value.strip()
+    return selector
+
+
+def matches(task: Task, selector: Mapping[str, str]) -> bool:
+    return all(task.labels.get(key) == value for key, value in selector.items())
+
+
+def make_plan(
+    tasks: Sequence[Task],
+    state: State,
+    *,
+    now: datetime,
+    settle_seconds: int = DEFAULT_SETTLE_SECONDS,
+    selector: Mapping[str, str] | None = None,
+) -> Plan:
+    """Compare the manifests' tasks with the state. Pure: the clock is passed in."""
+    selector = dict(selector or {})
+    items: list[PlanItem] = []
+    settle = timedelta(seconds=settle_seconds)
+    current = {task.hash for task in tasks}
+    by_name = {task.name: task for task in tasks}
+    for task in tasks:
+        if not matches(task, selector):
+            continue
+        entry = state.get(task.hash)
+        source = task.source
+        if entry is None:
+            ready = task.last_end + settle
+            if now < ready:
+                items.append(
+                    PlanItem(
+                        PlanAction.WAITING,
+                        task.hash,
+                        task.name,
+                        source,
+                        task.request,
+                        line=task.location.line,
+                        ready_at=utc_text(ready),
+                    )
+                )
+            else:
+                items.append(
+                    PlanItem(
+                        PlanAction.CREATE,
+                        task.hash,
+                        task.name,
+                        source,
+                        task.request,
+                        line=task.location.line,
+                    )
+                )
+            continue
+        renamed = None
+        if (entry.name, entry.source) != (task.name, source):
+            renamed = f"{entry.name} ({entry.source})"
+        action = PlanAction.PENDING if entry.status is TaskStatus.PENDING else PlanAction.UNCHANGED
+        items.append(
+            PlanItem(
+                action,
+                task.hash,
+                task.name,
+                source,
+                task.request,
+                line=task.location.line,
+                state_status=entry.status.value,
+                renamed_from=renamed,
+            )
+        )
+    for entry in state.entries.values():
+        if entry.hash in current:
+            continue
+        successor = by_name.get(entry.name)
+        if selector and (successor is None or not matches(successor, selector)):
+            continue  # with a selector, only what the selected manifests touch is shown
+        items.append(
+            PlanItem(
+                PlanAction.REPLACED if successor else PlanAction.ORPHANED,
+                entry.hash,
+                entry.name,
+                entry.source,
+                entry.request,
+                replaced_by=successor.hash if successor else None,
+                state_status=entry.status.value,
+            )
+        )
+    order = {action: index for index, action in enumerate(ACTION_ORDER)}
+    items.sort(key=lambda item: (order[item.action], item.source, item.name, item.hash))
+    return Plan(
+        items=tuple(items),
+        state_fingerprint=state.fingerprint(),
+        created_at=utc_text(now),
+        settle_seconds=settle_seconds,
+        selector=selector,
+    )

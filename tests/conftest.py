@@ -1,0 +1,57 @@
+"""Shared test fixtures: tasks built from the fixture manifest, and a fixed clock."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.manifests import load_manifests
+from reconciler.problems import Location
+from reconciler.tasks import Task, canonical_request, request_hash
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# The fixture clips end on 2026-11-20; "now" is well after, so nothing is waiting.
+NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def base_spec() -> dict[str, Any]:
+    manifests, problems = load_manifests([str(FIXTURES / "valid" / "minimal.yaml")])
+    assert problems == []
+    return copy.deepcopy(manifests[0].doc["spec"])  # type: ignore[no-any-return]
+
+
+def build_task(
+    spec: dict[str, Any],
+    name: str,
+    source: str = "clips/x.yaml",
+    labels: dict[str, str] | None = None,
+) -> Task:
+    request = canonical_request(spec)
+    where = Location(source, 1, 1)
+    return Task(name, request, request_hash(request), where, Location(source, 4, 9), labels or {})
+
+
+@pytest.fixture
+def make_task(base_spec: dict[str, Any]) -> Callable[..., Task]:
+    """make_task(n) -> a distinct valid task (stream `clip-n`), with optional overrides."""
+
+    def make(
+        n: int,
+        *,
+        name: str | None = None,
+        source: str | None = None,
+        labels: dict[str, str] | None = None,
+        **spec_changes: Any,
+    ) -> Task:
+        spec = copy.deepcopy(base_spec)
+        spec["streamName"] = f"clip-{n}"
+        spec.update(spec_changes)
+        return build_task(spec, name or f"clip-{n}", source or f"clips/clip-{n}.yaml", labels)
+
+    return make

@@ -1,0 +1,158 @@
+"""Planning: manifests compared with state, each action, the settle window, selectors, saved plans."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from reconciler.plan import Plan, PlanAction, PlanError, make_plan, parse_selector
+from reconciler.state import State, StateEntry, TaskStatus
+from reconciler.tasks import Task
+from tests.conftest import NOW
+
+MakeTask = Callable[..., Task]
+
+
+def entry(task: Task, status: TaskStatus = TaskStatus.SUBMITTED, **changes: Any) -> StateEntry:
+    fields: dict[str, Any] = {
+        "hash": task.hash,
+        "status": status,
+        "name": task.name,
+        "source": task.source,
+        "request": task.request,
+        "updated_at": "2026-11-21T00:00:00Z",
+    }
+    if status is TaskStatus.SUBMITTED:
+        fields.update(request_id="r" * 32, submitted_at="2026-11-21T00:00:00Z")
+    fields.update(changes)
+    return StateEntry(**fields)
+
+
+def state_of(*entries: StateEntry) -> State:
+    return State({e.hash: e for e in entries})
+
+
+def actions(plan: Plan) -> dict[str, str]:
+    return {item.name: item.action.value for item in plan.items}
+
+
+def test_each_action(make_task: MakeTask) -> None:
+    new, done, pending = make_task(1), make_task(2), make_task(3)
+    old_version = make_task(4, name="reel")
+    new_version = make_task(5, name="reel")
+    gone = make_task(6)
+    state = state_of(
+        entry(done), entry(pending, TaskStatus.PENDING), entry(old_version), entry(gone)
+    )
+    plan = make_plan([new, done, pending, new_version], state, now=NOW)
+    by = {(item.name, item.hash): item.action for item in plan.items}
+    assert by[(new.name, new.hash)] is PlanAction.CREATE
+    assert by[(done.name, done.hash)] is PlanAction.UNCHANGED
+    assert by[(pending.name, pending.hash)] is PlanAction.PENDING
+    assert by[("reel", new_version.hash)] is PlanAction.CREATE
+    assert by[("reel", old_version.hash)] is PlanAction.REPLACED
+    assert by[(gone.name, gone.hash)] is PlanAction.ORPHANED
+    replaced = plan.of(PlanAction.REPLACED)[0]
+    assert replaced.replaced_by == new_version.hash
+    assert plan.summary() == "Plan: 2 to submit, 1 unchanged, 1 pending, 1 replaced, 1 orphaned."
+    assert plan.has_changes
+
+
+def test_summary_with_nothing_to_do(make_task: MakeTask) -> None:
+    task = make_task(1)
+    plan = make_plan([task], state_of(entry(task)), now=NOW)
+    assert plan.summary() == "Plan: 0 to submit, 1 unchanged."
+    assert not plan.has_changes
+
+
+def test_settle_window(make_task: MakeTask) -> None:
+    task = make_task(1)  # last endTime 2026-11-20T19:05:00Z
+    end = task.last_end
+    just_before = make_plan([task], State(), now=end + timedelta(seconds=299))
+    assert just_before.items[0].action is PlanAction.WAITING
+    assert just_before.items[0].ready_at == "2026-11-20T19:10:00Z"
+    at_settle = make_plan([task], State(), now=end + timedelta(seconds=300))
+    assert at_settle.items[0].action is PlanAction.CREATE
+    in_future = make_plan([task], State(), now=end - timedelta(hours=1))
+    assert in_future.items[0].action is PlanAction.WAITING
+    no_settle = make_plan([task], State(), now=end, settle_seconds=0)
+    assert no_settle.items[0].action is PlanAction.CREATE
+    assert "1 waiting" in just_before.summary()
+
+
+def test_waiting_uses_the_last_segment(make_task: MakeTask) -> None:
+    segments = [
+        {"startTime": "2026-11-20T19:00:00Z", "endTime": "2026-11-20T19:01:00Z"},
+        {"startTime": "2026-11-20T21:00:00Z", "endTime": "2026-11-20T21:01:00Z"},
+    ]
+    task = make_task(1, recordTimes=segments)
+    from datetime import UTC, datetime
+
+    plan = make_plan([task], State(), now=datetime(2026, 11, 20, 20, 0, tzinfo=UTC))
+    assert plan.items[0].action is PlanAction.WAITING
+
+
+def test_rename_keeps_identity(make_task: MakeTask) -> None:
+    task = make_task(1)
+    renamed = make_task(1, name="clip-1-renamed", source="moved/elsewhere.yaml")
+    assert renamed.hash == task.hash
+    plan = make_plan([renamed], state_of(entry(task)), now=NOW)
+    (item,) = plan.items
+    assert item.action is PlanAction.UNCHANGED
+    assert item.renamed_from == "clip-1 (clips/clip-1.yaml)"
+    assert item.name == "clip-1-renamed"
+
+
+def test_selector(make_task: MakeTask) -> None:
+    a = make_task(1, labels={"event": "final", "kind": "goal"})
+    b = make_task(2, labels={"event": "final", "kind": "reel"})
+    c = make_task(3, labels={"event": "semi"})
+    gone = make_task(4)
+    plan = make_plan([a, b, c], state_of(entry(gone)), now=NOW, selector={"event": "final"})
+    assert actions(plan) == {"clip-1": "create", "clip-2": "create"}
+    plan = make_plan([a, b, c], State(), now=NOW, selector={"event": "final", "kind": "reel"})
+    assert actions(plan) == {"clip-2": "create"}
+    assert parse_selector(["event=final", "kind = goal"]) == {"event": "final", "kind": "goal"}
+    for bad in ["event", "=x"]:
+        with pytest.raises(ValueError, match="not key=value"):
+            parse_selector([bad])
+
+
+def test_saved_plan_round_trip_and_tamper_check(make_task: MakeTask) -> None:
+    plan = make_plan([make_task(1), make_task(2)], State(), now=NOW)
+    loaded = Plan.from_json(json.loads(plan.dumps()))
+    assert loaded == plan
+    document = json.loads(plan.dumps())
+    document["items"][0]["request"]["body"]["saveBucket"] = "someone-elses"
+    with pytest.raises(PlanError, match="does not match its hash"):
+        Plan.from_json(document)
+    with pytest.raises(PlanError, match="not a reconciler plan"):
+        Plan.from_json({"formatVersion": 1})
+    document = json.loads(plan.dumps())
+    document["formatVersion"] = 99
+    with pytest.raises(PlanError, match="version 99"):
+        Plan.from_json(document)
+    del document["items"]
+    document["formatVersion"] = 1
+    with pytest.raises(PlanError, match="malformed"):
+        Plan.from_json(document)
+
+
+def test_plan_records_the_state_fingerprint(make_task: MakeTask) -> None:
+    task = make_task(1)
+    empty = make_plan([task], State(), now=NOW)
+    after = make_plan([task], state_of(entry(task, TaskStatus.PENDING)), now=NOW)
+    assert empty.state_fingerprint != after.state_fingerprint
+    assert empty.state_fingerprint == State().fingerprint()
+
+
+def test_plan_order_is_stable(make_task: MakeTask) -> None:
+    tasks = [make_task(n) for n in (3, 1, 2)]
+    first = make_plan(tasks, State(), now=NOW)
+    second = make_plan(list(reversed(tasks)), State(), now=NOW)
+    assert first.items == second.items
+    assert [item.name for item in first.items] == ["clip-1", "clip-2", "clip-3"]

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import sys
-from typing import Annotated
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from reconciler import __version__
 from reconciler.report import OutputFormat
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from reconciler.plan import Plan
+    from reconciler.state import StateStore
+    from reconciler.tasks import TaskSet
+
+DEFAULT_STATE = "reconciler-state.json"
+SANDBOX_STATE = "reconciler-state.sandbox.json"
 
 app = typer.Typer(
     name="reconciler",
@@ -22,6 +40,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+state_app = typer.Typer(
+    help="Inspect and repair the state file.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+app.add_typer(state_app, name="state")
 
 Paths = Annotated[
     list[str],
@@ -34,6 +56,34 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print more detail.")]
 NoColor = Annotated[
     bool, typer.Option("--no-color", help="No colours (also when NO_COLOR is set).")
+]
+StatePath = Annotated[
+    str | None,
+    typer.Option(
+        "--state",
+        help=f"State file [default: $RECONCILER_STATE or {DEFAULT_STATE}; "
+        f"{SANDBOX_STATE} with --sandbox].",
+        show_default=False,
+    ),
+]
+Selector = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--selector", "-l", help="Only manifests with this label (key=value; repeatable)."
+    ),
+]
+Settle = Annotated[
+    int,
+    typer.Option(
+        "--settle",
+        min=0,
+        help="Seconds after a clip's last endTime before it is submitted (the recording must "
+        "exist first).",
+    ),
+]
+LockTimeout = Annotated[
+    float,
+    typer.Option("--lock-timeout", min=0, help="Seconds to wait for another apply's lock."),
 ]
 
 
@@ -53,10 +103,106 @@ def _root(
     """Keep JD Cloud Live clip-recording tasks declared in YAML; submit each exactly once."""
 
 
+# --- shared plumbing ------------------------------------------------------------------------
+
+
 def _check_format(fmt: OutputFormat, allowed: tuple[OutputFormat, ...], command: str) -> None:
     if fmt not in allowed:
         names = ", ".join(choice.value for choice in allowed)
         raise typer.BadParameter(f"{command} supports {names}", param_hint="'--format'")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _console(no_color: bool, *, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(
+        no_color=no_color or bool(os.environ.get("NO_COLOR")),
+        soft_wrap=True,
+        highlight=False,
+        stderr=stderr,
+        # In a pipe or a CI log there is no screen to fit: never cut a hash or a name short.
+        width=None if stream.isatty() else 4096,
+    )
+
+
+def _state_path(given: str | None, *, sandbox: bool = False) -> Path:
+    if given:
+        return Path(given)
+    if sandbox:
+        # A sandbox run never reads $RECONCILER_STATE: it must not mark real tasks submitted.
+        return Path(SANDBOX_STATE)
+    return Path(os.environ.get("RECONCILER_STATE") or DEFAULT_STATE)
+
+
+def _store(path: Path, lock_timeout: float = 60.0) -> StateStore:
+    from reconciler.state import StateStore
+
+    return StateStore(path, lock_timeout=lock_timeout)
+
+
+@contextlib.contextmanager
+def _errors_reported() -> Iterator[None]:
+    """Known failures become `error: ...` and exit 1, never a traceback."""
+    from reconciler.plan import PlanError
+    from reconciler.state import StateError
+
+    try:
+        yield
+    except (StateError, PlanError) as error:
+        _fail(str(error))
+
+
+def _load_tasks_or_exit(paths: list[str], fmt: OutputFormat, command: str) -> TaskSet:
+    """Manifests for plan/apply; any invalid one stops the run before anything is planned."""
+    from reconciler.report import problem_annotation, validate_json, validate_summary
+    from reconciler.tasks import load_tasks
+
+    result = load_tasks(paths)
+    if result.ok:
+        return result
+    if fmt is OutputFormat.JSON:
+        document = validate_json(result)
+        document["command"] = command
+        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        for problem in result.problems:
+            if fmt is OutputFormat.GITHUB:
+                typer.echo(problem_annotation(problem, f"reconciler {command}"))
+            else:
+                typer.echo(str(problem))
+        typer.echo(validate_summary(result))
+    _fail(f"the manifests have problems; nothing was {'planned' if command == 'plan' else 'sent'}")
+
+
+def _parse_selector(expressions: list[str] | None) -> dict[str, str]:
+    from reconciler.plan import parse_selector
+
+    try:
+        return parse_selector(expressions or [])
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--selector'") from None
+
+
+def _print_plan(plan: Plan, fmt: OutputFormat, no_color: bool, verbose: bool, quiet: bool) -> None:
+    from reconciler.report import plan_github, plan_markdown, plan_text
+
+    if fmt is OutputFormat.JSON:
+        sys.stdout.write(plan.dumps())
+    elif fmt is OutputFormat.GITHUB:
+        plan_github(plan, sys.stdout)
+    elif fmt is OutputFormat.MARKDOWN:
+        plan_markdown(plan, sys.stdout)
+    else:
+        plan_text(plan, _console(no_color), verbose=verbose, quiet=quiet)
+
+
+# --- validate / schema ----------------------------------------------------------------------
 
 
 @app.command()
@@ -92,8 +238,514 @@ def schema() -> None:
     sys.stdout.write(schema_text())
 
 
+# --- plan -----------------------------------------------------------------------------------
+
+PLAN_FORMATS = (OutputFormat.TEXT, OutputFormat.JSON, OutputFormat.GITHUB, OutputFormat.MARKDOWN)
+PlanFormat = Annotated[
+    OutputFormat,
+    typer.Option("--format", "-f", help="text, json, github (annotations) or markdown."),
+]
+
+
+@app.command()
+def plan(
+    paths: Paths,
+    state: StatePath = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Save the plan; `reconciler apply FILE` applies exactly it."
+        ),
+    ] = None,
+    selector: Selector = None,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option("--detailed-exitcode", help="Exit 2 when there is something to submit."),
+    ] = False,
+    settle: Settle = 300,
+    fmt: PlanFormat = OutputFormat.TEXT,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    no_color: NoColor = False,
+) -> None:
+    """Compare manifests with the state: what apply would submit. Sends nothing."""
+    _check_format(fmt, PLAN_FORMATS, "plan")
+    from reconciler.plan import make_plan
+
+    chosen = _parse_selector(selector)
+    tasks = _load_tasks_or_exit(paths, fmt, "plan")
+    with _errors_reported():
+        current = _store(_state_path(state)).load()
+    the_plan = make_plan(
+        tasks.tasks, current, now=datetime.now(UTC), settle_seconds=settle, selector=chosen
+    )
+    _print_plan(the_plan, fmt, no_color, verbose, quiet)
+    if out is not None:
+        out.write_text(the_plan.dumps(), encoding="utf-8")
+        if fmt is OutputFormat.TEXT:
+            typer.echo(f"Saved the plan to {out}; apply it with: reconciler apply {out}")
+    raise typer.Exit(2 if detailed_exitcode and the_plan.has_changes else 0)
+
+
+# --- apply ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C / SIGTERM: stop sending new requests, let in-flight ones finish and be recorded.
+
+    A second Ctrl-C raises KeyboardInterrupt at once (in-flight tasks then stay `pending`).
+    """
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        typer.echo(
+            "Stopping: no new requests; waiting for those in flight (Ctrl-C again to abort).",
+            err=True,
+        )
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _read_plan_file(path: Path) -> Plan:
+    from reconciler.plan import Plan, PlanError
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        _fail(f"{path}: cannot read the plan: {error}")
+    except json.JSONDecodeError as error:
+        _fail(f"{path}:{error.lineno}:{error.colno}: the plan is not valid JSON: {error.msg}")
+    try:
+        return Plan.from_json(document)
+    except PlanError as error:
+        _fail(f"{path}: {error}")
+
+
+def _is_plan_file(paths: list[str]) -> bool:
+    return len(paths) == 1 and paths[0].endswith(".json") and os.path.isfile(paths[0])
+
+
+@app.command()
+def apply(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Manifest files or directories, or one plan file saved by `plan --out`.",
+            show_default=False,
+        ),
+    ],
+    state: StatePath = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            envvar="RECONCILER_ENDPOINT",
+            help="API endpoint [default: https://live.jdcloud-api.com].",
+            show_default=False,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=64, help="Requests in flight.")
+    ] = 4,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; send nothing, write nothing.")
+    ] = False,
+    retry_pending: Annotated[
+        bool,
+        typer.Option(
+            "--retry-pending",
+            help="Also re-send tasks whose earlier outcome is unknown (this may duplicate them).",
+        ),
+    ] = False,
+    sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--sandbox",
+            help="Run against a local stand-in of the API (no account; own state file).",
+        ),
+    ] = False,
+    selector: Selector = None,
+    settle: Settle = 300,
+    lock_timeout: LockTimeout = 60.0,
+    fmt: PlanFormat = OutputFormat.TEXT,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    no_color: NoColor = False,
+) -> None:
+    """Submit every task the plan creates and record each outcome in the state file."""
+    _check_format(fmt, PLAN_FORMATS, "apply")
+    from reconciler.client import CredentialsError, credentials_from_env
+
+    credentials = None
+    if not sandbox and not dry_run:
+        try:
+            credentials = credentials_from_env()
+        except CredentialsError as error:
+            _fail(
+                f"{error}: apply needs JD Cloud credentials in JDCLOUD_ACCESS_KEY and "
+                "JDCLOUD_SECRET_KEY (plus JDCLOUD_SESSION_TOKEN for temporary ones). To try the "
+                "whole flow without an account: reconciler apply --sandbox ..."
+            )
+    chosen = _parse_selector(selector)
+    saved = _read_plan_file(Path(paths[0])) if _is_plan_file(paths) else None
+    tasks = None if saved else _load_tasks_or_exit(paths, fmt, "apply")
+    state_path = _state_path(state, sandbox=sandbox)
+    store = _store(state_path, lock_timeout)
+    console = _console(no_color)
+    if sandbox and fmt is OutputFormat.TEXT and not quiet:
+        console.print(
+            f"[bold yellow]SANDBOX[/]: a local stand-in of the Live API, not JD Cloud; "
+            f"state goes to {state_path}."
+        )
+
+    def planned(current_state: Any) -> Plan:
+        from reconciler.plan import make_plan
+
+        if saved is not None:
+            return saved
+        assert tasks is not None
+        return make_plan(
+            tasks.tasks,
+            current_state,
+            now=datetime.now(UTC),
+            settle_seconds=settle,
+            selector=chosen,
+        )
+
+    with _errors_reported():
+        if dry_run:
+            the_plan = planned(store.load())
+            _print_plan(the_plan, fmt, no_color, verbose, quiet)
+            if fmt is OutputFormat.TEXT:
+                console.print("Dry run: nothing was sent and the state was not changed.")
+            raise typer.Exit(0)
+        with store.lock():
+            current = store.load()
+            if saved is not None and saved.state_fingerprint != current.fingerprint():
+                _fail(
+                    f"the state ({state_path}) changed since this plan was made at "
+                    f"{saved.created_at}; nothing was sent. Make a new plan and apply that."
+                )
+            the_plan = planned(current)
+            if fmt is OutputFormat.TEXT:
+                _print_plan(the_plan, fmt, no_color, verbose, quiet)
+            code = _run_apply(
+                the_plan,
+                store,
+                state_path,
+                credentials,
+                endpoint,
+                concurrency,
+                retry_pending,
+                sandbox,
+                fmt,
+                console,
+                quiet,
+                verbose,
+            )
+    raise typer.Exit(code)
+
+
+def _run_apply(
+    the_plan: Plan,
+    store: StateStore,
+    state_path: Path,
+    credentials: Any,
+    endpoint: str | None,
+    concurrency: int,
+    retry_pending: bool,
+    sandbox: bool,
+    fmt: OutputFormat,
+    console: Console,
+    quiet: bool,
+    verbose: bool,
+) -> int:
+    from reconciler.apply import apply_plan, to_send
+    from reconciler.client import DEFAULT_ENDPOINT, LiveClient
+    from reconciler.report import (
+        apply_github,
+        apply_hints,
+        apply_json,
+        apply_markdown,
+        apply_summary,
+        outcome_line,
+    )
+
+    if retry_pending and the_plan.pending_count and fmt is OutputFormat.TEXT:
+        console.print(
+            "[yellow]warning[/]: --retry-pending re-sends tasks whose earlier outcome is "
+            "unknown; if JD Cloud did create them, the clip is made twice."
+        )
+    sending = to_send(the_plan, retry_pending=retry_pending)
+    with contextlib.ExitStack() as stack:
+        if sandbox:
+            from reconciler.sandbox import running_sandbox
+
+            box = stack.enter_context(running_sandbox())
+            endpoint, credentials = box.url, box.credentials
+        client = stack.enter_context(
+            LiveClient(credentials, endpoint=endpoint or DEFAULT_ENDPOINT, pool_size=concurrency)
+        )
+        stop = stack.enter_context(_stop_on_signals())
+        text = fmt is OutputFormat.TEXT
+        progress = None
+        if text and sending and console.is_terminal and not quiet:
+            from rich.progress import Progress
+
+            progress = stack.enter_context(Progress(console=console, transient=True))
+            bar = progress.add_task("Submitting", total=len(sending))
+
+        def on_outcome(outcome: Any) -> None:
+            if progress is not None:
+                progress.advance(bar)
+            if text and (not quiet or outcome.kind != "submitted"):
+                console.print(outcome_line(outcome), markup=False)
+
+        result = apply_plan(
+            the_plan,
+            store,
+            client,
+            concurrency=concurrency,
+            retry_pending=retry_pending,
+            stop=stop,
+            on_outcome=on_outcome,
+        )
+    store.compact()
+    if fmt is OutputFormat.JSON:
+        document = apply_json(result, the_plan, sandbox=sandbox, state_path=str(state_path))
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    elif fmt is OutputFormat.GITHUB:
+        apply_github(result, the_plan, sys.stdout, sandbox=sandbox)
+    elif fmt is OutputFormat.MARKDOWN:
+        apply_markdown(result, the_plan, sys.stdout, sandbox=sandbox)
+    else:
+        if not sending:
+            console.print("Nothing to submit.")
+        console.print(f"[bold]{apply_summary(result, the_plan, sandbox=sandbox)}[/]")
+        for hint in apply_hints(result, the_plan, str(state_path)):
+            console.print(f"[yellow]note[/]: {hint}", markup=True)
+    return result.exit_code
+
+
+# --- state ----------------------------------------------------------------------------------
+
+StateFormat = Annotated[OutputFormat, typer.Option("--format", "-f", help="text or json.")]
+
+
+def _entry_json(entry: Any) -> dict[str, Any]:
+    return {
+        "hash": entry.hash,
+        "status": entry.status.value,
+        "name": entry.name,
+        "source": entry.source,
+        "requestId": entry.request_id,
+        "updatedAt": entry.updated_at,
+        "submittedAt": entry.submitted_at,
+        "request": entry.request,
+    }
+
+
+@state_app.command("list")
+def state_list(
+    state: StatePath = None,
+    fmt: StateFormat = OutputFormat.TEXT,
+    no_color: NoColor = False,
+) -> None:
+    """List every task in the state file."""
+    _check_format(fmt, (OutputFormat.TEXT, OutputFormat.JSON), "state list")
+    path = _state_path(state)
+    with _errors_reported():
+        current = _store(path).load()
+    entries = sorted(current.entries.values(), key=lambda e: (e.source, e.name, e.hash))
+    if fmt is OutputFormat.JSON:
+        document = {
+            "formatVersion": 1,
+            "command": "state list",
+            "state": str(path),
+            "tasks": [_entry_json(entry) for entry in entries],
+        }
+        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("task", "status", "name", "requestId", "updated", "source"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(
+            entry.hash[:12],
+            entry.status.value,
+            entry.name,
+            entry.request_id or "-",
+            entry.updated_at,
+            entry.source,
+        )
+    console = _console(no_color)
+    if entries:
+        console.print(table)
+    pending = sum(1 for entry in entries if entry.status.value == "pending")
+    console.print(f"{len(entries)} tasks in {path}" + (f", {pending} pending." if pending else "."))
+
+
+@state_app.command("show")
+def state_show(
+    task: Annotated[str, typer.Argument(help="Task hash or a unique prefix (6+ characters).")],
+    state: StatePath = None,
+    fmt: StateFormat = OutputFormat.TEXT,
+) -> None:
+    """Show one task: status, requestId, and the exact request it sends."""
+    _check_format(fmt, (OutputFormat.TEXT, OutputFormat.JSON), "state show")
+    with _errors_reported():
+        entry = _store(_state_path(state)).load().find(task)
+    document = _entry_json(entry)
+    if fmt is OutputFormat.JSON:
+        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    for key in ("hash", "status", "name", "source", "requestId", "updatedAt", "submittedAt"):
+        typer.echo(f"{key + ':':13} {document[key] if document[key] is not None else '-'}")
+    typer.echo("request:")
+    typer.echo(json.dumps(entry.request, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+@state_app.command("rm")
+def state_rm(
+    task: Annotated[str, typer.Argument(help="Task hash or a unique prefix (6+ characters).")],
+    state: StatePath = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    lock_timeout: LockTimeout = 60.0,
+) -> None:
+    """Forget a task. The next apply submits it again if a manifest still asks for it."""
+    store = _store(_state_path(state), lock_timeout)
+    with _errors_reported(), store.lock():
+        current = store.load()
+        entry = current.find(task)
+        warning = (
+            f"{entry.name} ({entry.hash[:12]}) is {entry.status.value}: once forgotten, the next "
+            "apply submits it again if a manifest still asks for it."
+        )
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail(f"{warning} Pass --yes to confirm.")
+            typer.confirm(f"{warning} Forget it?", abort=True)
+        store.write(current.without(entry.hash))
+    typer.echo(f"Removed {entry.name} ({entry.hash[:12]}) from {store.path}.")
+
+
+@state_app.command("mark-submitted")
+def state_mark_submitted(
+    task: Annotated[str, typer.Argument(help="Task hash or a unique prefix (6+ characters).")],
+    request_id: Annotated[
+        str, typer.Option("--request-id", help="The requestId JD Cloud gave (from its console).")
+    ],
+    state: StatePath = None,
+    lock_timeout: LockTimeout = 60.0,
+) -> None:
+    """Record a pending task as submitted, after checking at JD Cloud that it exists."""
+    from reconciler.state import StateEntry, TaskStatus, utc_timestamp
+
+    if not request_id.strip():
+        raise typer.BadParameter("must not be empty", param_hint="'--request-id'")
+    store = _store(_state_path(state), lock_timeout)
+    with _errors_reported(), store.lock():
+        current = store.load()
+        entry = current.find(task)
+        stamp = utc_timestamp(datetime.now(UTC))
+        marked = StateEntry(
+            entry.hash,
+            TaskStatus.SUBMITTED,
+            entry.name,
+            entry.source,
+            entry.request,
+            stamp,
+            request_id.strip(),
+            stamp,
+        )
+        store.write(current.with_entries([marked]))
+    typer.echo(
+        f"Marked {entry.name} ({entry.hash[:12]}) submitted, requestId {request_id.strip()}."
+    )
+
+
+# --- sandbox --------------------------------------------------------------------------------
+
+
+@app.command("sandbox")
+def sandbox_command(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (loopback by default).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port (0: a free one).")
+    ] = 8000,
+    access_key: Annotated[
+        str | None,
+        typer.Option(
+            "--access-key", help="Access key it accepts [default: a throwaway one, printed]."
+        ),
+    ] = None,
+    secret_key: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-key", help="Secret key it verifies with [default: a throwaway one, printed]."
+        ),
+    ] = None,
+    latency_ms: Annotated[
+        int, typer.Option("--latency-ms", min=0, help="Delay before each answer.")
+    ] = 0,
+    fail: Annotated[
+        str | None,
+        typer.Option("--fail", help="Failure statuses and rates, e.g. 503:0.2,500:0.05."),
+    ] = None,
+    drop_rate: Annotated[
+        float,
+        typer.Option(
+            "--drop-rate",
+            min=0.0,
+            max=1.0,
+            help="Share of requests read and then dropped without an answer.",
+        ),
+    ] = 0.0,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Random seed for latency/failures.")
+    ] = None,
+    journal: Annotated[
+        Path | None, typer.Option("--journal", help="Append every accepted task here (JSON lines).")
+    ] = None,
+) -> None:
+    """Run the local stand-in of the Live API (not JD Cloud) until Ctrl-C or SIGTERM."""
+    from reconciler.sandbox import SandboxConfig, parse_failures, serve
+
+    try:
+        failures = parse_failures(fail or "")
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--fail'") from None
+    config = SandboxConfig(
+        host=host,
+        port=port,
+        access_key=access_key,
+        secret_key=secret_key,
+        latency_ms=latency_ms,
+        failures=failures,
+        drop_rate=drop_rate,
+        seed=seed,
+        journal=journal,
+    )
+    raise typer.Exit(serve(config))
+
+
 def main() -> None:
     """Console-script entry point."""
-    if os.environ.get("NO_COLOR"):
-        os.environ.setdefault("TERM", "dumb")
-    app(prog_name="reconciler")
+    try:
+        app(prog_name="reconciler")
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from xml.etree import ElementTree
 
+from reconciler.plan import Plan, PlanAction, PlanItem
 from reconciler.problems import Problem
 from reconciler.tasks import TaskSet
+
+if TYPE_CHECKING:  # Rich and the apply machinery load only for the commands that print them
+    from rich.console import Console
+
+    from reconciler.apply import ApplyResult, Outcome
 
 FORMAT_VERSION = 1
 
@@ -189,3 +195,254 @@ def _junit_failure(case: ElementTree.Element, problems: Sequence[Problem]) -> No
         case, "failure", message=problems[0].message, type="invalid manifest"
     )
     failure.text = "\n".join(str(problem) for problem in problems)
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+_PLAN_HEADINGS = {
+    "create": ("+", "To submit", "green"),
+    "waiting": ("~", "Waiting for the recording to complete", "cyan"),
+    "pending": (
+        "!",
+        "Pending: sent before, outcome unknown (not re-sent without --retry-pending)",
+        "yellow",
+    ),
+    "replaced": (
+        "-",
+        "Replaced: submitted earlier under a name that now asks for something else (kept: the API has no delete)",
+        "magenta",
+    ),
+    "orphaned": ("-", "Orphaned: in state, in no manifest (nothing is done)", "magenta"),
+    "unchanged": ("=", "Unchanged", "dim"),
+}
+MARKDOWN_COLLAPSE_AFTER = 10
+# reconciler.apply.OutcomeKind's values; compared as text so that printing does not import the
+# HTTP client.
+OUTCOME_KINDS = ("submitted", "failed", "unknown", "not-sent")
+
+
+def plan_item_line(item: PlanItem) -> str:
+    """`cup-final-goal-1  4033c78d1cf4  push.example.com/live/cup-final  19:11:40Z .. (file)`."""
+    text = f"{item.name}  {item.short_hash}  {item.stream}  {item.times}  ({item.source})"
+    if item.ready_at:
+        text += f"  ready at {item.ready_at}"
+    if item.replaced_by:
+        text += f"  now {item.replaced_by[:12]}"
+    if item.renamed_from:
+        text += f"  (was {item.renamed_from})"
+    return text
+
+
+def plan_text(plan: Plan, out: Console, *, verbose: bool = False, quiet: bool = False) -> None:
+    """Terraform-style: grouped by action, then a one-line summary."""
+    from rich.markup import escape
+
+    for action, (mark, heading, style) in _PLAN_HEADINGS.items():
+        items = plan.of(PlanAction(action))
+        if not items or (quiet and action != "pending"):
+            continue
+        if action == "unchanged" and not verbose:
+            continue
+        out.print(f"[bold {style}]{heading} ({len(items)}):[/]")
+        for item in items:
+            out.print(f"  [{style}]{mark}[/] {escape(plan_item_line(item))}")
+        out.print()
+    out.print(f"[bold]{plan.summary()}[/]")
+
+
+def plan_github(plan: Plan, out: TextIO) -> None:
+    levels = {
+        "create": "notice",
+        "pending": "warning",
+        "orphaned": "warning",
+        "replaced": "notice",
+        "waiting": "notice",
+    }
+    for item in plan.items:
+        level = levels.get(item.action.value)
+        if level is None:
+            continue
+        message = f"{item.action.value}: {plan_item_line(item)}"
+        out.write(
+            github_annotation(
+                level, message, file=item.source, line=item.line, title="reconciler plan"
+            )
+            + "\n"
+        )
+    out.write(plan.summary() + "\n")
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(items: Sequence[PlanItem]) -> list[str]:
+    rows = ["| name | task | stream | times | manifest |", "|---|---|---|---|---|"]
+    for item in items:
+        cells = [item.name, f"`{item.short_hash}`", item.stream, item.times, item.source]
+        rows.append("| " + " | ".join(_md_cell(cell) for cell in cells) + " |")
+    return rows
+
+
+def plan_markdown(plan: Plan, out: TextIO, *, title: str = "reconciler plan") -> None:
+    """A PR comment / $GITHUB_STEP_SUMMARY table per action; long lists collapse."""
+    lines = [f"### {title}", "", f"**{plan.summary()}**", ""]
+    for action, (_, heading, _) in _PLAN_HEADINGS.items():
+        items = plan.of(PlanAction(action))
+        if not items:
+            continue
+        table = _md_table(items)
+        if len(items) > MARKDOWN_COLLAPSE_AFTER or action == "unchanged":
+            lines += [
+                "<details>",
+                f"<summary>{heading} ({len(items)})</summary>",
+                "",
+                *table,
+                "",
+                "</details>",
+                "",
+            ]
+        else:
+            lines += [f"#### {heading} ({len(items)})", "", *table, ""]
+    out.write("\n".join(lines))
+
+
+# --- apply ---------------------------------------------------------------------------------------
+
+
+def outcome_line(outcome: Outcome) -> str:
+    item = outcome.item
+    who = f"{item.name} ({item.short_hash})"
+    if outcome.kind == "submitted":
+        return f"submitted {who}: requestId {outcome.request_id}"
+    if outcome.kind == "failed":
+        return f"failed {who}: {outcome.message}"
+    if outcome.kind == "unknown":
+        return f"pending {who}: outcome unknown ({outcome.message}); left pending, not re-sent automatically"
+    return f"not sent {who}: apply was stopped before sending it"
+
+
+def apply_summary(result: ApplyResult, plan: Plan, *, sandbox: bool = False) -> str:
+    counts = {kind: sum(1 for o in result.outcomes if o.kind == kind) for kind in OUTCOME_KINDS}
+    planned = plan.counts()
+    parts = [f"{counts['submitted']} submitted"]
+    if counts["failed"]:
+        parts.append(f"{counts['failed']} failed")
+    pending = counts["unknown"] + sum(
+        1
+        for item in plan.of(PlanAction.PENDING)
+        if item.hash not in {o.item.hash for o in result.outcomes}
+    )
+    if pending:
+        parts.append(f"{pending} pending (outcome unknown)")
+    if counts["not-sent"]:
+        parts.append(f"{counts['not-sent']} not sent")
+    for action in (PlanAction.UNCHANGED, PlanAction.WAITING):
+        if planned[action]:
+            parts.append(f"{planned[action]} {action.value}")
+    head = "Apply stopped" if result.interrupted or result.auth_failed else "Apply complete"
+    if sandbox:
+        head = f"SANDBOX {head.lower()}"
+    return f"{head}: {', '.join(parts)}."
+
+
+def apply_hints(result: ApplyResult, plan: Plan, state_path: str) -> list[str]:
+    hints = []
+    if result.auth_failed:
+        hints.append(
+            "JD Cloud refused the credentials (401): nothing more was sent. Check "
+            "JDCLOUD_ACCESS_KEY / JDCLOUD_SECRET_KEY (and JDCLOUD_SESSION_TOKEN)."
+        )
+    if any(o.kind == "unknown" for o in result.outcomes) or plan.of(PlanAction.PENDING):
+        hints.append(
+            "Pending tasks may or may not exist at JD Cloud. Check the console or the record "
+            "callbacks, then either `reconciler state mark-submitted HASH --request-id ID "
+            f"--state {state_path}` or re-send with `reconciler apply ... --retry-pending` "
+            "(which may duplicate the clip)."
+        )
+    if result.interrupted:
+        hints.append(
+            "Interrupted: tasks in flight were recorded; run apply again to send the rest."
+        )
+    return hints
+
+
+def apply_json(
+    result: ApplyResult, plan: Plan, *, sandbox: bool, state_path: str
+) -> dict[str, Any]:
+    """The documented `apply --format json` structure (schemas/output.schema.json)."""
+    return {
+        "formatVersion": FORMAT_VERSION,
+        "command": "apply",
+        "sandbox": sandbox,
+        "state": state_path,
+        "exitCode": result.exit_code,
+        "interrupted": result.interrupted,
+        "authenticationFailed": result.auth_failed,
+        "plan": plan.to_json()["summary"],
+        "summary": {
+            kind: sum(1 for o in result.outcomes if o.kind == kind) for kind in OUTCOME_KINDS
+        },
+        "outcomes": [
+            {
+                "hash": o.item.hash,
+                "name": o.item.name,
+                "source": o.item.source,
+                "outcome": o.kind.value,
+                "requestId": o.request_id,
+                "httpStatus": o.http_status,
+                "message": o.message,
+            }
+            for o in result.outcomes
+        ],
+    }
+
+
+def apply_github(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: bool = False) -> None:
+    levels = {
+        "submitted": "notice",
+        "failed": "error",
+        "unknown": "warning",
+        "not-sent": "warning",
+    }
+    for outcome in result.outcomes:
+        out.write(
+            github_annotation(
+                levels[outcome.kind],
+                outcome_line(outcome),
+                file=outcome.item.source,
+                line=outcome.item.line,
+                title="reconciler apply",
+            )
+            + "\n"
+        )
+    out.write(apply_summary(result, plan, sandbox=sandbox) + "\n")
+
+
+def apply_markdown(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: bool = False) -> None:
+    lines = [
+        f"### reconciler apply{' (SANDBOX)' if sandbox else ''}",
+        "",
+        f"**{apply_summary(result, plan, sandbox=sandbox)}**",
+        "",
+    ]
+    if result.outcomes:
+        rows = ["| outcome | name | task | requestId / message |", "|---|---|---|---|"]
+        for o in result.outcomes:
+            detail = o.request_id if o.kind == "submitted" else (o.message or "")
+            rows.append(
+                f"| {o.kind.value} | {_md_cell(o.item.name)} | `{o.item.short_hash}` | {_md_cell(detail or '')} |"
+            )
+        if len(result.outcomes) > MARKDOWN_COLLAPSE_AFTER:
+            lines += [
+                "<details>",
+                f"<summary>{len(result.outcomes)} tasks</summary>",
+                "",
+                *rows,
+                "",
+                "</details>",
+                "",
+            ]
+        else:
+            lines += [*rows, ""]
+    out.write("\n".join(lines))

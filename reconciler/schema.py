@@ -219,7 +219,7 @@ _TYPE_NAMES = {
 
 def _kind_of(value: Any) -> str:
     if value is None:
-        return "empty"
+        return "null (no value)"
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, int | float):

@@ -1,0 +1,809 @@
+"""The sandbox: a local stand-in (not JD Cloud) of the Live addLiveRecordTask API, with faults."""
+
+# Fault model, which the exactly-once tests rely on. After a request passes the signature and
+# body checks, one random draw decides its fate (drop first, then the failure statuses in
+# ascending order, then success; each with exactly its configured probability):
+#   - an injected 503/429 (or any other injected status, 500 included) creates NOTHING: it is
+#     answered before the task is accepted, like a JD Cloud that did not process the request.
+#     A 500 is "unknown outcome" to the client; the sandbox simply never created the task.
+#   - a drop ACCEPTS and journals the task, then closes the connection without answering: the
+#     nasty real-world case where the task exists but the client never hears about it.
+# Latency is added before that decision, to every checked task request.
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hmac
+import ipaddress
+import json
+import random
+import secrets
+import shlex
+import signal
+import socket
+import socketserver
+import string
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any, TextIO
+from urllib.parse import unquote, urlsplit
+
+from reconciler import __version__
+from reconciler.schema import check_spec
+from reconciler.signing import Credentials, SignatureError, verify_request
+
+TASK_PATH = "/v1/records/{publishDomain}/appNames/{appName}/streamNames/{streamName}/task"
+TASKS_PATH = "/_sandbox/tasks"
+HEALTH_PATH = "/_sandbox/health"
+PATH_PARAMETERS = ("publishDomain", "appName", "streamName")
+REQUEST_ID_HEADER = "x-jdcloud-request-id"
+
+#: Bodies above this are refused unread (413): a task body is a few hundred bytes.
+MAX_BODY_BYTES = 1 << 20
+#: A signed x-jdcloud-date further than this from the sandbox's clock is refused, as a real
+#: server would: it catches clients that sign with local time instead of UTC.
+DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=15)
+#: Idle keep-alive connections are closed after this long, so dead clients free their thread.
+#: Long, because urllib3 only notices a server-closed idle connection when it reuses it.
+IDLE_TIMEOUT_SECONDS = 300.0
+
+_REQUEST_ID_ALPHABET = string.ascii_lowercase + string.digits
+# JD Cloud's error.status names (Google API style) for the statuses the sandbox answers.
+_ERROR_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "ALREADY_EXISTS",
+    411: "LENGTH_REQUIRED",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    502: "BAD_GATEWAY",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+# Statuses that mean "not processed, come back": they carry Retry-After: 0 so retries are quick.
+_RETRY_LATER = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How to run the sandbox. Credentials left None are throwaway random ones."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    latency_ms: int = 0
+    #: Injected failure statuses and their probabilities, e.g. {503: 0.2, 500: 0.05}.
+    failures: Mapping[int, float] = field(default_factory=dict)
+    #: Probability of accepting a task and then closing the connection without answering.
+    drop_rate: float = 0.0
+    #: Seeds the fault draws: the same seed gives the same fates to requests in arrival order.
+    seed: int | None = None
+    #: Append every accepted task here as a JSON line.
+    journal: Path | None = None
+    max_clock_skew: timedelta | None = DEFAULT_MAX_CLOCK_SKEW
+    #: Write one line per request to stderr (the request line only: never headers).
+    log_requests: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxCounts:
+    """What the sandbox has seen so far, by outcome (a snapshot)."""
+
+    requests: int = 0
+    connections: int = 0
+    accepted: int = 0  # tasks created, dropped ones included
+    dropped: int = 0  # accepted, then the connection closed without an answer
+    injected: Mapping[int, int] = field(default_factory=dict)  # status -> count
+    rejected: Mapping[int, int] = field(default_factory=dict)  # 4xx from the checks
+
+    @property
+    def injected_total(self) -> int:
+        return sum(self.injected.values())
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+def parse_failures(text: str) -> dict[int, float]:
+    """`"503:0.2,500:0.05"` -> `{503: 0.2, 500: 0.05}`; `""` -> `{}`. ValueError when an item is
+    not STATUS:RATE, a status is not 4xx/5xx, a rate is outside 0..1, or the rates add up past 1."""
+    failures: dict[int, float] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item and not text.strip():
+            continue
+        if not item:
+            raise ValueError(f"{text!r} has an empty item (a stray comma?)")
+        status_text, colon, rate_text = item.partition(":")
+        if not colon:
+            raise ValueError(f"{item!r} is not STATUS:RATE (like 503:0.2)")
+        try:
+            status = int(status_text.strip())
+        except ValueError:
+            raise ValueError(
+                f"{item!r}: the status {status_text.strip()!r} is not a number"
+            ) from None
+        try:
+            rate = float(rate_text.strip())
+        except ValueError:
+            raise ValueError(
+                f"{item!r}: the rate {rate_text.strip()!r} is not a number from 0 to 1"
+            ) from None
+        if status in failures:
+            raise ValueError(f"status {status} is given twice")
+        failures[status] = rate
+    _check_failures(failures, drop_rate=0.0)
+    return failures
+
+
+def _check_failures(failures: Mapping[int, float], *, drop_rate: float) -> None:
+    for status, rate in failures.items():
+        if not 400 <= status <= 599:
+            raise ValueError(f"the status {status} is not an error status (400 to 599)")
+        if not 0.0 <= rate <= 1.0:  # also refuses NaN
+            raise ValueError(f"the rate {rate} for {status} is not between 0 and 1")
+    if not 0.0 <= drop_rate <= 1.0:
+        raise ValueError(f"the drop rate {drop_rate} is not between 0 and 1")
+    total = sum(failures.values()) + drop_rate
+    if total > 1.0 + 1e-9:
+        raise ValueError(
+            f"the failure rates{' and the drop rate' if drop_rate else ''} add up to "
+            f"{total:g}, more than 1"
+        )
+
+
+def _check_config(config: SandboxConfig) -> None:
+    _check_failures(config.failures, drop_rate=config.drop_rate)
+    if config.latency_ms < 0:
+        raise ValueError("the latency must not be negative")
+    if not 0 <= config.port <= 65535:
+        raise ValueError(f"the port {config.port} is not between 0 and 65535")
+
+
+def new_request_id() -> str:
+    """A fresh 32-character [a-z0-9] requestId, like JD Cloud's."""
+    return "".join(secrets.choice(_REQUEST_ID_ALPHABET) for _ in range(32))
+
+
+def error_document(request_id: str, status: int, message: str) -> dict[str, Any]:
+    """JD Cloud's error shape: `{"requestId", "error": {"code", "status", "message"}}`."""
+    name = _ERROR_STATUS.get(status)
+    if name is None:
+        try:
+            name = HTTPStatus(status).name
+        except ValueError:
+            name = "UNKNOWN"
+    return {"requestId": request_id, "error": {"code": status, "status": name, "message": message}}
+
+
+class _Refusal(Exception):
+    """An error answer, raised anywhere in a request's handling and written in one place."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        close: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.close = close
+        self.headers = dict(headers or {})
+
+
+class Sandbox:
+    """The running stand-in server; a context manager (start on enter, stop on exit)."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        _check_config(config)
+        self.config = config
+        self.credentials = Credentials(
+            config.access_key or "sandbox-" + secrets.token_hex(8),
+            config.secret_key or secrets.token_urlsafe(24),
+        )
+        #: True when the secret was generated here, so it may be shown to the user.
+        self.throwaway_secret = config.secret_key is None
+        self._lock = threading.Lock()
+        self._random = random.Random(config.seed)
+        self._accepted: list[dict[str, Any]] = []
+        self._requests = 0
+        self._connections = 0
+        self._dropped = 0
+        self._injected: dict[int, int] = {}
+        self._rejected: dict[int, int] = {}
+        self._open: set[socket.socket] = set()
+        self._journal: IO[str] | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._port: int | None = None
+
+    def __repr__(self) -> str:
+        where = "not started" if self._port is None else self.url
+        where += " (stopped)" if self._stopped else ""
+        return f"Sandbox({where}, access_key={self.credentials.access_key!r})"
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> Sandbox:
+        """Bind (port 0: a free port) and serve in a daemon thread."""
+        if self._server is not None or self._stopped:
+            raise RuntimeError("a sandbox starts once; make a new Sandbox to run again")
+        server_class = _Server6 if ":" in self.config.host else _Server
+        server = server_class((self.config.host, self.config.port), _Handler)
+        server.sandbox = self
+        try:
+            if self.config.journal is not None:
+                self._journal = self.config.journal.open("a", encoding="utf-8")
+        except OSError:
+            server.server_close()
+            raise
+        self._server = server
+        self._port = int(server.server_address[1])
+        # A short poll interval, so stop() returns promptly.
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"reconciler-sandbox:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, close every open connection and the journal. Safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        with self._lock:
+            self._stopped = True
+        server.shutdown()
+        server.server_close()
+        # Keep-alive connections would otherwise go on being served after stop().
+        with self._lock:
+            still_open = list(self._open)
+        for connection in still_open:
+            with contextlib.suppress(OSError):  # already closed by the client
+                connection.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
+
+    def __enter__(self) -> Sandbox:
+        return self if self._server is not None else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port (still known after stop())."""
+        if self._port is None:
+            raise RuntimeError("the sandbox has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The endpoint to give a client, e.g. `http://127.0.0.1:54321`."""
+        host = self.config.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    # --- what it has seen ---------------------------------------------------------------------
+
+    def accepted(self) -> list[dict[str, Any]]:
+        """Every accepted task, oldest first: {"requestId", "receivedAt", "path", "body"}."""
+        with self._lock:
+            return copy.deepcopy(self._accepted)
+
+    def counts(self) -> SandboxCounts:
+        with self._lock:
+            return SandboxCounts(
+                requests=self._requests,
+                connections=self._connections,
+                accepted=len(self._accepted),
+                dropped=self._dropped,
+                injected=dict(self._injected),
+                rejected=dict(self._rejected),
+            )
+
+    # --- used by the handler ------------------------------------------------------------------
+
+    def _secret_for(self, access_key: str) -> str | None:
+        known = self.credentials.access_key
+        same = hmac.compare_digest(access_key.encode("utf-8"), known.encode("utf-8"))
+        return self.credentials.secret_key if same else None
+
+    def _opened(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections += 1
+            self._open.add(connection)
+
+    def _closed(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(connection)
+
+    def _count_request(self) -> None:
+        with self._lock:
+            self._requests += 1
+
+    def _count_refusal(self, status: int, *, injected: bool) -> None:
+        with self._lock:
+            counter = self._injected if injected else self._rejected
+            counter[status] = counter.get(status, 0) + 1
+
+    def _draw(self) -> int | None:
+        """The fate of one checked task request: 0 = drop, a status = that failure, None = ok."""
+        with self._lock:
+            point = self._random.random()
+        edge = self.config.drop_rate
+        if point < edge:
+            return 0
+        for status in sorted(self.config.failures):
+            edge += self.config.failures[status]
+            if point < edge:
+                return status
+        return None
+
+    def _accept(
+        self, request_id: str, received_at: str, path: dict[str, str], body: dict[str, Any]
+    ) -> None:
+        record = {"requestId": request_id, "receivedAt": received_at, "path": path, "body": body}
+        with self._lock:
+            if self._stopped:
+                # A request still in its latency when stop() came: it creates nothing, and its
+                # connection is already shut, so the client sees a drop.
+                raise ConnectionAbortedError("the sandbox stopped before the task was accepted")
+            if self._journal is not None:
+                self._journal.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+                self._journal.flush()
+            self._accepted.append(record)
+
+    def _count_drop(self) -> None:
+        with self._lock:
+            self._dropped += 1
+
+    def _tasks_document(self) -> dict[str, Any]:
+        tasks = self.accepted()
+        return {"tasks": tasks, "count": len(tasks)}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    sandbox: Sandbox
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can take seconds.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-answer is normal (the drop tests do it); anything else is
+        # a sandbox bug and is printed.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, for pooled clients
+    disable_nagle_algorithm = True  # TCP_NODELAY: else a keep-alive client waits ~40 ms a call
+    timeout = IDLE_TIMEOUT_SECONDS
+    server_version = f"reconciler-sandbox/{__version__} (local stand-in, not JD Cloud)"
+    sys_version = ""
+
+    server: _Server
+    _request_id = ""
+
+    @property
+    def _sandbox(self) -> Sandbox:
+        return self.server.sandbox
+
+    def setup(self) -> None:
+        super().setup()
+        self._sandbox._opened(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self._sandbox._closed(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self._sandbox.config.log_requests:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own refusals (bad request line, headers too long, ...) in JD Cloud's
+        # JSON shape too: clients such as the official SDK parse every error body as JSON.
+        self.close_connection = True
+        # A garbled request line leaves the HTTP/0.9 default, which would drop the status line.
+        if self.request_version == "HTTP/0.9":
+            self.request_version = self.protocol_version
+        try:
+            phrase = message or HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self._send_json(code, error_document(new_request_id(), code, phrase))
+
+    # --- one request --------------------------------------------------------------------------
+
+    def _handle(self) -> None:
+        box = self._sandbox
+        box._count_request()
+        self._request_id = new_request_id()
+        received_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        try:
+            body = self._read_body()
+            raw_path, query = _split_target(self.path)
+            if raw_path in (TASKS_PATH, HEALTH_PATH):
+                self._allow("GET", "HEAD")
+                if raw_path == TASKS_PATH:
+                    self._send_json(200, box._tasks_document())
+                else:
+                    self._send_json(200, {"status": "ok", "server": self.server_version})
+                return
+            segments = _task_segments(raw_path)
+            if segments is None:
+                raise _Refusal(404, f"no such API: {raw_path} (this sandbox only has {TASK_PATH})")
+            self._allow("POST")
+            self._add_record_task(raw_path, query, segments, body, received_at)
+        except _Refusal as refusal:
+            box._count_refusal(refusal.status, injected=False)
+            if refusal.close:
+                self.close_connection = True
+            self._send_json(
+                refusal.status,
+                error_document(self._request_id, refusal.status, refusal.message),
+                refusal.headers,
+            )
+        except (ConnectionError, TimeoutError):
+            raise
+        except Exception:
+            # A bug in the sandbox: say so loudly, and still answer in JD Cloud's shape.
+            traceback.print_exc(file=sys.stderr)
+            self.close_connection = True
+            message = "the sandbox itself failed (a bug in reconciler's sandbox; see its stderr)"
+            self._send_json(500, error_document(self._request_id, 500, message))
+
+    def _allow(self, *methods: str) -> None:
+        if self.command not in methods:
+            raise _Refusal(
+                405,
+                f"{self.command} is not allowed here; use {' or '.join(methods)}",
+                headers={"Allow": ", ".join(methods)},
+            )
+
+    def _read_body(self) -> bytes:
+        """The whole body, read before anything else so the connection stays usable."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise _Refusal(
+                411, "chunked bodies are not supported: send a Content-Length", close=True
+            )
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            return b""
+        try:
+            length = int(length_text)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise _Refusal(400, f"bad Content-Length {length_text!r}", close=True)
+        if length > MAX_BODY_BYTES:
+            raise _Refusal(
+                413, f"the body is {length} bytes; at most {MAX_BODY_BYTES} accepted", close=True
+            )
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise ConnectionResetError("the client closed the connection mid-body")
+        return body
+
+    def _add_record_task(
+        self,
+        raw_path: str,
+        query: str,
+        segments: dict[str, str],
+        raw_body: bytes,
+        received_at: str,
+    ) -> None:
+        box = self._sandbox
+        try:
+            verify_request(
+                self.command,
+                raw_path,
+                query,
+                _joined_headers(self.headers.items()),
+                raw_body,
+                box._secret_for,
+                max_skew=box.config.max_clock_skew,
+            )
+        except SignatureError as error:
+            raise _Refusal(401, f"JDCLOUD3 signature check failed: {error}") from None
+
+        document = _json_object(raw_body)
+        # The official SDK sends "saveObject": null for unset optional fields: null is absent.
+        body = {key: value for key, value in document.items() if value is not None}
+        for name in PATH_PARAMETERS:
+            if name in body and body[name] != segments[name]:
+                raise _Refusal(
+                    400,
+                    f"{name}: the body says {body[name]!r} but the URL path says "
+                    f"{segments[name]!r}",
+                )
+        problems = check_spec({**segments, **body})
+        if problems:
+            listed = "; ".join(
+                f"{where}: {message}" if where else message for where, message in problems
+            )
+            raise _Refusal(400, f"invalid request: {listed}")
+
+        if box.config.latency_ms:
+            time.sleep(box.config.latency_ms / 1000)
+        fate = box._draw()
+        if fate == 0:
+            # Created, but the answer is lost: read everything, then hang up without a byte.
+            box._accept(self._request_id, received_at, segments, body)
+            box._count_drop()
+            self.close_connection = True
+            return
+        if fate is not None:
+            box._count_refusal(fate, injected=True)
+            headers = {"Retry-After": "0"} if fate in _RETRY_LATER else {}
+            message = f"injected failure (sandbox --fail {fate}): the task was not created"
+            self._send_json(fate, error_document(self._request_id, fate, message), headers)
+            return
+        box._accept(self._request_id, received_at, segments, body)
+        self._send_json(200, {"requestId": self._request_id})
+
+    def _send_json(
+        self, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
+        payload = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        request_id = document.get("requestId")
+        if isinstance(request_id, str):
+            self.send_header(REQUEST_ID_HEADER, request_id)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """(path, query) of a request target, both still percent-encoded."""
+    if target.startswith("/"):
+        path, _, query = target.partition("?")
+        return path, query.partition("#")[0]
+    parts = urlsplit(target)  # absolute form, as sent to a proxy
+    return parts.path or "/", parts.query
+
+
+def _task_segments(raw_path: str) -> dict[str, str] | None:
+    """The decoded path parameters when `raw_path` is the task URL, else None."""
+    parts = raw_path.split("/")
+    shape = TASK_PATH.split("/")
+    if len(parts) != len(shape):
+        return None
+    found: dict[str, str] = {}
+    for part, expected in zip(parts, shape, strict=True):
+        if expected.startswith("{"):
+            if not part:
+                return None
+            try:
+                # unquote, not unquote_plus: in a path `+` is itself (clients send %2B anyway).
+                found[expected[1:-1]] = unquote(part, errors="strict")
+            except UnicodeDecodeError:
+                raise _Refusal(400, f"the path segment {part!r} is not UTF-8 text") from None
+        elif part != expected:
+            return None
+    return found
+
+
+def _joined_headers(items: list[tuple[str, str]]) -> dict[str, str]:
+    """Headers by lower-case name; a repeated header becomes one comma-joined value (as HTTP
+    defines), so a smuggled second Host or date never verifies."""
+    headers: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    return headers
+
+
+def _json_object(raw_body: bytes) -> dict[str, Any]:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise ValueError(f"the key {key!r} appears twice")
+            result[key] = value
+        return result
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        document = json.loads(
+            raw_body.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constant
+        )
+    except UnicodeDecodeError:
+        raise _Refusal(400, "the body is not UTF-8 text") from None
+    except ValueError as error:
+        raise _Refusal(400, f"the body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise _Refusal(400, f"the body must be a JSON object, not {type(document).__name__}")
+    return document
+
+
+# --- running it ------------------------------------------------------------------------------
+
+
+@contextmanager
+def running_sandbox(config: SandboxConfig | None = None) -> Iterator[Sandbox]:
+    """A started sandbox (default: a free loopback port, throwaway credentials), stopped after."""
+    with Sandbox(config or SandboxConfig()) as sandbox:
+        yield sandbox
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def describe_faults(config: SandboxConfig) -> str:
+    """`latency 20 ms, drop 10%, 503 20%` or `none`."""
+    parts = []
+    if config.latency_ms:
+        parts.append(f"latency {config.latency_ms} ms")
+    if config.drop_rate:
+        parts.append(f"drop {_percent(config.drop_rate)} (task created, no answer)")
+    for status in sorted(config.failures):
+        parts.append(f"{status} {_percent(config.failures[status])}")
+    if config.seed is not None:
+        parts.append(f"seed {config.seed}")
+    return ", ".join(parts) or "none"
+
+
+def _percent(rate: float) -> str:
+    return f"{rate * 100:.4g}%"
+
+
+def banner(sandbox: Sandbox) -> str:
+    """What `reconciler sandbox` prints on start. A secret the user passed in is never shown."""
+    credentials = sandbox.credentials
+    secret = credentials.secret_key if sandbox.throwaway_secret else "(as given)"
+    lines = [
+        "reconciler sandbox: a LOCAL STAND-IN for the JD Cloud Live API. This is NOT JD Cloud:",
+        "nothing sent here reaches JD Cloud and no clip is recorded.",
+        "",
+        f"  endpoint    {sandbox.url}",
+        f"  access key  {credentials.access_key}",
+        f"  secret key  {secret}",
+        f"  faults      {describe_faults(sandbox.config)}",
+        f"  journal     {sandbox.config.journal or '(none)'}",
+        f"  accepted    GET {sandbox.url}{TASKS_PATH}",
+    ]
+    if sandbox.throwaway_secret:
+        # A separate state file, so a sandbox run never marks real tasks as submitted.
+        exports = {
+            "JDCLOUD_ACCESS_KEY": credentials.access_key,
+            "JDCLOUD_SECRET_KEY": credentials.secret_key,
+            "RECONCILER_ENDPOINT": sandbox.url,
+            "RECONCILER_STATE": "reconciler-state.sandbox.json",
+        }
+        lines += [
+            "",
+            "Throwaway test credentials. To point reconciler at this sandbox, in another shell:",
+            "  export "
+            + " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items()),
+        ]
+    lines += ["", "Press Ctrl-C to stop."]
+    return "\n".join(lines)
+
+
+def serve(config: SandboxConfig, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """`reconciler sandbox`: start, print the banner, serve until SIGINT/SIGTERM, stop; 0 on a
+    clean stop, 1 when it cannot start."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if threading.current_thread() is not threading.main_thread():
+        # Only the main thread receives signals, and signals are how serve() is stopped.
+        print("reconciler sandbox: error: serve() must run in the main thread", file=err)
+        return 1
+    try:
+        sandbox = Sandbox(config)
+    except ValueError as error:
+        print(f"reconciler sandbox: error: {error}", file=err)
+        return 1
+    if not is_loopback(config.host):
+        print(
+            f"WARNING: binding {config.host}, not loopback: anyone who can reach this machine "
+            "can use this sandbox (it checks signatures, but serves no real data).",
+            file=err,
+        )
+    try:
+        sandbox.start()
+    except OSError as error:
+        print(
+            f"reconciler sandbox: error: cannot listen on {config.host}:{config.port}: "
+            f"{error.strerror or error}",
+            file=err,
+        )
+        return 1
+
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, request_stop)
+        print(banner(sandbox), file=out, flush=True)
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        sandbox.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    counts = sandbox.counts()
+    print(
+        f"Sandbox stopped: {counts.requests} requests, {counts.accepted} tasks accepted "
+        f"({counts.dropped} of them dropped), {counts.injected_total} injected failures, "
+        f"{counts.rejected_total} refused.",
+        file=out,
+        flush=True,
+    )
+    return 0

@@ -126,6 +126,7 @@ def apply_plan(
     stop: threading.Event | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
     clock: Callable[[], datetime] = _now,
+    state: State | None = None,
 ) -> ApplyResult:
     """Submit the plan's tasks; the caller holds `store.lock()` and has checked the plan is fresh.
 
@@ -135,7 +136,8 @@ def apply_plan(
     """
     stop = stop or threading.Event()
     report = on_outcome or (lambda outcome: None)
-    state = store.load()
+    if state is None:  # the caller usually has just loaded it, under the same lock
+        state = store.load()
     renames = follow_renames(plan, state, clock())
     store.append(renames)
     queue = deque(to_send(plan, retry_pending=retry_pending))
@@ -168,10 +170,14 @@ def apply_plan(
                 marked.extend(batch)
             if halted():
                 # Marked but never handed to a sender: never sent, so the mark goes.
-                unsent = list(marked) + list(queue)
+                unsent = [_not_sent(item) for item in marked]
+                outcomes.extend(_record(store, unsent, clock, report))
+                # Never marked, never sent: nothing to undo in the state, only to report.
+                for outcome in (_not_sent(item) for item in queue):
+                    report(outcome)
+                    outcomes.append(outcome)
                 marked.clear()
                 queue.clear()
-                outcomes.extend(_record(store, [_not_sent(item) for item in unsent], clock, report))
             while marked and len(in_flight) < concurrency:
                 item = marked.popleft()
                 in_flight[pool.submit(send, item)] = item

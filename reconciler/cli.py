@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from reconciler.plan import Plan
-    from reconciler.state import StateStore
+    from reconciler.state import State, StateStore
     from reconciler.tasks import TaskSet
 
 DEFAULT_STATE = "reconciler-state.json"
@@ -440,6 +440,7 @@ def apply(
                 _print_plan(the_plan, fmt, no_color, verbose, quiet)
             code = _run_apply(
                 the_plan,
+                current,
                 store,
                 state_path,
                 credentials,
@@ -457,6 +458,7 @@ def apply(
 
 def _run_apply(
     the_plan: Plan,
+    current: State,
     store: StateStore,
     state_path: Path,
     credentials: Any,
@@ -518,6 +520,7 @@ def _run_apply(
             retry_pending=retry_pending,
             stop=stop,
             on_outcome=on_outcome,
+            state=current,
         )
     store.compact()
     if fmt is OutputFormat.JSON:

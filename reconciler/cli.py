@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -106,10 +107,23 @@ def _root(
 # --- shared plumbing ------------------------------------------------------------------------
 
 
-def _check_format(fmt: OutputFormat, allowed: tuple[OutputFormat, ...], command: str) -> None:
-    if fmt not in allowed:
-        names = ", ".join(choice.value for choice in allowed)
-        raise typer.BadParameter(f"{command} supports {names}", param_hint="'--format'")
+class ValidateFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    GITHUB = "github"
+    JUNIT = "junit"
+
+
+class PlanFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    GITHUB = "github"
+    MARKDOWN = "markdown"
+
+
+class StateFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -121,8 +135,11 @@ def _console(no_color: bool, *, stderr: bool = False) -> Console:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
+    plain = no_color or bool(os.environ.get("NO_COLOR"))
     return Console(
-        no_color=no_color or bool(os.environ.get("NO_COLOR")),
+        no_color=plain,
+        # no_color alone still writes bold and dim; no colour system writes no escapes at all.
+        color_system=None if plain else "auto",
         soft_wrap=True,
         highlight=False,
         stderr=stderr,
@@ -208,20 +225,16 @@ def _print_plan(plan: Plan, fmt: OutputFormat, no_color: bool, verbose: bool, qu
 @app.command()
 def validate(
     paths: Paths,
-    fmt: Annotated[
-        OutputFormat,
+    choice: Annotated[
+        ValidateFormat,
         typer.Option("--format", "-f", help="text, json, github (annotations) or junit."),
-    ] = OutputFormat.TEXT,
+    ] = ValidateFormat.TEXT,
     quiet: Quiet = False,
     verbose: Verbose = False,
     no_color: NoColor = False,
 ) -> None:
     """Check manifests against the rules; no network, no state. Exit 1 if any is invalid."""
-    _check_format(
-        fmt,
-        (OutputFormat.TEXT, OutputFormat.JSON, OutputFormat.GITHUB, OutputFormat.JUNIT),
-        "validate",
-    )
+    fmt = OutputFormat(choice)
     from reconciler.report import validate_report
     from reconciler.tasks import load_tasks
 
@@ -240,9 +253,8 @@ def schema() -> None:
 
 # --- plan -----------------------------------------------------------------------------------
 
-PLAN_FORMATS = (OutputFormat.TEXT, OutputFormat.JSON, OutputFormat.GITHUB, OutputFormat.MARKDOWN)
-PlanFormat = Annotated[
-    OutputFormat,
+PlanFormatOption = Annotated[
+    PlanFormat,
     typer.Option("--format", "-f", help="text, json, github (annotations) or markdown."),
 ]
 
@@ -263,13 +275,13 @@ def plan(
         typer.Option("--detailed-exitcode", help="Exit 2 when there is something to submit."),
     ] = False,
     settle: Settle = 300,
-    fmt: PlanFormat = OutputFormat.TEXT,
+    choice: PlanFormatOption = PlanFormat.TEXT,
     quiet: Quiet = False,
     verbose: Verbose = False,
     no_color: NoColor = False,
 ) -> None:
     """Compare manifests with the state: what apply would submit. Sends nothing."""
-    _check_format(fmt, PLAN_FORMATS, "plan")
+    fmt = OutputFormat(choice)
     from reconciler.plan import make_plan
 
     chosen = _parse_selector(selector)
@@ -376,13 +388,13 @@ def apply(
     selector: Selector = None,
     settle: Settle = 300,
     lock_timeout: LockTimeout = 60.0,
-    fmt: PlanFormat = OutputFormat.TEXT,
+    choice: PlanFormatOption = PlanFormat.TEXT,
     quiet: Quiet = False,
     verbose: Verbose = False,
     no_color: NoColor = False,
 ) -> None:
     """Submit every task the plan creates and record each outcome in the state file."""
-    _check_format(fmt, PLAN_FORMATS, "apply")
+    fmt = OutputFormat(choice)
     from reconciler.client import CredentialsError, credentials_from_env
 
     credentials = None
@@ -541,7 +553,7 @@ def _run_apply(
 
 # --- state ----------------------------------------------------------------------------------
 
-StateFormat = Annotated[OutputFormat, typer.Option("--format", "-f", help="text or json.")]
+StateFormatOption = Annotated[StateFormat, typer.Option("--format", "-f", help="text or json.")]
 
 
 def _entry_json(entry: Any) -> dict[str, Any]:
@@ -560,11 +572,11 @@ def _entry_json(entry: Any) -> dict[str, Any]:
 @state_app.command("list")
 def state_list(
     state: StatePath = None,
-    fmt: StateFormat = OutputFormat.TEXT,
+    choice: StateFormatOption = StateFormat.TEXT,
     no_color: NoColor = False,
 ) -> None:
     """List every task in the state file."""
-    _check_format(fmt, (OutputFormat.TEXT, OutputFormat.JSON), "state list")
+    fmt = OutputFormat(choice)
     path = _state_path(state)
     with _errors_reported():
         current = _store(path).load()
@@ -603,15 +615,22 @@ def state_list(
 def state_show(
     task: Annotated[str, typer.Argument(help="Task hash or a unique prefix (6+ characters).")],
     state: StatePath = None,
-    fmt: StateFormat = OutputFormat.TEXT,
+    choice: StateFormatOption = StateFormat.TEXT,
 ) -> None:
     """Show one task: status, requestId, and the exact request it sends."""
-    _check_format(fmt, (OutputFormat.TEXT, OutputFormat.JSON), "state show")
+    fmt = OutputFormat(choice)
+    path = _state_path(state)
     with _errors_reported():
-        entry = _store(_state_path(state)).load().find(task)
+        entry = _store(path).load().find(task)
     document = _entry_json(entry)
     if fmt is OutputFormat.JSON:
-        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        wrapped = {
+            "formatVersion": 1,
+            "command": "state show",
+            "state": str(path),
+            "task": document,
+        }
+        typer.echo(json.dumps(wrapped, indent=2, ensure_ascii=False))
         return
     for key in ("hash", "status", "name", "source", "requestId", "updatedAt", "submittedAt"):
         typer.echo(f"{key + ':':13} {document[key] if document[key] is not None else '-'}")

@@ -251,6 +251,9 @@ def plan_text(plan: Plan, out: Console, *, verbose: bool = False, quiet: bool = 
 
 
 def plan_github(plan: Plan, out: TextIO) -> None:
+    """Annotations on the manifests; a replaced task points at the manifest that replaced it,
+    an orphaned one at no file (its manifest is gone)."""
+    by_hash = {item.hash: item for item in plan.items}
     levels = {
         "create": "notice",
         "pending": "warning",
@@ -263,9 +266,18 @@ def plan_github(plan: Plan, out: TextIO) -> None:
         if level is None:
             continue
         message = f"{item.action.value}: {plan_item_line(item)}"
+        anchor: PlanItem | None = item
+        if item.action is PlanAction.REPLACED:
+            anchor = by_hash.get(item.replaced_by or "")
+        elif item.action is PlanAction.ORPHANED:
+            anchor = None
         out.write(
             github_annotation(
-                level, message, file=item.source, line=item.line, title="reconciler plan"
+                level,
+                message,
+                file=anchor.source if anchor else None,
+                line=anchor.line if anchor else None,
+                title="reconciler plan",
             )
             + "\n"
         )
@@ -393,7 +405,9 @@ def apply_json(
                 "httpStatus": o.http_status,
                 "message": o.message,
             }
-            for o in result.outcomes
+            for o in sorted(
+                result.outcomes, key=lambda o: (o.item.source, o.item.name, o.item.hash)
+            )
         ],
     }
 

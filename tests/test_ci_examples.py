@@ -1,0 +1,450 @@
+"""The CI examples (examples/ci/) and our JSON Schemas, checked by the tools users run.
+
+The workflows are validated against SchemaStore's schemas (shipped in check-jsonschema), their
+safety properties are read from the YAML, and their shell steps are run for real against a
+local Git remote and the sandbox: validate, plan, apply, then the state committed back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+GITHUB = ROOT / "examples" / "ci" / "github-actions.yml"
+GITLAB = ROOT / "examples" / "ci" / "gitlab-ci.yml"
+RECORD_TASK_SCHEMA = ROOT / "schemas" / "record-task.schema.json"
+OUTPUT_SCHEMA = ROOT / "schemas" / "output.schema.json"
+CUP_FINAL = ROOT / "examples" / "cup-final"
+BIN = Path(sys.executable).parent  # where `reconciler` and the test tools are installed
+
+
+def check_jsonschema(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--color", "never", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def load(path: Path) -> dict[str, Any]:
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+# --- against SchemaStore's schemas -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "schema"),
+    [(GITHUB, "vendor.github-workflows"), (GITLAB, "vendor.gitlab-ci")],
+    ids=["github", "gitlab"],
+)
+def test_ci_example_is_valid(path: Path, schema: str) -> None:
+    result = check_jsonschema("--builtin-schema", schema, path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "schema", "breakage"),
+    [
+        (GITHUB, "vendor.github-workflows", ("jobs", "apply", "concurrency", "cancel-in-progress")),
+        (GITLAB, "vendor.gitlab-ci", ("reconciler-apply", "resource_group")),
+    ],
+    ids=["github", "gitlab"],
+)
+def test_ci_schema_check_can_fail(
+    tmp_path: Path, path: Path, schema: str, breakage: tuple[str, ...]
+) -> None:
+    # The control: the same check rejects the example with one wrong value.
+    document = load(path)
+    target = document
+    for key in breakage[:-1]:
+        target = target[key]
+    target[breakage[-1]] = {"not": "valid here"}
+    broken = tmp_path / path.name
+    broken.write_text(yaml.safe_dump(document), encoding="utf-8")
+    result = check_jsonschema("--builtin-schema", schema, broken)
+    assert result.returncode == 1, result.stdout
+
+
+# --- what makes them safe -----------------------------------------------------------------------
+
+
+def steps_named(job: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {step.get("name") or step.get("uses", ""): step for step in job["steps"]}
+
+
+def test_github_pull_requests_validate_and_plan_to_the_summary() -> None:
+    workflow = load(GITHUB)
+    check = workflow["jobs"]["check"]
+    assert check["if"] == "github.event_name == 'pull_request'"
+    runs = [step.get("run", "") for step in check["steps"]]
+    assert 'reconciler validate "$MANIFESTS" --format github' in runs
+    assert 'reconciler plan "$MANIFESTS" --format markdown >> "$GITHUB_STEP_SUMMARY"' in runs
+    assert workflow["permissions"] == {"contents": "read"}
+
+
+def test_github_apply_never_overlaps_and_always_commits_the_state() -> None:
+    workflow = load(GITHUB)
+    # PyYAML reads the bare key `on` as True (YAML 1.1); GitHub reads it as "on".
+    triggers = workflow.get("on", workflow.get(True))
+    assert set(triggers) >= {"pull_request", "push", "schedule"}
+    assert triggers["push"]["branches"] == ["main"]
+    apply = workflow["jobs"]["apply"]
+    assert "github.event_name != 'pull_request'" in apply["if"]
+    assert apply["concurrency"]["group"]
+    assert apply["concurrency"]["cancel-in-progress"] is False
+    assert apply["permissions"] == {"contents": "write"}
+    names = list(steps_named(apply))
+    steps = steps_named(apply)
+    checkout = steps["actions/checkout@v4"]
+    assert checkout["with"]["ref"] == "main"  # the newest state, not the triggering commit
+    run_apply = steps["Apply"]
+    assert run_apply["run"] == 'reconciler apply "$MANIFESTS" --format github'
+    assert run_apply["env"] == {
+        "JDCLOUD_ACCESS_KEY": "${{ secrets.JDCLOUD_ACCESS_KEY }}",
+        "JDCLOUD_SECRET_KEY": "${{ secrets.JDCLOUD_SECRET_KEY }}",
+    }
+    assert "if" not in run_apply
+    commit = steps["Commit the state file back to main"]
+    assert names.index("Commit the state file back to main") > names.index("Apply")
+    assert commit["if"] == "always()"
+    assert "git add reconciler-state.json" in commit["run"]
+    assert "git push" in commit["run"]
+    artifact = steps["Keep the state file as an artifact (in case the push failed)"]
+    assert artifact["if"] == "always()"
+    # Credentials reach only the step that needs them.
+    text = GITHUB.read_text(encoding="utf-8")
+    assert text.count("secrets.") == 2
+
+
+def test_gitlab_merge_requests_validate_and_plan_as_an_artifact() -> None:
+    pipeline = load(GITLAB)
+    plan = pipeline["reconciler-plan"]
+    assert plan["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
+    script = "\n".join(plan["script"])
+    assert 'reconciler validate "$MANIFESTS" --format junit > validate.xml' in script
+    assert "--format markdown | tee plan.md" in script
+    assert plan["artifacts"]["paths"] == ["plan.md"]
+    assert plan["artifacts"]["reports"]["junit"] == "validate.xml"
+    assert plan["artifacts"]["when"] == "always"
+
+
+def test_gitlab_apply_never_overlaps_and_always_commits_the_state() -> None:
+    pipeline = load(GITLAB)
+    apply = pipeline["reconciler-apply"]
+    assert apply["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
+    assert apply["resource_group"]
+    assert apply["interruptible"] is False
+    script = apply["script"]
+    commit = next(line for line in script if "git add reconciler-state.json" in line)
+    assert apply["after_script"] == [commit]  # the same commit, also after a cancel or timeout
+    applying = next(i for i, line in enumerate(script) if "reconciler apply" in line)
+    assert "|| status=$?" in script[applying]  # apply's failure does not skip the commit
+    assert script.index(commit) > applying
+    assert script[-1] == 'exit "$status"'
+    header = GITLAB.read_text(encoding="utf-8").split("\nvariables:")[0]
+    for variable in ("JDCLOUD_ACCESS_KEY", "JDCLOUD_SECRET_KEY", "RECONCILER_PUSH_TOKEN"):
+        assert variable in header  # every variable to set is documented at the top
+    assert "RECONCILER_PUSH_TOKEN" in commit
+
+
+# --- their shell, run for real --------------------------------------------------------------------
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-c", "commit.gpgsign=false", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, f"git {' '.join(args)}: {result.stdout}{result.stderr}"
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """A bare 'origin' whose main holds the example manifests in clips/ and no state yet."""
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    git(seed, "init", "-q", "-b", "main")
+    git(seed, "config", "user.name", "Seed")
+    git(seed, "config", "user.email", "seed@example.com")
+    copy_manifests(seed / "clips")
+    git(seed, "add", "-A")
+    git(seed, "commit", "-q", "-m", "manifests")
+    bare = tmp_path / "origin.git"
+    git(tmp_path, "clone", "-q", "--bare", str(seed), str(bare))
+    git(bare, "config", "receive.advertisePushOptions", "true")  # for GitLab's -o ci.skip
+    return bare
+
+
+def copy_manifests(target: Path) -> None:
+    """The example manifests, moved to 2020 so that none is `waiting`, whatever today is."""
+    target.mkdir(parents=True)
+    for path in CUP_FINAL.glob("*.yaml"):
+        text = path.read_text(encoding="utf-8").replace("2026-11-20T", "2020-11-20T")
+        (target / path.name).write_text(text, encoding="utf-8")
+
+
+def clone(remote: Path, where: Path) -> Path:
+    git(remote.parent, "clone", "-q", str(remote), str(where))
+    return where
+
+
+def shell(
+    script: str, cwd: Path, env: Mapping[str, str], *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run a step the way the CI runners do: bash, stop at the first failing command."""
+    full = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("RECONCILER_", "JDCLOUD_", "GIT_", "NO_COLOR"))
+    }
+    full["PATH"] = f"{BIN}{os.pathsep}{full.get('PATH', '')}"
+    full.update(env)
+    result = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture
+def sandbox() -> Iterator[dict[str, str]]:
+    """A local stand-in of the API; the variables that point reconciler at it."""
+    pytest.importorskip("reconciler.sandbox")
+    from reconciler.sandbox import running_sandbox
+
+    with running_sandbox() as box:
+        yield {
+            "JDCLOUD_ACCESS_KEY": box.credentials.access_key,
+            "JDCLOUD_SECRET_KEY": box.credentials.secret_key,
+            "RECONCILER_ENDPOINT": box.url,
+        }
+
+
+def github_env(
+    workflow: Mapping[str, Any], step: Mapping[str, Any], secrets: Mapping[str, str]
+) -> dict[str, str]:
+    env = {key: str(value) for key, value in workflow.get("env", {}).items()}
+    for key, value in step.get("env", {}).items():
+        env[key] = re.sub(
+            r"\$\{\{\s*secrets\.(\w+)\s*\}\}", lambda m: secrets[m.group(1)], str(value)
+        )
+    return env
+
+
+def state_on(remote: Path, branch: str = "main") -> dict[str, Any]:
+    text = git(remote, "show", f"{branch}:reconciler-state.json")
+    document = json.loads(text)
+    assert isinstance(document, dict)
+    return document
+
+
+def submitted_names(state: Mapping[str, Any]) -> set[str]:
+    return {entry["name"] for entry in state["tasks"].values() if entry["status"] == "submitted"}
+
+
+@pytest.mark.e2e
+def test_github_workflow_steps_run(tmp_path: Path, remote: Path, sandbox: dict[str, str]) -> None:
+    workflow = load(GITHUB)
+    # Pull request: validate, and the plan appended to the step summary.
+    work = clone(remote, tmp_path / "pr")
+    summary = tmp_path / "summary.md"
+    for step in workflow["jobs"]["check"]["steps"]:
+        if "run" in step and "pip install" not in step["run"]:
+            env = github_env(workflow, step, {})
+            shell(step["run"], work, {**env, "GITHUB_STEP_SUMMARY": str(summary)})
+    assert "### reconciler plan" in summary.read_text(encoding="utf-8")
+
+    # main: apply, then the state committed back, as the runner's `github-actions[bot]`.
+    work = clone(remote, tmp_path / "main")
+    steps = steps_named(workflow["jobs"]["apply"])
+    secrets = {
+        "JDCLOUD_ACCESS_KEY": sandbox["JDCLOUD_ACCESS_KEY"],
+        "JDCLOUD_SECRET_KEY": sandbox["JDCLOUD_SECRET_KEY"],
+    }
+    endpoint = {"RECONCILER_ENDPOINT": sandbox["RECONCILER_ENDPOINT"]}
+    apply, commit = steps["Apply"], steps["Commit the state file back to main"]
+    result = shell(apply["run"], work, {**github_env(workflow, apply, secrets), **endpoint})
+    assert result.stdout.count("::notice file=clips/") == 7
+    # Meanwhile someone merged a manifest change: the commit step rebases onto it.
+    other = clone(remote, tmp_path / "other")
+    git(other, "config", "user.name", "Other")
+    git(other, "config", "user.email", "other@example.com")
+    (other / "README.md").write_text("clips\n", encoding="utf-8")
+    git(other, "add", "-A")
+    git(other, "commit", "-q", "-m", "a concurrent change")
+    git(other, "push", "-q", "origin", "main")
+    shell(commit["run"], work, github_env(workflow, commit, secrets))
+    assert "[skip ci]" in git(remote, "log", "-1", "--format=%s", "main")
+    assert "a concurrent change" in git(remote, "log", "--format=%s", "main")
+    assert len(submitted_names(state_on(remote))) == 7
+    assert "reconciler-state.json.lock" not in git(remote, "ls-tree", "--name-only", "main")
+
+    # The next run: nothing to submit, nothing to commit.
+    work = clone(remote, tmp_path / "main-again")
+    result = shell(apply["run"], work, {**github_env(workflow, apply, secrets), **endpoint})
+    assert "::notice" not in result.stdout
+    result = shell(commit["run"], work, github_env(workflow, commit, secrets))
+    assert "The state did not change." in result.stdout
+
+
+@pytest.mark.e2e
+def test_github_commit_step_keeps_a_journal_left_by_a_killed_apply(
+    tmp_path: Path, remote: Path
+) -> None:
+    workflow = load(GITHUB)
+    commit = steps_named(workflow["jobs"]["apply"])["Commit the state file back to main"]
+    work = clone(remote, tmp_path / "main")
+    (work / "reconciler-state.json").write_text('{"tasks": {}, "version": 1}\n')
+    (work / "reconciler-state.json.journal").write_text('{"pending": "mark"}\n')
+    shell(commit["run"], work, github_env(workflow, commit, {}))
+    files = git(remote, "ls-tree", "--name-only", "main").splitlines()
+    assert {"reconciler-state.json", "reconciler-state.json.journal"} <= set(files)
+    # Once a later apply folded the journal in (and removed it), its removal is committed.
+    work = clone(remote, tmp_path / "later")
+    (work / "reconciler-state.json.journal").unlink()
+    shell(commit["run"], work, github_env(workflow, commit, {}))
+    assert "reconciler-state.json.journal" not in git(remote, "ls-tree", "--name-only", "main")
+
+
+def gitlab_env(pipeline: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, str]:
+    env = {key: str(value) for key, value in pipeline.get("variables", {}).items()}
+    env.update({key: str(value) for key, value in job.get("variables", {}).items()})
+    env.update(
+        CI_DEFAULT_BRANCH="main",
+        CI_SERVER_PROTOCOL="https",
+        CI_SERVER_HOST="gitlab.example.com",
+        CI_SERVER_FQDN="gitlab.example.com",
+        CI_PROJECT_PATH="team/clips",
+        CI_PROJECT_DIR="",
+        RECONCILER_PUSH_TOKEN="project-access-token",
+    )
+    return env
+
+
+@pytest.mark.e2e
+def test_gitlab_pipeline_scripts_run(tmp_path: Path, remote: Path, sandbox: dict[str, str]) -> None:
+    pipeline = load(GITLAB)
+    # Merge request: validate (JUnit) and the plan as Markdown, against the target's state.
+    work = clone(remote, tmp_path / "mr")
+    plan = pipeline["reconciler-plan"]
+    env = {**gitlab_env(pipeline, plan), "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main"}
+    shell("\n".join(plan["script"]), work, env)
+    assert "### reconciler plan" in (work / "plan.md").read_text(encoding="utf-8")
+    assert "<testsuites" in (work / "validate.xml").read_text(encoding="utf-8")
+
+    # Default branch: apply, then the state pushed with the project access token.
+    work = clone(remote, tmp_path / "main")
+    apply = pipeline["reconciler-apply"]
+    env = {**gitlab_env(pipeline, apply), **sandbox}
+    push_url = "https://reconciler-bot:project-access-token@gitlab.example.com/team/clips.git"
+    git(work, "config", f"url.{remote}.insteadOf", push_url)
+    result = shell("\n".join(apply["script"]), work, env)
+    assert "Apply complete: 7 submitted" in result.stdout
+    assert "[skip ci]" in git(remote, "log", "-1", "--format=%s", "main")
+    assert len(submitted_names(state_on(remote))) == 7
+    # after_script then finds nothing more to commit.
+    result = shell("\n".join(apply["after_script"]), work, env)
+    assert "The state did not change." in result.stdout
+
+    # An apply that leaves a task `pending` (the API answered 500) fails the job, and the
+    # pending mark still reaches main: the next run must not send that task again.
+    from reconciler.sandbox import SandboxConfig, running_sandbox
+
+    work = clone(remote, tmp_path / "failing")
+    git(work, "config", f"url.{remote}.insteadOf", push_url)
+    extra = (work / "clips" / "goal-1.yaml").read_text(encoding="utf-8")
+    (work / "clips" / "extra.yaml").write_text(
+        extra.replace("goal-1", "extra").replace("19:13:10Z", "19:13:20Z"), encoding="utf-8"
+    )
+    with running_sandbox(SandboxConfig(failures={500: 1.0})) as failing:
+        env.update(
+            JDCLOUD_ACCESS_KEY=failing.credentials.access_key,
+            JDCLOUD_SECRET_KEY=failing.credentials.secret_key,
+            RECONCILER_ENDPOINT=failing.url,
+        )
+        result = shell("\n".join(apply["script"]), work, env, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 pending (outcome unknown)" in result.stdout
+    tasks = state_on(remote)["tasks"].values()
+    assert [t["name"] for t in tasks if t["status"] == "pending"] == ["cup-final-extra"]
+
+
+# --- our own schemas, as editors and standard validators see them ------------------------------
+
+
+@pytest.mark.parametrize("schema", [RECORD_TASK_SCHEMA, OUTPUT_SCHEMA], ids=lambda p: p.name)
+def test_schema_passes_the_metaschema_with_ecma_262_regexes(schema: Path) -> None:
+    for variant in ("default", "nonunicode"):  # both ECMAScript modes (regress)
+        result = check_jsonschema("--check-metaschema", "--regex-variant", variant, schema)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def split_documents(path: Path, into: Path) -> list[Path]:
+    """One file per YAML document: check-jsonschema reads one document per file."""
+    parts = re.split(r"^---[ \t]*$", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    out = []
+    for index, text in enumerate(part for part in parts if part.strip()):
+        target = into / f"{path.stem}.{index}.yaml"
+        target.write_text(text, encoding="utf-8")
+        out.append(target)
+    return out
+
+
+def test_example_manifests_pass_a_standard_validator(tmp_path: Path) -> None:
+    documents = [
+        part
+        for path in sorted(CUP_FINAL.glob("*.yaml"))
+        for part in split_documents(path, tmp_path)
+    ]
+    assert len(documents) == 7
+    result = check_jsonschema("--schemafile", RECORD_TASK_SCHEMA, *documents)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("saveBucket:", "saveBuckte:"), "'saveBuckte' was unexpected"),
+        (("recordFileType: mp4", "recordFileType: mp4,flv"), "recordFileType"),
+        (('endTime: "2026-11-20T19:13:10Z"', 'endTime: "2026-11-20 19:13:10"'), "endTime"),
+        (("apiVersion: reconciler/v1", "apiVersion: reconciler/v2"), "apiVersion"),
+    ],
+    ids=["typo", "file-type", "time", "api-version"],
+)
+def test_broken_manifest_is_rejected_by_a_standard_validator(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    original = (CUP_FINAL / "goal-1.yaml").read_text(encoding="utf-8")
+    assert change[0] in original
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(original.replace(*change), encoding="utf-8")
+    result = check_jsonschema("--schemafile", RECORD_TASK_SCHEMA, broken)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert expected in result.stdout

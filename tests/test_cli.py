@@ -1,0 +1,179 @@
+"""The command line as a user meets it: state repair commands, refusals, and no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.state import StateEntry, StateStore, TaskStatus
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def cli(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("JDCLOUD_", "RECONCILER_"))}
+    base["NO_COLOR"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder whose state (`reconciler-state.json`) holds the 7 examples, submitted."""
+    folder = tmp_path_factory.mktemp("applied")
+    result = cli(
+        folder, "apply", str(EXAMPLES), "--sandbox", "--state", "reconciler-state.json", "-q"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder
+
+
+@pytest.fixture
+def workdir(applied: Path, tmp_path: Path) -> Path:
+    state = (applied / "reconciler-state.json").read_bytes()
+    (tmp_path / "reconciler-state.json").write_bytes(state)
+    return tmp_path
+
+
+def entries(folder: Path) -> dict[str, StateEntry]:
+    return {e.name: e for e in StateStore(folder / "reconciler-state.json").load().entries.values()}
+
+
+def test_apply_without_credentials_names_the_variables_and_suggests_the_sandbox(
+    tmp_path: Path,
+) -> None:
+    result = cli(tmp_path, "apply", str(EXAMPLES))
+    assert result.returncode == 1
+    assert "JDCLOUD_ACCESS_KEY" in result.stderr and "JDCLOUD_SECRET_KEY" in result.stderr
+    assert "--sandbox" in result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_dry_run_sends_and_writes_nothing(tmp_path: Path) -> None:
+    result = cli(tmp_path, "apply", str(EXAMPLES), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "Plan: 7 to submit." in result.stdout
+    assert "Dry run: nothing was sent" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_state_list_and_show(workdir: Path) -> None:
+    listed = cli(workdir, "state", "list")
+    assert listed.returncode == 0
+    assert "7 tasks in reconciler-state.json." in listed.stdout
+    goal = entries(workdir)["cup-final-goal-1"]
+    shown = cli(workdir, "state", "show", goal.hash[:8])
+    assert shown.returncode == 0
+    assert f"hash:         {goal.hash}" in shown.stdout
+    assert '"saveBucket": "highlights"' in shown.stdout
+
+
+def test_state_show_unknown_and_ambiguous_prefixes(workdir: Path) -> None:
+    missing = cli(workdir, "state", "show", "ffffffffffff")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.startswith("error: ")
+    short = cli(workdir, "state", "show", "4")
+    assert short.returncode == 1 and "Traceback" not in short.stderr
+
+
+def test_state_rm_needs_confirmation_without_a_terminal(workdir: Path) -> None:
+    goal = entries(workdir)["cup-final-goal-1"]
+    before = (workdir / "reconciler-state.json").read_bytes()
+    refused = cli(workdir, "state", "rm", goal.hash)
+    assert refused.returncode == 1
+    assert "the next apply submits it again" in refused.stderr and "--yes" in refused.stderr
+    assert (workdir / "reconciler-state.json").read_bytes() == before
+    removed = cli(workdir, "state", "rm", goal.hash, "--yes")
+    assert removed.returncode == 0, removed.stderr
+    assert "cup-final-goal-1" not in entries(workdir)
+    plan = cli(workdir, "plan", str(EXAMPLES))
+    assert "Plan: 1 to submit, 6 unchanged." in plan.stdout
+
+
+def test_mark_submitted_resolves_a_pending_task(workdir: Path) -> None:
+    store = StateStore(workdir / "reconciler-state.json")
+    goal = entries(workdir)["cup-final-goal-2"]
+    pending = StateEntry(
+        goal.hash, TaskStatus.PENDING, goal.name, goal.source, goal.request, goal.updated_at
+    )
+    store.write(store.load().with_entries([pending]))
+    plan = cli(workdir, "plan", str(EXAMPLES), "--format", "json")
+    assert json.loads(plan.stdout)["summary"]["pending"] == 1
+    marked = cli(workdir, "state", "mark-submitted", goal.hash[:12], "--request-id", "abc123")
+    assert marked.returncode == 0, marked.stderr
+    after = entries(workdir)["cup-final-goal-2"]
+    assert (after.status, after.request_id) == (TaskStatus.SUBMITTED, "abc123")
+    empty = cli(workdir, "state", "mark-submitted", goal.hash, "--request-id", " ")
+    assert empty.returncode == 2
+
+
+def test_corrupt_state_is_reported_and_never_overwritten(tmp_path: Path) -> None:
+    state = tmp_path / "reconciler-state.json"
+    state.write_text('{"version": 1, "tasks": {')
+    for args in (
+        ("plan", str(EXAMPLES)),
+        ("apply", str(EXAMPLES), "--sandbox", "--state", str(state)),
+    ):
+        result = cli(tmp_path, *args)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert "reconciler-state.json" in result.stderr
+        assert state.read_text() == '{"version": 1, "tasks": {'
+
+
+def test_newer_state_version_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "reconciler-state.json"
+    state.write_text('{"version": 2, "tasks": {}}\n')
+    result = cli(tmp_path, "plan", str(EXAMPLES))
+    assert result.returncode == 1
+    assert "version 2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_invalid_manifests_stop_plan_and_apply_before_anything(tmp_path: Path) -> None:
+    for command in ("plan", "apply"):
+        result = cli(
+            tmp_path,
+            command,
+            str(EXAMPLES / "invalid"),
+            "--sandbox" if command == "apply" else "--quiet",
+        )
+        assert result.returncode == 1
+        assert "nothing was" in result.stderr
+        assert "too-short.yaml:10:3: spec.recordTimes: total length 9 s" in result.stdout
+    assert not (tmp_path / "reconciler-state.sandbox.json").exists()
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert cli(tmp_path, "validate").returncode == 2
+    assert cli(tmp_path, "plan", str(EXAMPLES), "--selector", "nokey").returncode == 2
+    assert cli(tmp_path, "apply", str(EXAMPLES), "--concurrency", "0").returncode == 2
+    assert cli(tmp_path, "sandbox", "--fail", "200:2").returncode == 2
+
+
+def test_version_and_schema(tmp_path: Path) -> None:
+    version = cli(tmp_path, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("reconciler ")
+    schema = cli(tmp_path, "schema")
+    assert json.loads(schema.stdout)["title"] == "reconciler RecordTask manifest"
+
+
+def test_selector_limits_apply(tmp_path: Path) -> None:
+    result = cli(tmp_path, "apply", str(EXAMPLES), "--sandbox", "-l", "kind=goal", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "SANDBOX apply complete: 3 submitted." in result.stdout

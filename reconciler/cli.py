@@ -175,12 +175,17 @@ def _errors_reported() -> Iterator[None]:
         _fail(str(error))
 
 
-def _load_tasks_or_exit(paths: list[str], fmt: OutputFormat, command: str) -> TaskSet:
-    """Manifests for plan/apply; any invalid one stops the run before anything is planned."""
+def _load_tasks_or_exit(
+    paths: list[str], fmt: OutputFormat, command: str, current: State
+) -> TaskSet:
+    """Manifests for plan/apply; any invalid one stops the run before anything is planned.
+
+    Loaded after the state, so tasks already recorded share the state's request objects.
+    """
     from reconciler.report import problem_annotation, validate_json, validate_summary
     from reconciler.tasks import load_tasks
 
-    result = load_tasks(paths)
+    result = load_tasks(paths, known=current.requests())
     if result.ok:
         return result
     if fmt is OutputFormat.JSON:
@@ -285,9 +290,9 @@ def plan(
     from reconciler.plan import make_plan
 
     chosen = _parse_selector(selector)
-    tasks = _load_tasks_or_exit(paths, fmt, "plan")
     with _errors_reported():
         current = _store(_state_path(state)).load()
+    tasks = _load_tasks_or_exit(paths, fmt, "plan", current)
     the_plan = make_plan(
         tasks.tasks, current, now=datetime.now(UTC), settle_seconds=settle, selector=chosen
     )
@@ -409,7 +414,6 @@ def apply(
             )
     chosen = _parse_selector(selector)
     saved = _read_plan_file(Path(paths[0])) if _is_plan_file(paths) else None
-    tasks = None if saved else _load_tasks_or_exit(paths, fmt, "apply")
     state_path = _state_path(state, sandbox=sandbox)
     store = _store(state_path, lock_timeout)
     console = _console(no_color)
@@ -419,12 +423,12 @@ def apply(
             f"state goes to {state_path}."
         )
 
-    def planned(current_state: Any) -> Plan:
+    def planned(current_state: State) -> Plan:
         from reconciler.plan import make_plan
 
         if saved is not None:
             return saved
-        assert tasks is not None
+        tasks = _load_tasks_or_exit(paths, fmt, "apply", current_state)
         return make_plan(
             tasks.tasks,
             current_state,

@@ -7,10 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler.state import State, TaskStatus
 from reconciler.tasks import SHORT_HASH, Task, request_hash
+
+if TYPE_CHECKING:  # the state module (and filelock) load only when a state is read
+    from reconciler.state import State
 
 PLAN_FORMAT_VERSION = 1
 DEFAULT_SETTLE_SECONDS = 300
@@ -45,7 +47,7 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanItem:
     """One task and what apply does with it."""
 
@@ -273,7 +275,8 @@ def make_plan(
         renamed = None
         if (entry.name, entry.source) != (task.name, source):
             renamed = f"{entry.name} ({entry.source})"
-        action = PlanAction.PENDING if entry.status is TaskStatus.PENDING else PlanAction.UNCHANGED
+        pending = entry.status == "pending"  # TaskStatus.PENDING, a StrEnum
+        action = PlanAction.PENDING if pending else PlanAction.UNCHANGED
         items.append(
             PlanItem(
                 action,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import os
@@ -21,6 +20,8 @@ from types import MappingProxyType
 from typing import Any, cast
 
 import filelock
+
+from reconciler.collector import collector_paused
 
 __all__ = [
     "MIN_PREFIX",
@@ -177,20 +178,25 @@ class State:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def requests(self) -> dict[str, Mapping[str, Any]]:
+        """Each task's recorded request by hash (for tasks.load_tasks to share, not copy)."""
+        return {key: entry.request for key, entry in self.entries.items()}
+
     def get(self, hash: str) -> StateEntry | None:
         return self.entries.get(hash)
 
     def fingerprint(self) -> str:
-        """sha256 of the state's canonical compact JSON: equal states, equal fingerprints."""
-        text = json.dumps(
-            _document(self),
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-            default=_plain_json,
-        )
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        """sha256 of the state's canonical compact JSON: equal states, equal fingerprints.
+
+        Hashed entry by entry (the same bytes as the whole document dumped with sorted keys),
+        so a large state is never held in memory a second time as one string.
+        """
+        digest = hashlib.sha256(b'{"tasks":{')
+        for number, key in enumerate(sorted(self.entries)):
+            chunk = _compact(key) + ":" + _compact(_entry_fields(self.entries[key]))
+            digest.update(("," + chunk if number else chunk).encode())
+        digest.update(f'}},"version":{STATE_VERSION}}}'.encode())
+        return digest.hexdigest()
 
     def with_entries(self, entries: Iterable[StateEntry]) -> State:
         merged = self._copy()
@@ -337,7 +343,7 @@ class StateStore:
 
     def load(self) -> State:
         """The snapshot (a missing file is an empty state) with the journal folded in."""
-        with self._mutex, _collector_paused():
+        with self._mutex, collector_paused():
             for _ in range(_LOAD_ATTEMPTS):
                 state = self._load_consistent()
                 if state is not None:
@@ -377,7 +383,15 @@ class StateStore:
                 raise StateError(f"{self.path}: cannot read the state file: {error}") from error
             if not os.path.samestat(opened, current):
                 return None
-        state = self._fold(self._parse_snapshot(data), journal)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise StateError(
+                f"{self.path}: the state file is not UTF-8 ({error}); it was left untouched; "
+                "restore it (e.g. from Git) or repair it by hand"
+            ) from None
+        del data  # a large state is parsed from text alone: its bytes need not stay in memory
+        state = self._fold(self._parse_snapshot(text), journal)
         self._checked_snapshot = _identity(opened)
         return state
 
@@ -397,7 +411,7 @@ class StateStore:
         except OSError as error:
             raise StateError(f"{self.journal_path}: cannot read the journal: {error}") from error
 
-    def _parse_snapshot(self, data: bytes) -> dict[str, StateEntry]:
+    def _parse_snapshot(self, data: str | bytes) -> dict[str, StateEntry]:
         where = str(self.path)
         untouched = "it was left untouched; restore it (e.g. from Git) or repair it by hand"
         try:
@@ -614,19 +628,6 @@ class StateStore:
             raise StateError(f"{directory}: cannot sync the state's directory: {error}") from error
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    # Parsing allocates many objects and no cycles; the cyclic collector would otherwise run
-    # dozens of times over the growing heap and double the cost of loading a large state.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _version_message(where: str, version: object) -> str:
     if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
         return (
@@ -691,6 +692,17 @@ def _entry_fields(entry: StateEntry) -> dict[str, Any]:
 def _document(state: State) -> dict[str, Any]:
     tasks = {key: _entry_fields(entry) for key, entry in state.entries.items()}
     return {"version": STATE_VERSION, "tasks": tasks}
+
+
+def _compact(value: object) -> str:
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_plain_json,
+    )
 
 
 def _plain_json(value: object) -> object:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from reconciler.collector import collector_paused
 from reconciler.manifests import Manifest, iter_files
 from reconciler.problems import Location, Problem
 from reconciler.schema import check_manifest, parse_record_time
@@ -56,7 +57,7 @@ def request_hash(request: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(request)).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
     """One clip to submit: the request, its identity, and the manifest it came from."""
 
@@ -96,21 +97,30 @@ class Task:
         return end
 
 
-def task_from_manifest(manifest: Manifest) -> Task:
-    """The Task of a manifest that passed check_manifest."""
+def task_from_manifest(
+    manifest: Manifest, known: Mapping[str, Mapping[str, Any]] | None = None
+) -> Task:
+    """The Task of a manifest that passed check_manifest.
+
+    `known` maps hashes to requests already in memory (the state's): an equal hash means an
+    equal request, so the task shares that object instead of keeping a copy.
+    """
     doc = manifest.doc
-    request = canonical_request(doc["spec"])
+    request: Mapping[str, Any] = canonical_request(doc["spec"])
+    identity = request_hash(request)
+    if known is not None:
+        request = known.get(identity, request)
     return Task(
         name=doc["metadata"]["name"],
         request=request,
-        hash=request_hash(request),
+        hash=identity,
         location=manifest.location,
         name_location=manifest.where(("metadata", "name")),
         labels=dict(doc["metadata"].get("labels") or {}),
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestResult:
     """One manifest's verdict, for reports that list every manifest (JSON, JUnit)."""
 
@@ -142,8 +152,18 @@ class TaskSet:
         return sum(1 for result in self.results if not result.valid)
 
 
-def load_tasks(paths: Sequence[str]) -> TaskSet:
-    """Load, check and hash every manifest under `paths`; set-level rules included."""
+def load_tasks(
+    paths: Sequence[str], *, known: Mapping[str, Mapping[str, Any]] | None = None
+) -> TaskSet:
+    """Load, check and hash every manifest under `paths`; set-level rules included.
+
+    `known`: requests already in memory by hash (see task_from_manifest), to share them.
+    """
+    with collector_paused():
+        return _load_tasks(paths, known)
+
+
+def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | None) -> TaskSet:
     tasks: list[Task] = []
     problems: list[Problem] = []
     results: list[ManifestResult] = []
@@ -153,7 +173,7 @@ def load_tasks(paths: Sequence[str]) -> TaskSet:
         problems.extend(loaded.problems)
         for manifest in loaded.manifests:
             found = check_manifest(manifest)
-            task = None if found else task_from_manifest(manifest)
+            task = None if found else task_from_manifest(manifest, known)
             if task is not None:
                 tasks.append(task)
             problems.extend(found)

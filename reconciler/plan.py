@@ -125,10 +125,22 @@ class Plan:
     """Every task grouped by action, and the state it was made against."""
 
     items: tuple[PlanItem, ...]
-    state_fingerprint: str
     created_at: str
     settle_seconds: int = DEFAULT_SETTLE_SECONDS
     selector: Mapping[str, str] = field(default_factory=dict)
+    # The state's fingerprint, as read from a saved plan; or the state itself, whose
+    # fingerprint (a hash of every entry) is computed only when asked for: printing a plan
+    # never needs it.
+    fingerprint: str | None = field(default=None, compare=False, repr=False)
+    made_against: State | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def state_fingerprint(self) -> str:
+        if self.fingerprint is None:
+            assert self.made_against is not None, "a plan knows its state or its fingerprint"
+            object.__setattr__(self, "fingerprint", self.made_against.fingerprint())
+        assert self.fingerprint is not None
+        return self.fingerprint
 
     def of(self, action: PlanAction) -> list[PlanItem]:
         return [item for item in self.items if item.action is action]
@@ -193,7 +205,7 @@ class Plan:
             items = tuple(PlanItem.from_json(item) for item in document["items"])
             plan = cls(
                 items=items,
-                state_fingerprint=str(document["stateFingerprint"]),
+                fingerprint=str(document["stateFingerprint"]),
                 created_at=str(document["createdAt"]),
                 settle_seconds=int(document.get("settleSeconds", DEFAULT_SETTLE_SECONDS)),
                 selector=dict(document.get("selector") or {}),
@@ -306,11 +318,17 @@ def make_plan(
                 state_status=entry.status.value,
             )
         )
-    order = {action: index for index, action in enumerate(ACTION_ORDER)}
-    items.sort(key=lambda item: (order[item.action], item.source, item.name, item.hash))
+    # Grouped by action in ACTION_ORDER, each group sorted by manifest file, name and hash.
+    groups: dict[PlanAction, list[PlanItem]] = {action: [] for action in ACTION_ORDER}
+    for item in items:
+        groups[item.action].append(item)
+    ordered: list[PlanItem] = []
+    for group in groups.values():
+        group.sort(key=lambda item: (item.source, item.name, item.hash))
+        ordered.extend(group)
     return Plan(
-        items=tuple(items),
-        state_fingerprint=state.fingerprint(),
+        items=tuple(ordered),
+        made_against=state,
         created_at=utc_text(now),
         settle_seconds=settle_seconds,
         selector=selector,

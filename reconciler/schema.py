@@ -200,9 +200,9 @@ RecordTaskValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-c
 @cache
 def _validator() -> Validator:
     schema = load_schema()
-    RecordTaskValidator.check_schema(schema)
-    # Resolving `$ref`s on every validation is a third of its cost; the schema's references are
-    # local and not recursive, so they are resolved once here.
+    # The schema file is checked against the Draft 2020-12 meta-schema by the tests, not on
+    # every start. Resolving `$ref`s on every validation is a third of its cost; the schema's
+    # references are local and not recursive, so they are resolved once here.
     return RecordTaskValidator(_inline_refs(schema, schema))  # type: ignore[no-any-return]
 
 

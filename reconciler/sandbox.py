@@ -398,6 +398,9 @@ class Sandbox:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connection attempts when a client opens 8 at
+    # once; the client then waits a full second to retry.
+    request_queue_size = 128
     sandbox: Sandbox
 
     def server_bind(self) -> None:

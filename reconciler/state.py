@@ -732,15 +732,7 @@ def _journal_line(entry: StateEntry) -> bytes:
     try:
         # Serialised exactly as the snapshot will be (UTF-8, no NaN), so whatever the journal
         # accepts, a later compaction can write.
-        text = json.dumps(
-            fields,
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-            default=_plain_json,
-        )
-        return (text + "\n").encode("utf-8")
+        return (_compact(fields) + "\n").encode("utf-8")
     except (TypeError, ValueError) as error:
         raise ValueError(f"task {entry.hash}: request cannot be stored: {error}") from error
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,3 +56,16 @@ def make_task(base_spec: dict[str, Any]) -> Callable[..., Task]:
         return build_task(spec, name or f"clip-{n}", source or f"clips/clip-{n}.yaml", labels)
 
     return make
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in `cwd` (never signing commits); its stdout, or a failed assertion."""
+    result = subprocess.run(
+        ["git", "-c", "commit.gpgsign=false", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, f"git {' '.join(args)}: {result.stdout}{result.stderr}"
+    return result.stdout.strip()

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import git
+
 ROOT = Path(__file__).resolve().parent.parent
 GITHUB = ROOT / "examples" / "ci" / "github-actions.yml"
 GITLAB = ROOT / "examples" / "ci" / "gitlab-ci.yml"
@@ -164,18 +166,6 @@ def test_gitlab_apply_never_overlaps_and_always_commits_the_state() -> None:
 
 
 # --- their shell, run for real --------------------------------------------------------------------
-
-
-def git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-c", "commit.gpgsign=false", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, f"git {' '.join(args)}: {result.stdout}{result.stderr}"
-    return result.stdout.strip()
 
 
 @pytest.fixture

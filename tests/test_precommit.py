@@ -18,22 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import git
+
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = (ROOT / "examples" / "cup-final" / "goal-1.yaml").read_text(encoding="utf-8")
 
 pytestmark = pytest.mark.slow
-
-
-def git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["git", "-c", "commit.gpgsign=false", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, f"git {' '.join(args)}: {result.stdout}{result.stderr}"
-    return result.stdout.strip()
 
 
 def new_repo(path: Path) -> Path:

@@ -340,11 +340,8 @@ def apply_summary(result: ApplyResult, plan: Plan, *, sandbox: bool = False) -> 
     parts = [f"{counts['submitted']} submitted"]
     if counts["failed"]:
         parts.append(f"{counts['failed']} failed")
-    pending = counts["unknown"] + sum(
-        1
-        for item in plan.of(PlanAction.PENDING)
-        if item.hash not in {o.item.hash for o in result.outcomes}
-    )
+    # Unknown outcomes of this run, plus the plan's pending tasks that were not re-sent.
+    pending = counts["unknown"] + result.still_pending
     if pending:
         parts.append(f"{pending} pending (outcome unknown)")
     if counts["not-sent"]:

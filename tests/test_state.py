@@ -199,6 +199,13 @@ def test_an_unknown_future_version_is_refused_and_never_rewritten(store: StateSt
     message = str(caught.value)
     assert str(store.path) in message
     assert "version 2" in message and f"understands version {STATE_VERSION}" in message
+    assert_every_write_refused(store)
+    assert store.path.read_bytes() == original
+    assert not store.journal_path.exists(), "nothing may be journalled beside a newer state"
+
+
+def assert_every_write_refused(store: StateStore) -> None:
+    """compact, write and append all refuse a state file this reconciler cannot read."""
     for attempt in (
         store.compact,
         lambda: store.write(State()),
@@ -206,8 +213,6 @@ def test_an_unknown_future_version_is_refused_and_never_rewritten(store: StateSt
     ):
         with pytest.raises(StateError):
             attempt()
-    assert store.path.read_bytes() == original
-    assert not store.journal_path.exists(), "nothing may be journalled beside a newer state"
 
 
 @pytest.mark.parametrize(
@@ -223,13 +228,7 @@ def test_a_damaged_snapshot_is_an_error_naming_the_file_and_is_never_overwritten
     original = use_fixture(store, fixture)
     with pytest.raises(StateError, match=re.escape(str(store.path)) + where):
         store.load()
-    for attempt in (
-        store.compact,
-        lambda: store.write(State()),
-        lambda: store.append([make_entry(1)]),
-    ):
-        with pytest.raises(StateError):
-            attempt()
+    assert_every_write_refused(store)
     assert store.path.read_bytes() == original
     assert files_in(store.path.parent) == {store.path.name}
 

@@ -30,6 +30,7 @@ __all__ = [
     "State",
     "StateEntry",
     "StateError",
+    "StateExistsError",
     "StateLockedError",
     "StateStore",
     "TaskStatus",
@@ -71,6 +72,10 @@ class LockHolder:
 
     def __str__(self) -> str:
         return f"pid {self.pid} on host {self.host} since {self.since}"
+
+
+class StateExistsError(StateError):
+    """`create` found a state (its snapshot or its journal) already there; it changed nothing."""
 
 
 class StateLockedError(StateError):
@@ -163,9 +168,14 @@ _STATUSES: dict[str, TaskStatus] = {status.value: status for status in TaskStatu
 
 @dataclass(frozen=True)
 class State:
-    """Every task the state knows, by hash. A value: changes return a new State."""
+    """Every task the state knows, by hash. A value: changes return a new State.
+
+    `sandbox`: the state records tasks sent to the local sandbox, never to JD Cloud (a real
+    apply must not trust it, and a sandbox apply must not write into a real one).
+    """
 
     entries: Mapping[str, StateEntry] = field(default_factory=dict)
+    sandbox: bool = False
 
     def __post_init__(self) -> None:
         entries = dict(self.entries)
@@ -191,7 +201,7 @@ class State:
         Hashed entry by entry (the same bytes as the whole document dumped with sorted keys),
         so a large state is never held in memory a second time as one string.
         """
-        digest = hashlib.sha256(b'{"tasks":{')
+        digest = hashlib.sha256(b'{"sandbox":true,"tasks":{' if self.sandbox else b'{"tasks":{')
         for number, key in enumerate(sorted(self.entries)):
             chunk = _compact(key) + ":" + _compact(_entry_fields(self.entries[key]))
             digest.update(("," + chunk if number else chunk).encode())
@@ -201,19 +211,20 @@ class State:
     def with_entries(self, entries: Iterable[StateEntry]) -> State:
         merged = self._copy()
         merged.update((entry.hash, entry) for entry in entries)
-        return State._adopt(merged)
+        return State._adopt(merged, sandbox=self.sandbox)
 
     def without(self, hash: str) -> State:
         remaining = self._copy()
         remaining.pop(hash, None)
-        return State._adopt(remaining)
+        return State._adopt(remaining, sandbox=self.sandbox)
 
     # apply records outcomes one task at a time: a change must not cost a pass over every entry.
     @classmethod
-    def _adopt(cls, entries: dict[str, StateEntry]) -> State:
+    def _adopt(cls, entries: dict[str, StateEntry], *, sandbox: bool = False) -> State:
         """A State of `entries`, a dict keyed by hash that nothing else holds."""
         state = object.__new__(cls)
         object.__setattr__(state, "entries", MappingProxyType(entries))
+        object.__setattr__(state, "sandbox", sandbox)
         return state
 
     def _copy(self) -> dict[str, StateEntry]:
@@ -391,17 +402,22 @@ class StateStore:
                 "restore it (e.g. from Git) or repair it by hand"
             ) from None
         del data  # a large state is parsed from text alone: its bytes need not stay in memory
-        state = self._fold(self._parse_snapshot(text), journal)
+        entries, sandbox = self._parse_snapshot(text)
+        state = self._fold(entries, journal, sandbox=sandbox)
         self._checked_snapshot = _identity(opened)
         return state
 
-    def _fold(self, entries: dict[str, StateEntry], journal: bytes) -> State:
+    def _fold(
+        self, entries: dict[str, StateEntry], journal: bytes, *, sandbox: bool = False
+    ) -> State:
+        # The journal never records the sandbox flag: only the snapshot does, so a journal
+        # without a snapshot (a first apply killed, in versions before `create`) is real.
         for entry in self._parse_journal(journal):
             if isinstance(entry, str):  # a removal: the task was marked but never sent
                 entries.pop(entry, None)
             else:
                 entries[entry.hash] = entry
-        return State._adopt(entries)
+        return State._adopt(entries, sandbox=sandbox)
 
     def _read_journal(self) -> bytes:
         try:
@@ -411,7 +427,13 @@ class StateStore:
         except OSError as error:
             raise StateError(f"{self.journal_path}: cannot read the journal: {error}") from error
 
-    def _parse_snapshot(self, data: str | bytes) -> dict[str, StateEntry]:
+    def _parse_snapshot(self, data: str | bytes) -> tuple[dict[str, StateEntry], bool]:
+        """The snapshot's entries and its sandbox flag.
+
+        `"sandbox": true` marks a sandbox state; a real state has no such field. Any other
+        value (`false` included) is refused: no reconciler writes it, so it was typed by hand,
+        and guessing which kind of state was meant could mix sandbox tasks with real ones.
+        """
         where = str(self.path)
         untouched = "it was left untouched; restore it (e.g. from Git) or repair it by hand"
         try:
@@ -430,11 +452,17 @@ class StateStore:
         version = document.get("version")
         if type(version) is not int or version != STATE_VERSION:
             raise StateError(_version_message(where, version))
-        unknown = sorted(set(document) - {"version", "tasks"})
+        unknown = sorted(set(document) - {"version", "tasks", "sandbox"})
         if unknown:
             raise StateError(
                 f"{where}: unknown top-level field(s) {', '.join(unknown)} in a version "
                 f"{STATE_VERSION} state file; {untouched}"
+            )
+        sandbox = document.get("sandbox", False)
+        if "sandbox" in document and sandbox is not True:
+            raise StateError(
+                f"{where}: 'sandbox' must be true (a sandbox state) or absent (a real state), "
+                f"not {json.dumps(sandbox)}; {untouched}"
             )
         tasks = document.get("tasks")
         if not isinstance(tasks, dict):
@@ -442,7 +470,7 @@ class StateStore:
         entries: dict[str, StateEntry] = {}
         for key, fields in tasks.items():
             entries[key] = _parse_entry(key, fields, where, untouched)
-        return entries
+        return entries, sandbox is True
 
     def _parse_journal(self, data: bytes) -> Iterator[StateEntry | str]:
         """Entries in journal order; a bare hash string stands for a removal."""
@@ -474,7 +502,28 @@ class StateStore:
                 continue
             yield _parse_entry(key, fields, where, untouched, number)
 
+    def exists(self) -> bool:
+        """Whether there is a state here: its snapshot, or a journal (a first apply killed)."""
+        return os.path.exists(self.path) or os.path.exists(self.journal_path)
+
     # -- write ----------------------------------------------------------------------------------
+
+    def create(self, *, sandbox: bool = False) -> State:
+        """Write an empty state (for `reconciler init`, or a sandbox apply's first run).
+
+        Takes the lock (re-entrant, so a caller may already hold it); refuses with
+        StateExistsError if a snapshot or a journal is already there.
+        """
+        with self.lock(), self._mutex:
+            for path, what in (
+                (self.path, "a state file"),
+                (self.journal_path, "a journal of a state (left by an apply that was stopped)"),
+            ):
+                if os.path.lexists(path):
+                    raise StateExistsError(f"{path}: there is already {what}; nothing was changed")
+            state = State(sandbox=sandbox)
+            self._replace_snapshot(_snapshot_bytes(state))
+            return state
 
     def append(self, entries: Sequence[StateEntry], *, removed: Sequence[str] = ()) -> None:
         """Make `entries` durable in the journal: one write and one fsync for the whole batch.
@@ -569,7 +618,14 @@ class StateStore:
         file this reconciler cannot read is refused, never overwritten.
         """
         with self._mutex:
-            self.compact()
+            current = self.compact()
+            if current.sandbox != state.sandbox and self.exists():
+                kinds = ("a real", "a sandbox")
+                raise StateError(
+                    f"{self.path} is {kinds[current.sandbox]} state; it cannot be replaced by "
+                    f"{kinds[state.sandbox]} state (sandbox and real tasks never mix); "
+                    "nothing was changed"
+                )
             self._replace_snapshot(_snapshot_bytes(state))
 
     def _replace_snapshot(self, data: bytes) -> None:
@@ -691,7 +747,10 @@ def _entry_fields(entry: StateEntry) -> dict[str, Any]:
 
 def _document(state: State) -> dict[str, Any]:
     tasks = {key: _entry_fields(entry) for key, entry in state.entries.items()}
-    return {"version": STATE_VERSION, "tasks": tasks}
+    document: dict[str, Any] = {"version": STATE_VERSION, "tasks": tasks}
+    if state.sandbox:  # only then: a real state's file stays what it always was
+        document["sandbox"] = True
+    return document
 
 
 def _compact(value: object) -> str:

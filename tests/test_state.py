@@ -32,6 +32,7 @@ from reconciler.state import (
     State,
     StateEntry,
     StateError,
+    StateExistsError,
     StateLockedError,
     StateStore,
     TaskStatus,
@@ -197,6 +198,163 @@ def test_the_request_may_be_any_mapping(store: StateStore) -> None:
     store.append([frozen])
     store.compact()
     assert store.load().entries[frozen.hash].request == {"path": entry.request["path"], "body": {}}
+
+
+# -- sandbox states, exists and create ----------------------------------------------------------
+
+EMPTY_REAL = b'{\n  "tasks": {},\n  "version": 1\n}\n'
+EMPTY_SANDBOX = b'{\n  "sandbox": true,\n  "tasks": {},\n  "version": 1\n}\n'
+
+
+def test_create_writes_an_empty_real_state_with_no_sandbox_field(store: StateStore) -> None:
+    assert not store.exists()
+    created = store.create()
+    assert created == State() and created.sandbox is False
+    assert store.exists()
+    assert store.path.read_bytes() == EMPTY_REAL
+    assert files_in(store.path.parent) == {store.path.name, store.lock_path.name}
+    assert store.load() == State()
+
+
+def test_a_sandbox_state_keeps_its_flag_through_every_write(store: StateStore) -> None:
+    assert store.create(sandbox=True) == State(sandbox=True)
+    assert store.path.read_bytes() == EMPTY_SANDBOX
+    assert store.load().sandbox is True
+    store.append([make_entry(1), make_entry(2)])
+    loaded = store.load()
+    assert loaded == State(state_of(make_entry(1), make_entry(2)).entries, sandbox=True)
+    assert loaded.with_entries([make_entry(3)]).sandbox is True
+    assert loaded.without(make_entry(1).hash).sandbox is True
+    assert store.compact().sandbox is True
+    assert json.loads(store.path.read_bytes())["sandbox"] is True
+    assert store.path.read_bytes().startswith(b'{\n  "sandbox": true,\n  "tasks": {\n')
+    store.write(store.load().without(make_entry(1).hash))
+    assert store.load() == State(state_of(make_entry(2)).entries, sandbox=True)
+    assert json.loads(store.path.read_bytes())["sandbox"] is True
+
+
+def test_a_real_state_is_written_as_before(store: StateStore) -> None:
+    original = use_fixture(store, "v1.json")
+    assert store.load().sandbox is False
+    store.append([make_entry(1)])
+    store.compact()
+    store.write(store.load().without(make_entry(1).hash))
+    assert store.path.read_bytes() == original
+
+
+def test_the_fingerprint_tells_a_sandbox_state_from_a_real_one(store: StateStore) -> None:
+    store.create(sandbox=True)
+    store.append([make_entry(1)])
+    sandbox = store.compact()
+    real = State(sandbox.entries)
+    assert real != sandbox
+    assert real.fingerprint() != sandbox.fingerprint()
+    # Each is still the sha256 of its canonical compact JSON, the sandbox field included.
+    assert sandbox.fingerprint() == sha(state_module._compact(json.loads(store.path.read_bytes())))
+    store.path.unlink()
+    store.write(real)
+    assert real.fingerprint() == sha(state_module._compact(json.loads(store.path.read_bytes())))
+
+
+def test_write_never_turns_a_sandbox_state_into_a_real_one(store: StateStore) -> None:
+    store.create(sandbox=True)
+    store.append([make_entry(1)])
+    with pytest.raises(StateError, match="sandbox") as caught:
+        store.write(state_of(make_entry(1)))
+    assert str(caught.value).startswith(str(store.path))
+    assert store.load().sandbox is True
+
+
+def test_write_never_turns_a_real_state_into_a_sandbox_one(store: StateStore) -> None:
+    original = use_fixture(store, "v1.json")
+    with pytest.raises(StateError, match="sandbox"):
+        store.write(State(store.load().entries, sandbox=True))
+    assert store.path.read_bytes() == original
+
+
+@pytest.mark.parametrize("value", ["false", '"true"', "1", "null", "{}"])
+def test_a_sandbox_field_that_is_not_true_is_refused(store: StateStore, value: str) -> None:
+    data = EMPTY_SANDBOX.replace(b"true", value.encode())
+    store.path.write_bytes(data)
+    with pytest.raises(StateError) as caught:
+        store.load()
+    message = str(caught.value)
+    assert message.startswith(str(store.path))
+    assert "'sandbox'" in message and value in message and "left untouched" in message
+    assert_every_write_refused(store)
+    assert store.path.read_bytes() == data
+
+
+def test_a_journal_without_a_snapshot_is_a_real_state(store: StateStore) -> None:
+    # What a first apply killed before its first compaction left behind (older versions).
+    store.append([make_entry(1)])
+    assert store.exists()
+    assert store.load() == state_of(make_entry(1))
+    assert store.load().sandbox is False
+    store.compact()
+    assert "sandbox" not in json.loads(store.path.read_bytes())
+
+
+def test_create_refuses_an_existing_snapshot(store: StateStore) -> None:
+    original = use_fixture(store, "v1.json")
+    for sandbox in (False, True):
+        with pytest.raises(StateExistsError) as caught:
+            store.create(sandbox=sandbox)
+        assert isinstance(caught.value, StateError)
+        message = str(caught.value)
+        assert str(store.path) in message and "nothing was changed" in message
+    assert store.path.read_bytes() == original
+    assert files_in(store.path.parent) == {store.path.name, store.lock_path.name}
+
+
+def test_create_refuses_a_journal_without_a_snapshot(store: StateStore) -> None:
+    store.append([make_entry(1)])
+    journal = store.journal_path.read_bytes()
+    with pytest.raises(StateExistsError) as caught:
+        store.create()
+    assert str(store.journal_path) in str(caught.value)
+    assert "nothing was changed" in str(caught.value)
+    assert not store.path.exists()
+    assert store.journal_path.read_bytes() == journal
+    assert store.load() == state_of(make_entry(1))
+
+
+def test_create_syncs_the_new_snapshot_like_every_snapshot_write(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    for name in ("fsync", "replace"):
+        real = getattr(os, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(os, name, spy)
+    store.create()
+    monkeypatch.undo()
+    # The file's data before the rename, the directory after it.
+    assert calls[-3:] == ["fsync", "replace", "fsync"]
+    assert not [name for name in files_in(store.path.parent) if name.endswith(".tmp")]
+
+
+def test_a_sandbox_apply_creates_its_state_under_the_lock_then_appends(
+    store: StateStore,
+) -> None:
+    for _ in range(2):  # the second run finds the state the first created
+        with store.lock():
+            if not store.exists():
+                store.create(sandbox=True)
+            store.append([make_entry(len(store.load()))])
+            store.compact()
+    assert store.load() == State(state_of(make_entry(0), make_entry(1)).entries, sandbox=True)
+
+
+def test_create_waits_for_the_lock(tmp_path: Path, lock_holder: subprocess.Popen[str]) -> None:
+    store = StateStore(tmp_path / "reconciler-state.json", lock_timeout=0.1)
+    with pytest.raises(StateLockedError):
+        store.create()
+    assert not store.path.exists()
 
 
 # -- refusing what it cannot read ---------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import unicodedata
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from functools import cache
@@ -12,6 +13,7 @@ from importlib import resources
 from typing import Any
 
 import jsonschema
+import regress
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.protocols import Validator
 
@@ -19,7 +21,8 @@ from reconciler.manifests import DocPath, Manifest
 from reconciler.problems import Problem, field_path
 
 SCHEMA_RESOURCE = "schemas/record-task.schema.json"
-_TIME = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z$")
+# Matched with fullmatch: `$` in a Python pattern also matches before a final newline.
+_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -36,7 +39,7 @@ def load_schema() -> dict[str, Any]:
 
 def parse_record_time(text: str) -> datetime | None:
     """A recordTimes value as an aware UTC datetime, or None if it is not a real time in the format."""
-    match = _TIME.match(text)
+    match = _TIME.fullmatch(text)
     if match is None:
         return None
     try:
@@ -55,14 +58,89 @@ def _duration(seconds: int) -> str:
     return " ".join(part for part in parts if part)
 
 
+# --- patterns, as ECMA-262 reads them ---------------------------------------------------------
+
+# Draft 2020-12 patterns are ECMA-262 regular expressions with the `u` flag (Unicode code
+# points), which is how editors and check-jsonschema match them. Python's `re` differs: its `$`
+# also matches before a final newline, so a value written as a YAML `|` block scalar would pass.
+_COMPILED: dict[str, regress.Regex] = {}
+
+
+def ecma_match(pattern: str, text: str) -> bool:
+    """Whether `pattern` finds a match in `text` under ECMA-262 (`u` flag) semantics."""
+    compiled = _COMPILED.get(pattern)
+    if compiled is None:
+        compiled = _COMPILED[pattern] = regress.Regex(pattern, flags="u")
+    try:
+        return compiled.find(text) is not None
+    except UnicodeEncodeError:  # a lone surrogate: not Unicode text, so never a valid value
+        return False
+
+
+def _pattern(
+    validator: Validator, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if isinstance(instance, str) and not ecma_match(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# Characters a reviewer cannot see that are not "Cf" (format) characters: Unicode's other
+# Default_Ignorable_Code_Points (combining grapheme joiner, fillers, variation selectors).
+_INVISIBLE_RANGES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xE0100, 0xE01EF),
+)
+_CONTROL_NAMES = {"\t": "a tab", "\n": "a line break", "\r": "a carriage return"}
+
+
+def _unseen(char: str) -> str | None:
+    """What `char` is when a reader cannot see it for what it is (None for visible ones)."""
+    code = ord(char)
+    label = f"U+{code:04X}"
+    name = unicodedata.name(char, "")
+    if code < 0x20 or 0x7F <= code <= 0x9F:
+        return _CONTROL_NAMES.get(char, f"the control character {label}")
+    if 0xD800 <= code <= 0xDFFF:
+        return f"a lone surrogate {label} (not Unicode text)"
+    category = unicodedata.category(char)
+    if category == "Cf" or any(low <= code <= high for low, high in _INVISIBLE_RANGES):
+        return f"the invisible character {label} {name}".rstrip()
+    if category in ("Zl", "Zp"):
+        return f"the line separator {label} {name}"
+    if char.isspace() and char != " ":
+        return f"the whitespace character {label} {name}"
+    return None
+
+
+def hidden_character(text: str) -> str | None:
+    """What is wrong with `text` that its printed form hides, or None: a final line break (a
+    YAML block scalar's) or the first control, invisible or unusual whitespace character."""
+    if text.endswith(("\n", "\r")):
+        return (
+            "ends with a line break (a YAML block scalar written with '|' or '>' keeps its "
+            "last one: write '|-' or '>-', or put the value on the key's line)"
+        )
+    for index, char in enumerate(text):
+        what = _unseen(char)
+        if what is not None:
+            return f"contains {what} at position {index + 1}"
+    return None
+
+
 # --- the project's own keywords -------------------------------------------------------------
 
 
 def _calendar_time(
     validator: Validator, enabled: bool, instance: Any, schema: Mapping[str, Any]
 ) -> Iterator[ValidationError]:
-    real = not (isinstance(instance, str) and _TIME.match(instance)) or parse_record_time(instance)
-    if enabled and not real:
+    in_format = isinstance(instance, str) and _TIME.fullmatch(instance) is not None
+    if enabled and in_format and parse_record_time(instance) is None:
         yield ValidationError(
             f"{instance} is not a real calendar time (check the month, day, hour, minute and "
             "second); use a UTC time like 2018-10-21T10:00:00Z"
@@ -187,6 +265,7 @@ def _additional_properties(
 RecordTaskValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
     Draft202012Validator,
     {
+        "pattern": _pattern,
         "required": _required,
         "additionalProperties": _additional_properties,
         "x-reconciler-calendarTime": _calendar_time,
@@ -256,7 +335,8 @@ def _describe(error: ValidationError) -> tuple[DocPath, str]:
     if "propertyNames" in error.relative_schema_path:
         # jsonschema reports a bad key at its mapping's path; point at the key itself.
         rule = schema.get("patternErrorMessage") or error.message
-        return (*path, str(value)), f"key {value!r}: {rule}"
+        hidden = hidden_character(value) if isinstance(value, str) else None
+        return (*path, str(value)), f"key {value!r}{f' {hidden}' if hidden else ''}: {rule}"
     if keyword == "type":
         wanted = _TYPE_NAMES.get(str(expected), str(expected))
         message = f"must be {wanted}, not {_kind_of(value)}"
@@ -266,7 +346,8 @@ def _describe(error: ValidationError) -> tuple[DocPath, str]:
     if keyword == "const":
         return path, f"must be {expected!r}, not {_kind_of(value)}"
     if keyword == "pattern":
-        return path, f"{value!r} {schema.get('patternErrorMessage', f'must match {expected}')}"
+        rule = schema.get("patternErrorMessage", f"must match {expected}")
+        return path, _with_hidden(value, rule)
     if keyword in ("minLength", "maxLength"):
         bound = "at least" if keyword == "minLength" else "at most"
         return path, f"is {len(value)} characters long; {bound} {expected} allowed"
@@ -274,6 +355,12 @@ def _describe(error: ValidationError) -> tuple[DocPath, str]:
         bound = "at least" if keyword == "minItems" else "at most"
         return path, f"has {len(value)} entries; {bound} {expected} allowed"
     return path, error.message
+
+
+def _with_hidden(value: Any, rule: str) -> str:
+    """`'value' rule`, saying first what the value hides when that is why it breaks the rule."""
+    hidden = hidden_character(value) if isinstance(value, str) else None
+    return f"{value!r} {hidden}; it {rule}" if hidden else f"{value!r} {rule}"
 
 
 _MISSING = object()

@@ -313,3 +313,88 @@ def test_standard_validator_agrees_on_structure(base: dict[str, Any]) -> None:
     too_short = with_spec(base, recordTimes=times((T + "00:00Z", T + "00:05Z")))
     assert list(plain.iter_errors(too_short)) == [], "the 10 s rule is a project keyword"
     assert problems_for(too_short), "... which our validator enforces"
+
+
+# --- one meaning for every value (issue 11, findings 9 and 10) ---------------------------------
+
+MINIMAL = (FIXTURES / "valid" / "minimal.yaml").read_text()
+# Every field with a `pattern` (or a rule of our own) and a valid value for it, written as one
+# line of the fixture (metadata.name included: not sent, but a name with a line break is not
+# the name a reviewer reads).
+PATTERN_FIELDS: list[tuple[str, str, str]] = [
+    ("metadata.name", "  name: minimal\n", "  name: {}\n"),
+    ("spec.publishDomain", "  publishDomain: push.example.com\n", "  publishDomain: {}\n"),
+    ("spec.appName", "  appName: live\n", "  appName: {}\n"),
+    ("spec.streamName", "  streamName: match\n", "  streamName: {}\n"),
+    (
+        "spec.recordTimes[0].startTime",
+        '    - startTime: "2026-11-20T19:00:00Z"\n',
+        "    - startTime: {}\n",
+    ),
+    (
+        "spec.recordTimes[0].endTime",
+        '      endTime: "2026-11-20T19:05:00Z"\n',
+        "      endTime: {}\n",
+    ),
+    ("spec.saveBucket", "  saveBucket: highlights\n", "  saveBucket: {}\n"),
+    (
+        "spec.saveEndpoint",
+        "  saveEndpoint: s3.cn-north-1.jdcloud-oss.com\n",
+        "  saveEndpoint: {}\n",
+    ),
+    ("spec.recordFileType", "  recordFileType: mp4\n", "  recordFileType: {}\n"),
+]
+
+
+def _value_of(line: str) -> str:
+    return line.split(": ", 1)[1].strip().strip('"')
+
+
+def _with_block_scalar(line: str, template: str, indicator: str) -> str:
+    """The fixture with one field's value written as a YAML block scalar (`|`, `|-`, `>`...)."""
+    indent = " " * (len(template) - len(template.lstrip(" -")) + 2)
+    block = indicator + "\n" + indent + _value_of(line)
+    return MINIMAL.replace(line, template.format(block))
+
+
+def _verdict(text: str) -> list[str]:
+    from reconciler.manifests import parse_text
+
+    result = parse_text("m.yaml", text)
+    assert result.problems == [], result.problems
+    return [f"{p.field}: {p.message}" for p in check_manifest(result.manifests[0])]
+
+
+@pytest.mark.parametrize(("field", "line", "template"), PATTERN_FIELDS)
+@pytest.mark.parametrize("indicator", ["|", ">", "|+", ">+"])
+def test_a_block_scalar_keeping_its_line_break_is_refused(
+    field: str, line: str, template: str, indicator: str
+) -> None:
+    """Python's `$` matches before a final newline, ECMA-262's does not: `|` must not pass."""
+    assert line in MINIMAL
+    found = _verdict(_with_block_scalar(line, template, indicator))
+    assert any(problem.startswith(f"{field}: ") for problem in found), found
+    assert any("line break" in problem for problem in found), found
+
+
+@pytest.mark.parametrize(("field", "line", "template"), PATTERN_FIELDS)
+@pytest.mark.parametrize("indicator", ["|-", ">-"])
+def test_a_block_scalar_without_its_line_break_is_the_plain_value(
+    field: str, line: str, template: str, indicator: str
+) -> None:
+    assert _verdict(_with_block_scalar(line, template, indicator)) == []
+
+
+def test_a_label_key_with_a_line_break_is_refused(base: dict[str, Any]) -> None:
+    from reconciler.schema import _errors
+
+    for bad in ["event\n", "event\r\n", "\nevent"]:
+        doc = copy.deepcopy(base)
+        doc["metadata"]["labels"] = {bad: "x"}
+        assert _errors(doc), repr(bad)
+
+
+def test_times_parse_only_without_a_line_break() -> None:
+    """The project's own time rules (calendar, order, sums) read times as ECMA `$` would."""
+    assert parse_record_time("2018-10-21T10:00:00Z\n") is None
+    assert parse_record_time("2018-10-21T10:00:00Z\r") is None

@@ -48,6 +48,7 @@ _ALLOWED_FIELDS = _REQUIRED_FIELDS | {"requestId", "submittedAt"}
 # A lockless reader (e.g. `plan`) can race a compaction; it re-reads, but not forever.
 _LOAD_ATTEMPTS = 20
 _TAIL_CHUNK = 8192
+_MAX_LINKS = 40  # as Linux's MAXSYMLINKS
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise turn "\n" into "\r\n"
 
 
@@ -270,8 +271,29 @@ def _identity(status: os.stat_result) -> _FileIdentity:
     return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
+def _link_target(path: Path) -> Path:
+    """Where the chain of symbolic links starting at `path` ends; `path` if it is no link.
+
+    The end need not exist yet (a link to a state not created yet). Only the last component is
+    followed: links among the folders lead to the same file either way. A loop is left as it
+    is, for opening it to fail with "too many levels of symbolic links".
+    """
+    target = path
+    for _ in range(_MAX_LINKS):
+        try:
+            link = os.readlink(target)
+        except OSError:  # not a link (or gone): the chain ends here
+            return target
+        target = Path(os.path.join(os.path.dirname(target), link))
+    return path
+
+
 class StateStore:
     """The state on disk: `path` (snapshot), `path.journal` (write-ahead log), `path.lock`.
+
+    If `path` is a symbolic link (or a chain of them), `target` is the file it leads to, and
+    the journal and lock files are beside `target`; messages name both, as `shown`:
+    `reconciler-state.json (-> shared/state.json)`.
 
     Callers hold `lock()` around every load ... append ... compact sequence. Within one process
     the methods are thread-safe. A State is the snapshot with the journal folded in, in order;
@@ -280,9 +302,13 @@ class StateStore:
 
     def __init__(self, path: Path, *, lock_timeout: float = 60.0) -> None:
         self.path = Path(path)
-        self.journal_path = Path(f"{self.path}.journal")
-        self.lock_path = Path(f"{self.path}.lock")
-        self.lock_info_path = Path(f"{self.path}.lock.info")
+        # A link is followed (when the store is made): its target is read, replaced and locked,
+        # and the journal and the lock live beside it, so every name of one state shares them.
+        self.target = _link_target(self.path)
+        self.shown = str(self.path) if self.target == self.path else f"{path} (-> {self.target})"
+        self.journal_path = Path(f"{self.target}.journal")
+        self.lock_path = Path(f"{self.target}.lock")
+        self.lock_info_path = Path(f"{self.target}.lock.info")
         self.lock_timeout = lock_timeout
         self._file_lock = filelock.FileLock(self.lock_path, timeout=lock_timeout)
         self._mutex = threading.RLock()
@@ -304,7 +330,7 @@ class StateStore:
             holder = self.lock_holder()
             who = str(holder) if holder else "an unknown process (it recorded no holder details)"
             raise StateLockedError(
-                f"{self.path} is locked by {who}; gave up after waiting "
+                f"{self.shown} is locked by {who}; gave up after waiting "
                 f"{self.lock_timeout:g} s. Another reconciler is using this state: wait for it "
                 "to finish, or raise the lock timeout",
                 holder,
@@ -360,7 +386,7 @@ class StateStore:
                 if state is not None:
                     return state
             raise StateError(
-                f"{self.path}: the state kept changing while being read; "
+                f"{self.shown}: the state kept changing while being read; "
                 "is another process writing it without the lock? Try again"
             )
 
@@ -369,36 +395,36 @@ class StateStore:
         # a compaction replaces the snapshot before it removes the journal, so a reader that
         # missed the journal always sees a new snapshot, and reads again.
         try:
-            handle = open(self.path, "rb")  # noqa: SIM115  (kept open: it pins the inode compared)
+            handle = open(self.target, "rb")  # noqa: SIM115  (kept open: it pins the inode compared)
         except FileNotFoundError:
             journal = self._read_journal()
-            if self.path.exists():
+            if self.target.exists():
                 return None
             state = self._fold({}, journal)
             self._checked_snapshot = None
             return state
         except OSError as error:
-            raise StateError(f"{self.path}: cannot read the state file: {error}") from error
+            raise StateError(f"{self.shown}: cannot read the state file: {error}") from error
         with handle:
             try:
                 data = handle.read()
                 opened = os.fstat(handle.fileno())
             except OSError as error:
-                raise StateError(f"{self.path}: cannot read the state file: {error}") from error
+                raise StateError(f"{self.shown}: cannot read the state file: {error}") from error
             journal = self._read_journal()
             try:
-                current = os.stat(self.path)
+                current = os.stat(self.target)
             except FileNotFoundError:
                 return None
             except OSError as error:
-                raise StateError(f"{self.path}: cannot read the state file: {error}") from error
+                raise StateError(f"{self.shown}: cannot read the state file: {error}") from error
             if not os.path.samestat(opened, current):
                 return None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
             raise StateError(
-                f"{self.path}: the state file is not UTF-8 ({error}); it was left untouched; "
+                f"{self.shown}: the state file is not UTF-8 ({error}); it was left untouched; "
                 "restore it (e.g. from Git) or repair it by hand"
             ) from None
         del data  # a large state is parsed from text alone: its bytes need not stay in memory
@@ -434,7 +460,7 @@ class StateStore:
         value (`false` included) is refused: no reconciler writes it, so it was typed by hand,
         and guessing which kind of state was meant could mix sandbox tasks with real ones.
         """
-        where = str(self.path)
+        where = self.shown
         untouched = "it was left untouched; restore it (e.g. from Git) or repair it by hand"
         try:
             document = json.loads(data)
@@ -504,7 +530,7 @@ class StateStore:
 
     def exists(self) -> bool:
         """Whether there is a state here: its snapshot, or a journal (a first apply killed)."""
-        return os.path.exists(self.path) or os.path.exists(self.journal_path)
+        return os.path.exists(self.target) or os.path.exists(self.journal_path)
 
     # -- write ----------------------------------------------------------------------------------
 
@@ -515,12 +541,17 @@ class StateStore:
         StateExistsError if a snapshot or a journal is already there.
         """
         with self.lock(), self._mutex:
-            for path, what in (
-                (self.path, "a state file"),
-                (self.journal_path, "a journal of a state (left by an apply that was stopped)"),
-            ):
-                if os.path.lexists(path):
-                    raise StateExistsError(f"{path}: there is already {what}; nothing was changed")
+            if os.path.islink(self.target):  # where _link_target gave up: a loop
+                raise StateError(
+                    f"{self.shown}: a loop of symbolic links, not a state file; nothing was changed"
+                )
+            if os.path.lexists(self.target):
+                raise StateExistsError(f"{self.shown}: a state already exists; nothing was changed")
+            if os.path.lexists(self.journal_path):
+                raise StateExistsError(
+                    f"{self.journal_path}: the journal of a state already exists (an apply was "
+                    "stopped before it compacted); nothing was changed"
+                )
             state = State(sandbox=sandbox)
             self._replace_snapshot(_snapshot_bytes(state))
             return state
@@ -572,11 +603,11 @@ class StateStore:
         # A journal beside a snapshot this reconciler cannot read (a newer version, a corrupt
         # file) would be lost or misread, so read it whole once; then one stat per batch.
         try:
-            current: _FileIdentity | None = _identity(os.stat(self.path))
+            current: _FileIdentity | None = _identity(os.stat(self.target))
         except FileNotFoundError:
             current = None
         except OSError as error:
-            raise StateError(f"{self.path}: cannot read the state file: {error}") from error
+            raise StateError(f"{self.shown}: cannot read the state file: {error}") from error
         if current != self._checked_snapshot:
             self.load()
 
@@ -592,11 +623,11 @@ class StateStore:
                 return state
             data = _snapshot_bytes(state)
             try:
-                current = self.path.read_bytes()
+                current = self.target.read_bytes()
             except FileNotFoundError:
                 current = None
             except OSError as error:
-                raise StateError(f"{self.path}: cannot read the state file: {error}") from error
+                raise StateError(f"{self.shown}: cannot read the state file: {error}") from error
             if current != data and (current is not None or state.entries):
                 self._replace_snapshot(data)
             self._remove_leftovers()
@@ -622,17 +653,17 @@ class StateStore:
             if current.sandbox != state.sandbox and self.exists():
                 kinds = ("a real", "a sandbox")
                 raise StateError(
-                    f"{self.path} is {kinds[current.sandbox]} state; it cannot be replaced by "
+                    f"{self.shown} is {kinds[current.sandbox]} state; it cannot be replaced by "
                     f"{kinds[state.sandbox]} state (sandbox and real tasks never mix); "
                     "nothing was changed"
                 )
             self._replace_snapshot(_snapshot_bytes(state))
 
     def _replace_snapshot(self, data: bytes) -> None:
-        temporary = Path(f"{self.path}.{secrets.token_hex(4)}.tmp")
+        temporary = Path(f"{self.target}.{secrets.token_hex(4)}.tmp")
         try:
             try:
-                mode = stat.S_IMODE(os.stat(self.path).st_mode)
+                mode = stat.S_IMODE(os.stat(self.target).st_mode)
             except FileNotFoundError:
                 mode = None
             # 0o666 and the umask, as any editor would create it: it is a file users commit.
@@ -644,16 +675,16 @@ class StateStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temporary, self.path)
+            os.replace(temporary, self.target)
         except BaseException as error:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             if isinstance(error, OSError):
-                raise StateError(f"{self.path}: cannot write the state file: {error}") from error
+                raise StateError(f"{self.shown}: cannot write the state file: {error}") from error
             raise
         # What was just written is valid by construction: appends need not read it back.
         try:
-            self._checked_snapshot = _identity(os.stat(self.path))
+            self._checked_snapshot = _identity(os.stat(self.target))
         except OSError:
             self._checked_snapshot = _UNCHECKED
         self._fsync_directory()
@@ -661,19 +692,19 @@ class StateStore:
     def _remove_leftovers(self) -> None:
         # Temporary files of writers killed mid-write. Only lock holders write, and the caller
         # holds the lock, so none of these is still being written.
-        leftover = re.compile(re.escape(self.path.name) + r"(\.lock\.info)?\.[0-9a-f]{8}\.tmp")
+        leftover = re.compile(re.escape(self.target.name) + r"(\.lock\.info)?\.[0-9a-f]{8}\.tmp")
         with contextlib.suppress(OSError):
-            for name in os.listdir(self.path.parent):
+            for name in os.listdir(self.target.parent):
                 if leftover.fullmatch(name):
                     with contextlib.suppress(OSError):
-                        os.unlink(self.path.parent / name)
+                        os.unlink(self.target.parent / name)
 
     def _fsync_directory(self) -> None:
         # Makes a rename, a new journal or a removed journal survive a power cut. Windows cannot
         # open a directory, and NTFS journals its metadata anyway.
         if os.name != "posix":
             return
-        directory = self.path.parent
+        directory = self.target.parent
         try:
             fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             try:

@@ -754,8 +754,15 @@ def test_the_lock_records_its_holder_while_held(store: StateStore) -> None:
 
 @pytest.fixture
 def lock_holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    with holding_lock(tmp_path / "reconciler-state.json") as process:
+        yield process
+
+
+@contextlib.contextmanager
+def holding_lock(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A child process that holds the lock of the state at `path` until the block ends."""
     process = subprocess.Popen(
-        [sys.executable, str(FIXTURES / "hold_lock.py"), str(tmp_path / "reconciler-state.json")],
+        [sys.executable, str(FIXTURES / "hold_lock.py"), str(path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -800,6 +807,121 @@ def test_the_lock_error_says_so_when_the_holder_is_unknown(
     with pytest.raises(StateLockedError, match="unknown process") as caught, store.lock():
         pass
     assert caught.value.holder is None
+
+
+# -- a state path that is a symbolic link ---------------------------------------------------------
+
+
+@pytest.fixture
+def linked(tmp_path: Path) -> tuple[Path, Path]:
+    """`reconciler-state.json` -> `shared/state.json` (relative, as `ln -s` is usually used)."""
+    (tmp_path / "shared").mkdir()
+    link = tmp_path / "reconciler-state.json"
+    link.symlink_to(Path("shared") / "state.json")
+    return link, tmp_path / "shared" / "state.json"
+
+
+def assert_still_a_link(link: Path) -> None:
+    assert link.is_symlink(), f"{link} was replaced by a regular file"
+    assert os.readlink(link) == os.path.join("shared", "state.json")
+
+
+def test_every_write_through_a_link_goes_to_its_target(linked: tuple[Path, Path]) -> None:
+    link, target = linked
+    original = (FIXTURES / "v1.json").read_bytes()
+    target.write_bytes(original)
+    store = StateStore(link, lock_timeout=5)
+    with store.lock():
+        store.append([make_entry(1)])
+        assert (target.parent / "state.json.journal").exists()
+        assert (target.parent / "state.json.lock.info").exists()
+        assert files_in(link.parent) == {"shared", link.name}, "nothing beside the link"
+        store.compact()
+    assert_still_a_link(link)
+    assert StateStore(target).load() == store.load()
+    assert make_entry(1).hash in store.load().entries
+    store.write(store.load().without(make_entry(1).hash))
+    assert_still_a_link(link)
+    assert target.read_bytes() == original
+    assert files_in(link.parent) == {"shared", link.name}
+    assert files_in(target.parent) == {"state.json", "state.json.lock"}
+
+
+def test_a_chain_of_links_is_followed_to_its_end(linked: tuple[Path, Path]) -> None:
+    link, target = linked
+    (link.parent / "alias.json").symlink_to(link.name)
+    store = StateStore(link.parent / "alias.json")
+    assert (store.path, store.target) == (link.parent / "alias.json", target)
+    store.create(sandbox=True)
+    store.append([make_entry(1)])
+    store.compact()
+    assert (link.parent / "alias.json").is_symlink()
+    assert_still_a_link(link)
+    assert StateStore(target).load() == State(state_of(make_entry(1)).entries, sandbox=True)
+
+
+def test_a_link_to_a_file_not_there_yet_is_created_as_its_target(
+    linked: tuple[Path, Path],
+) -> None:
+    link, target = linked
+    store = StateStore(link)
+    assert not store.exists()
+    assert store.load() == State()
+    store.create()
+    assert_still_a_link(link)
+    assert target.read_bytes() == b'{\n  "tasks": {},\n  "version": 1\n}\n'
+    with pytest.raises(StateExistsError):
+        store.create()
+    # And a journal first (no snapshot yet): compaction creates the target, not a file at the link.
+    target.unlink()
+    store.append([make_entry(1)])
+    assert store.exists()
+    store.compact()
+    assert_still_a_link(link)
+    assert StateStore(target).load() == state_of(make_entry(1))
+
+
+def test_two_names_of_one_state_share_its_lock(linked: tuple[Path, Path]) -> None:
+    link, target = linked
+    other = link.parent / "other-name.json"
+    other.symlink_to(target)  # absolute, unlike the first
+    with holding_lock(link) as holder:
+        for name in (other, target):
+            store = StateStore(name, lock_timeout=0.1)
+            with pytest.raises(StateLockedError) as caught, store.lock():
+                pytest.fail(f"{name} was locked while {link} held the lock")
+            assert caught.value.holder is not None and caught.value.holder.pid == holder.pid
+    with StateStore(other, lock_timeout=5).lock():
+        pass
+
+
+def test_messages_name_the_link_and_its_target(linked: tuple[Path, Path]) -> None:
+    link, target = linked
+    target.write_bytes(b'{"tasks": {}, "version": 2}\n')
+    store = StateStore(link, lock_timeout=0)
+    shown = f"{link} (-> {os.path.join(link.parent, 'shared', 'state.json')})"
+    assert store.shown == shown
+    with pytest.raises(StateError) as caught:
+        store.load()
+    assert str(caught.value).startswith(f"{shown}: the state file is version 2")
+    with holding_lock(target), pytest.raises(StateLockedError) as locked, store.lock():
+        pass
+    assert str(locked.value).startswith(f"{shown} is locked by pid")
+    plain = StateStore(target)
+    assert plain.shown == str(target) and plain.target == target
+
+
+def test_a_loop_of_links_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    (tmp_path / "a.json").symlink_to("b.json")
+    (tmp_path / "b.json").symlink_to("a.json")
+    store = StateStore(tmp_path / "a.json")
+    with pytest.raises(StateError, match=re.escape(str(tmp_path / "a.json"))):
+        store.load()
+    with pytest.raises(StateError, match="a loop of symbolic links"):
+        store.create()
+    with pytest.raises(StateError):
+        store.write(State())
+    assert (tmp_path / "a.json").is_symlink() and (tmp_path / "b.json").is_symlink()
 
 
 # -- crash at any instant: kill -9 ----------------------------------------------------------------

@@ -7,12 +7,19 @@ local Git remote and the sandbox: validate, plan, apply, then the state committe
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +132,8 @@ def test_github_apply_never_overlaps_and_always_commits_the_state() -> None:
     commit = steps["Commit the state file back to main"]
     assert names.index("Commit the state file back to main") > names.index("Apply")
     assert commit["if"] == "always()"
-    assert "git add reconciler-state.json" in commit["run"]
+    assert "git add --force -- reconciler-state.json\n" in commit["run"]
+    assert "git add --all --force -- reconciler-state.json.journal" in commit["run"]
     assert "git push" in commit["run"]
     artifact = steps["Keep the state file as an artifact (in case the push failed)"]
     assert artifact["if"] == "always()"
@@ -153,7 +161,7 @@ def test_gitlab_apply_never_overlaps_and_always_commits_the_state() -> None:
     assert apply["resource_group"]
     assert apply["interruptible"] is False
     script = apply["script"]
-    commit = next(line for line in script if "git add reconciler-state.json" in line)
+    commit = next(line for line in script if "git add --force -- reconciler-state.json" in line)
     assert apply["after_script"] == [commit]  # the same commit, also after a cancel or timeout
     applying = next(i for i, line in enumerate(script) if "reconciler apply" in line)
     assert "|| status=$?" in script[applying]  # apply's failure does not skip the commit
@@ -167,16 +175,70 @@ def test_gitlab_apply_never_overlaps_and_always_commits_the_state() -> None:
 
 # --- their shell, run for real --------------------------------------------------------------------
 
+STATE = "reconciler-state.json"
+JOURNAL = "reconciler-state.json.journal"
+# What apply may leave beside the state besides the state and its journal: the lock, its
+# holder's details, and temporary files of an atomic write cut short. Never committed.
+LEFTOVERS = (
+    "reconciler-state.json.lock",
+    "reconciler-state.json.lock.info",
+    "reconciler-state.json.0123abcd.tmp",
+    "reconciler-state.json.lock.info.4567cdef.tmp",
+)
 
-@pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    """A bare 'origin' whose main holds the example manifests in clips/ and no state yet."""
+
+def runner_env(env: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without our variables, the tools first on PATH, plus `env`."""
+    full = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("RECONCILER_", "JDCLOUD_", "GIT_", "NO_COLOR"))
+    }
+    full["PATH"] = f"{BIN}{os.pathsep}{full.get('PATH', '')}"
+    full.update(env)
+    return full
+
+
+@functools.cache
+def cli_has_init() -> bool:
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "init", "--help"],
+        capture_output=True,
+        env=runner_env({}),
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def initialise_state(work: Path) -> None:
+    """The one-time set-up the README and the examples' headers ask for: `reconciler init`."""
+    if cli_has_init():
+        result = subprocess.run(
+            [sys.executable, "-m", "reconciler", "init"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            env=runner_env({}),
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    else:  # until the CLI has `init`: the file it writes
+        (work / STATE).write_text('{"tasks": {}, "version": 1}\n', encoding="utf-8")
+    assert json.loads((work / STATE).read_text(encoding="utf-8"))["tasks"] == {}
+
+
+def make_remote(
+    tmp_path: Path, manifests: Callable[[Path], None], *, initialised: bool = True
+) -> Path:
+    """A bare 'origin' whose main holds manifests in clips/ and, initialised, an empty state."""
     seed = tmp_path / "seed"
     seed.mkdir()
     git(seed, "init", "-q", "-b", "main")
     git(seed, "config", "user.name", "Seed")
     git(seed, "config", "user.email", "seed@example.com")
-    copy_manifests(seed / "clips")
+    manifests(seed / "clips")
+    if initialised:
+        initialise_state(seed)
     git(seed, "add", "-A")
     git(seed, "commit", "-q", "-m", "manifests")
     bare = tmp_path / "origin.git"
@@ -185,12 +247,34 @@ def remote(tmp_path: Path) -> Path:
     return bare
 
 
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """The example manifests, set up as the README says: `reconciler init` committed."""
+    return make_remote(tmp_path, copy_manifests)
+
+
 def copy_manifests(target: Path) -> None:
     """The example manifests, moved to 2020 so that none is `waiting`, whatever today is."""
     target.mkdir(parents=True)
     for path in CUP_FINAL.glob("*.yaml"):
         text = path.read_text(encoding="utf-8").replace("2026-11-20T", "2020-11-20T")
         (target / path.name).write_text(text, encoding="utf-8")
+
+
+CLIPS = 40
+
+
+def many_clips(target: Path) -> None:
+    """CLIPS manifests, one stream each (`match-00`...), none `waiting`."""
+    target.mkdir(parents=True)
+    goal = (CUP_FINAL / "goal-1.yaml").read_text(encoding="utf-8")
+    goal = goal.replace("2026-11-20T", "2020-11-20T")
+    for n in range(CLIPS):
+        name = f"match-{n:02d}"
+        text = goal.replace("cup-final-goal-1", name).replace(
+            "streamName: cup-final", f"streamName: {name}"
+        )
+        (target / f"{name}.yaml").write_text(text, encoding="utf-8")
 
 
 def clone(remote: Path, where: Path) -> Path:
@@ -202,17 +286,10 @@ def shell(
     script: str, cwd: Path, env: Mapping[str, str], *, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Run a step the way the CI runners do: bash, stop at the first failing command."""
-    full = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("RECONCILER_", "JDCLOUD_", "GIT_", "NO_COLOR"))
-    }
-    full["PATH"] = f"{BIN}{os.pathsep}{full.get('PATH', '')}"
-    full.update(env)
     result = subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
         cwd=cwd,
-        env=full,
+        env=runner_env(env),
         capture_output=True,
         text=True,
         timeout=300,
@@ -223,6 +300,60 @@ def shell(
     return result
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes below `pid`, read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def apply_processes(pid: int) -> list[int]:
+    """`pid` and those below it that are `reconciler apply` (not a bash or `timeout` around it).
+
+    `pid` itself may be the apply: bash runs the last command of a script in its own process.
+    """
+    found = []
+    for child in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"apply" in argv and any(arg.endswith(b"reconciler") for arg in argv[:2]):
+                found.append(child)
+    return found
+
+
+def run_killing_apply(
+    script: str, cwd: Path, env: Mapping[str, str], box: Any, *, after: int
+) -> tuple[subprocess.CompletedProcess[str], list[int]]:
+    """Run a step; once the sandbox has accepted `after` tasks, kill -9 the apply in it."""
+    with subprocess.Popen(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=runner_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as step:
+        deadline = time.monotonic() + 120  # a guard against a hang, not a measurement
+        while step.poll() is None and len(box.accepted()) < after:
+            assert time.monotonic() < deadline, "apply never got going"
+            time.sleep(0.005)
+        killed = apply_processes(step.pid)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        output, _ = step.communicate(timeout=300)
+    return subprocess.CompletedProcess(step.args, step.returncode, output, ""), killed
+
+
 @pytest.fixture
 def sandbox() -> Iterator[dict[str, str]]:
     """A local stand-in of the API; the variables that point reconciler at it."""
@@ -230,11 +361,15 @@ def sandbox() -> Iterator[dict[str, str]]:
     from reconciler.sandbox import running_sandbox
 
     with running_sandbox() as box:
-        yield {
-            "JDCLOUD_ACCESS_KEY": box.credentials.access_key,
-            "JDCLOUD_SECRET_KEY": box.credentials.secret_key,
-            "RECONCILER_ENDPOINT": box.url,
-        }
+        yield sandbox_env(box)
+
+
+def sandbox_env(box: Any) -> dict[str, str]:
+    return {
+        "JDCLOUD_ACCESS_KEY": box.credentials.access_key,
+        "JDCLOUD_SECRET_KEY": box.credentials.secret_key,
+        "RECONCILER_ENDPOINT": box.url,
+    }
 
 
 def github_env(
@@ -249,14 +384,30 @@ def github_env(
 
 
 def state_on(remote: Path, branch: str = "main") -> dict[str, Any]:
-    text = git(remote, "show", f"{branch}:reconciler-state.json")
+    text = git(remote, "show", f"{branch}:{STATE}")
     document = json.loads(text)
     assert isinstance(document, dict)
     return document
 
 
+def files_on(remote: Path, branch: str = "main") -> set[str]:
+    return set(git(remote, "ls-tree", "--name-only", branch).splitlines())
+
+
 def submitted_names(state: Mapping[str, Any]) -> set[str]:
     return {entry["name"] for entry in state["tasks"].values() if entry["status"] == "submitted"}
+
+
+def known_streams(work: Path) -> dict[str, str]:
+    """streamName -> status of every task the state in `work` knows, its journal folded in."""
+    from reconciler.state import StateStore
+
+    if not (work / STATE).exists() and not (work / JOURNAL).exists():
+        return {}
+    state = StateStore(work / STATE).load()
+    return {
+        entry.request["path"]["streamName"]: entry.status.value for entry in state.entries.values()
+    }
 
 
 @pytest.mark.e2e
@@ -294,7 +445,7 @@ def test_github_workflow_steps_run(tmp_path: Path, remote: Path, sandbox: dict[s
     assert "[skip ci]" in git(remote, "log", "-1", "--format=%s", "main")
     assert "a concurrent change" in git(remote, "log", "--format=%s", "main")
     assert len(submitted_names(state_on(remote))) == 7
-    assert "reconciler-state.json.lock" not in git(remote, "ls-tree", "--name-only", "main")
+    assert files_on(remote) == {"clips", "README.md", STATE}  # no lock, no journal left
 
     # The next run: nothing to submit, nothing to commit.
     work = clone(remote, tmp_path / "main-again")
@@ -302,25 +453,6 @@ def test_github_workflow_steps_run(tmp_path: Path, remote: Path, sandbox: dict[s
     assert "::notice" not in result.stdout
     result = shell(commit["run"], work, github_env(workflow, commit, secrets))
     assert "The state did not change." in result.stdout
-
-
-@pytest.mark.e2e
-def test_github_commit_step_keeps_a_journal_left_by_a_killed_apply(
-    tmp_path: Path, remote: Path
-) -> None:
-    workflow = load(GITHUB)
-    commit = steps_named(workflow["jobs"]["apply"])["Commit the state file back to main"]
-    work = clone(remote, tmp_path / "main")
-    (work / "reconciler-state.json").write_text('{"tasks": {}, "version": 1}\n')
-    (work / "reconciler-state.json.journal").write_text('{"pending": "mark"}\n')
-    shell(commit["run"], work, github_env(workflow, commit, {}))
-    files = git(remote, "ls-tree", "--name-only", "main").splitlines()
-    assert {"reconciler-state.json", "reconciler-state.json.journal"} <= set(files)
-    # Once a later apply folded the journal in (and removed it), its removal is committed.
-    work = clone(remote, tmp_path / "later")
-    (work / "reconciler-state.json.journal").unlink()
-    shell(commit["run"], work, github_env(workflow, commit, {}))
-    assert "reconciler-state.json.journal" not in git(remote, "ls-tree", "--name-only", "main")
 
 
 def gitlab_env(pipeline: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, str]:
@@ -338,6 +470,16 @@ def gitlab_env(pipeline: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str,
     return env
 
 
+GITLAB_PUSH_URL = "https://reconciler-bot:project-access-token@gitlab.example.com/team/clips.git"
+
+
+def gitlab_clone(remote: Path, where: Path) -> Path:
+    """A clone whose pushes to GitLab's URL (with the project access token) reach `remote`."""
+    work = clone(remote, where)
+    git(work, "config", f"url.{remote}.insteadOf", GITLAB_PUSH_URL)
+    return work
+
+
 @pytest.mark.e2e
 def test_gitlab_pipeline_scripts_run(tmp_path: Path, remote: Path, sandbox: dict[str, str]) -> None:
     pipeline = load(GITLAB)
@@ -350,15 +492,14 @@ def test_gitlab_pipeline_scripts_run(tmp_path: Path, remote: Path, sandbox: dict
     assert "<testsuites" in (work / "validate.xml").read_text(encoding="utf-8")
 
     # Default branch: apply, then the state pushed with the project access token.
-    work = clone(remote, tmp_path / "main")
+    work = gitlab_clone(remote, tmp_path / "main")
     apply = pipeline["reconciler-apply"]
     env = {**gitlab_env(pipeline, apply), **sandbox}
-    push_url = "https://reconciler-bot:project-access-token@gitlab.example.com/team/clips.git"
-    git(work, "config", f"url.{remote}.insteadOf", push_url)
     result = shell("\n".join(apply["script"]), work, env)
     assert "Apply complete: 7 submitted" in result.stdout
     assert "[skip ci]" in git(remote, "log", "-1", "--format=%s", "main")
     assert len(submitted_names(state_on(remote))) == 7
+    assert files_on(remote) == {"clips", STATE}
     # after_script then finds nothing more to commit.
     result = shell("\n".join(apply["after_script"]), work, env)
     assert "The state did not change." in result.stdout
@@ -367,23 +508,176 @@ def test_gitlab_pipeline_scripts_run(tmp_path: Path, remote: Path, sandbox: dict
     # pending mark still reaches main: the next run must not send that task again.
     from reconciler.sandbox import SandboxConfig, running_sandbox
 
-    work = clone(remote, tmp_path / "failing")
-    git(work, "config", f"url.{remote}.insteadOf", push_url)
+    work = gitlab_clone(remote, tmp_path / "failing")
     extra = (work / "clips" / "goal-1.yaml").read_text(encoding="utf-8")
     (work / "clips" / "extra.yaml").write_text(
         extra.replace("goal-1", "extra").replace("19:13:10Z", "19:13:20Z"), encoding="utf-8"
     )
     with running_sandbox(SandboxConfig(failures={500: 1.0})) as failing:
-        env.update(
-            JDCLOUD_ACCESS_KEY=failing.credentials.access_key,
-            JDCLOUD_SECRET_KEY=failing.credentials.secret_key,
-            RECONCILER_ENDPOINT=failing.url,
-        )
+        env.update(sandbox_env(failing))
         result = shell("\n".join(apply["script"]), work, env, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 pending (outcome unknown)" in result.stdout
     tasks = state_on(remote)["tasks"].values()
     assert [t["name"] for t in tasks if t["status"] == "pending"] == ["cup-final-extra"]
+
+
+@dataclass(frozen=True)
+class ApplyJob:
+    """One CI example's apply job, run as its runner would: the apply, then the state commit."""
+
+    apply: str  # the script that runs `reconciler apply` (GitLab: and commits after it)
+    commit: str  # what runs afterwards whatever happened (GitHub: always(); GitLab: after_script)
+    env: dict[str, str]
+    clone: Callable[[Path, Path], Path]
+
+
+def apply_job(ci: str, endpoint: Mapping[str, str]) -> ApplyJob:
+    if ci == "github":
+        workflow = load(GITHUB)
+        steps = steps_named(workflow["jobs"]["apply"])
+        apply, commit = steps["Apply"], steps["Commit the state file back to main"]
+        secrets = {key: endpoint[key] for key in ("JDCLOUD_ACCESS_KEY", "JDCLOUD_SECRET_KEY")}
+        env = {
+            **github_env(workflow, commit, secrets),
+            **github_env(workflow, apply, secrets),
+            "RECONCILER_ENDPOINT": endpoint["RECONCILER_ENDPOINT"],
+        }
+        return ApplyJob(apply["run"], commit["run"], env, clone)
+    pipeline = load(GITLAB)
+    job = pipeline["reconciler-apply"]
+    env = {**gitlab_env(pipeline, job), **endpoint}
+    return ApplyJob("\n".join(job["script"]), "\n".join(job["after_script"]), env, gitlab_clone)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("start", ["initialised", "no-state-committed"])
+@pytest.mark.parametrize("ci", ["github", "gitlab"])
+def test_a_first_apply_killed_mid_send_sends_nothing_twice(
+    tmp_path: Path, ci: str, start: str
+) -> None:
+    """Issue 11 finding 2: kill -9 the very first apply mid-send; the next run re-sends nothing.
+
+    What the killed apply leaves beside the state (its journal: the write-ahead `pending` marks
+    and the answers received) must reach the branch, even when no state file existed before.
+    `no-state-committed` is a repository where nobody ran `reconciler init`: a CLI without
+    `init` applied from nothing and left only a journal; one with `init` refuses to apply, and
+    the examples must not run `init` themselves.
+    """
+    from reconciler.sandbox import SandboxConfig, running_sandbox
+
+    remote = make_remote(tmp_path, many_clips, initialised=start == "initialised")
+    # The latency keeps requests in flight, so the kill lands mid-send.
+    with running_sandbox(SandboxConfig(latency_ms=100)) as box:
+        job = apply_job(ci, sandbox_env(box))
+        work = job.clone(remote, tmp_path / "first")
+        first, killed = run_killing_apply(job.apply, work, job.env, box, after=CLIPS // 5)
+        shell(job.commit, work, job.env)
+        assert not files_on(remote) & set(LEFTOVERS), first.stdout
+        sent_before_the_kill = len(box.accepted())
+        if ci == "gitlab":
+            # A merge request opened now plans against main's state, journal included.
+            check_gitlab_merge_request_plan(tmp_path, remote)
+
+        work = job.clone(remote, tmp_path / "second")
+        second = shell(job.apply, work, job.env, check=False)
+        shell(job.commit, work, job.env)
+        sent = Counter(record["path"]["streamName"] for record in box.accepted())
+
+    output = first.stdout + second.stdout + second.stderr
+    assert [stream for stream, times in sent.items() if times > 1] == [], output
+    known = known_streams(clone(remote, tmp_path / "after"))
+    assert set(sent) <= set(known), output  # every task the API accepted is in the state
+    assert not files_on(remote) & set(LEFTOVERS)
+    if start == "initialised" or not cli_has_init():
+        assert killed and 0 < sent_before_the_kill < CLIPS, first.stdout  # killed mid-send
+        assert first.returncode != 0
+        assert len(known) == CLIPS, output  # each clip submitted, or pending for a person
+    else:
+        assert not sent, output  # a state that does not exist is refused, never created
+        assert "reconciler init" in output
+        assert STATE not in files_on(remote)
+
+
+def check_gitlab_merge_request_plan(tmp_path: Path, remote: Path) -> None:
+    pipeline = load(GITLAB)
+    job = pipeline["reconciler-plan"]
+    work = clone(remote, tmp_path / "merge-request")
+    env = {**gitlab_env(pipeline, job), "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main"}
+    shell("\n".join(job["script"]), work, env)
+    main = clone(remote, tmp_path / "main-plan")
+    expected = shell("reconciler plan clips --format markdown", main, {"NO_COLOR": "1"})
+    summary = [line for line in expected.stdout.splitlines() if line.startswith("**Plan")]
+    assert summary and summary[0] in (work / "plan.md").read_text(encoding="utf-8")
+
+
+def commit_script(ci: str) -> tuple[str, dict[str, str], Callable[[Path, Path], Path]]:
+    if ci == "github":
+        workflow = load(GITHUB)
+        commit = steps_named(workflow["jobs"]["apply"])["Commit the state file back to main"]
+        return commit["run"], github_env(workflow, commit, {}), clone
+    pipeline = load(GITLAB)
+    job = pipeline["reconciler-apply"]
+    return "\n".join(job["after_script"]), gitlab_env(pipeline, job), gitlab_clone
+
+
+@pytest.mark.parametrize("ci", ["github", "gitlab"])
+def test_commit_step_commits_what_apply_leaves_and_nothing_else(tmp_path: Path, ci: str) -> None:
+    script, env, clone_for = commit_script(ci)
+    remote = make_remote(tmp_path, copy_manifests, initialised=False)
+    commits = int(git(remote, "rev-list", "--count", "main"))
+
+    # Nothing beside the state at all (apply refused, or never ran): nothing to commit.
+    work = clone_for(remote, tmp_path / "nothing")
+    shell(script, work, env)
+    assert int(git(remote, "rev-list", "--count", "main")) == commits
+
+    # A first apply killed before its first compaction: no state file, only the journal, and
+    # the lock and temporary files. The journal is committed, even where a .gitignore (as
+    # older advice had it) leaves journals out; the rest never is.
+    work = clone_for(remote, tmp_path / "killed")
+    (work / ".gitignore").write_text("*.journal\nreconciler-state*\n", encoding="utf-8")
+    (work / JOURNAL).write_text('{"pending": "mark"}\n', encoding="utf-8")
+    for leftover in LEFTOVERS:
+        (work / leftover).write_text("x\n", encoding="utf-8")
+    shell(script, work, env)
+    assert files_on(remote) == {"clips", JOURNAL}
+    assert git(remote, "show", f"main:{JOURNAL}") == '{"pending": "mark"}'
+
+    # A later apply folded the journal into a new state file and removed the journal: the
+    # state is committed and the journal's removal too.
+    work = clone_for(remote, tmp_path / "compacted")
+    (work / JOURNAL).unlink()
+    (work / STATE).write_text('{"tasks": {}, "version": 1}\n', encoding="utf-8")
+    shell(script, work, env)
+    assert files_on(remote) == {"clips", STATE}
+
+    # And a run that changed nothing commits nothing.
+    commits = int(git(remote, "rev-list", "--count", "main"))
+    work = clone_for(remote, tmp_path / "unchanged")
+    result = shell(script, work, env)
+    assert "The state did not change." in result.stdout
+    assert int(git(remote, "rev-list", "--count", "main")) == commits
+
+
+def test_ci_examples_never_initialise_the_state() -> None:
+    """`reconciler init` is a one-time step done by a person; in CI it would hide a lost state."""
+    github = load(GITHUB)
+    runs = [step.get("run", "") for job in github["jobs"].values() for step in job["steps"]]
+    gitlab = load(GITLAB)
+    scripts = [
+        line
+        for job in gitlab.values()
+        if isinstance(job, dict)
+        for key in ("before_script", "script", "after_script")
+        for line in job.get(key, [])
+    ]
+    for script in [*runs, *scripts]:
+        assert not re.search(r"reconciler\s+init", script), script
+    for path in (GITHUB, GITLAB):  # but their headers tell the person to run it once
+        lines = path.read_text(encoding="utf-8").splitlines()
+        header = " ".join(itertools.takewhile(lambda line: line.startswith("#"), lines))
+        assert "reconciler init" in header and STATE in header, path.name
 
 
 # --- our own schemas, as editors and standard validators see them ------------------------------

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import logging
 import os
+import random
+import re
 import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
 from requests.auth import AuthBase
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    MaxRetryError,
-    ProtocolError,
-    ReadTimeoutError,
-)
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 from urllib3.exceptions import SSLError as Urllib3SSLError
+from urllib3.poolmanager import PoolManager
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
@@ -43,6 +47,8 @@ _REDACTED = "REDACTED"
 _SECRET_HEADERS = frozenset({"authorization", SECURITY_TOKEN_HEADER})
 _LOGGED_BODY_CHARS = 2000
 _SHOWN_BODY_CHARS = 200
+# What urllib3 puts before its messages: `HTTPSConnection(host='h', port=443): `.
+_URLLIB3_PREFIX = re.compile(r"^\w*Connection(?:Pool)?\(host=[^)]*\): ")
 
 
 class CredentialsError(Exception):
@@ -94,7 +100,7 @@ class ApiError(Exception):
 
 
 class FinalError(ApiError):
-    """Nothing was created (a 4xx answer, 429/503 after every retry, or no connection at all);
+    """Nothing was created (a 4xx answer, 429/503 after every retry, or nothing sent at all);
     the same request may be sent again once the cause is fixed."""
 
 
@@ -102,8 +108,24 @@ class AuthenticationError(FinalError):
     """401: the credentials were refused; every other request would be refused too."""
 
 
+class EndpointUnreachableError(FinalError):
+    """The endpoint could not be reached, so nothing was sent: no connection (DNS failure,
+    refused, reset or timed out, also after the retries) or a failed TLS handshake. Every other
+    request to `host` would most likely fail the same way."""
+
+    def __init__(self, message: str, *, host: str, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.host = host
+
+
+class InvalidRequestError(FinalError, ValueError):
+    """The client refuses to build this request (a path value that is not one URL segment,
+    a body that contradicts the path or is not JSON): it was never sent. Also a ValueError."""
+
+
 class UnknownOutcomeError(ApiError):
-    """The request left the machine and no usable answer came back: the task may exist."""
+    """Bytes of the request reached the connection and no usable answer came back: the task
+    may exist."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +137,9 @@ class SubmitResult:
 def record_task_path(publish_domain: str, app_name: str, stream_name: str) -> str:
     """`/v1/records/{d}/appNames/{a}/streamNames/{s}/task`, each value one encoded segment.
 
-    Raises ValueError for a value that is not a valid single segment, so it never reaches the
-    network: a `/` would change the path, and `?`, `#`, `%` and spaces are what a mangled
-    value looks like.
+    Raises InvalidRequestError (a ValueError) for a value that is not a valid single segment,
+    so it never reaches the network: a `/` would change the path, and `?`, `#`, `%` and spaces
+    are what a mangled value looks like.
     """
     segments = (
         _segment("publishDomain", publish_domain, None),
@@ -129,38 +151,41 @@ def record_task_path(publish_domain: str, app_name: str, stream_name: str) -> st
 
 def _segment(field: str, value: object, max_length: int | None) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{field} must be a string, not {type(value).__name__}")
+        raise InvalidRequestError(f"{field} must be a string, not {type(value).__name__}")
     if not value:
-        raise ValueError(f"{field} must not be empty")
+        raise InvalidRequestError(f"{field} must not be empty")
     if max_length is not None and len(value) > max_length:
-        raise ValueError(f"{field} is {len(value)} characters long; at most {max_length} allowed")
+        raise InvalidRequestError(
+            f"{field} is {len(value)} characters long; at most {max_length} allowed"
+        )
     # HTTP clients and servers resolve dot segments, so "." or ".." would name another path.
     if value in (".", ".."):
-        raise ValueError(f"{field} {value!r} is not a valid path segment")
+        raise InvalidRequestError(f"{field} {value!r} is not a valid path segment")
     for char in value:
         if char in "/?#%":
-            raise ValueError(f"{field} {value!r} must not contain {char!r}")
+            raise InvalidRequestError(f"{field} {value!r} must not contain {char!r}")
         if char.isspace() or ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F:
-            raise ValueError(f"{field} {value!r} must not contain whitespace or control characters")
+            raise InvalidRequestError(
+                f"{field} {value!r} must not contain whitespace or control characters"
+            )
         if 0xD800 <= ord(char) <= 0xDFFF:
-            raise ValueError(f"{field} {value!r} is not valid Unicode text")
+            raise InvalidRequestError(f"{field} {value!r} is not valid Unicode text")
     # quote() keeps only unreserved characters, so `+` becomes %2B and is never read as a space.
     return quote(value, safe="")
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
-    """The JSON body as sent: compact, keys sorted, UTF-8."""
-    return json.dumps(dict(body), separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode(
-        "utf-8"
+    """The JSON body as sent: compact, keys sorted, UTF-8. ValueError for NaN or infinity
+    (not JSON), TypeError for a value JSON has no form for."""
+    text = json.dumps(
+        dict(body), separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
     )
+    return text.encode("utf-8")
 
 
 class JdcloudSignatureAuth(AuthBase):
-    """Signs each prepared request with JDCLOUD3-HMAC-SHA256 (fresh date and nonce each time).
-
-    urllib3's retries re-send the same prepared bytes, date and nonce included; that is fine:
-    the signature stays valid for them.
-    """
+    """Signs each prepared request with JDCLOUD3-HMAC-SHA256 (a fresh date and nonce each time:
+    LiveClient prepares every attempt anew, so a retry is never a replay)."""
 
     def __init__(self, credentials: Credentials) -> None:
         self._credentials = credentials
@@ -182,15 +207,34 @@ class JdcloudSignatureAuth(AuthBase):
 
 
 class _NotProcessedRetry(Retry):
-    """urllib3's Retry, narrowed to DESIGN §1: only 429 and 503 may carry a Retry-After worth
-    honouring (urllib3 also retries a 413 that has one), and a Retry-After longer than
-    `backoff_max` is shortened to it, so one answer cannot stall a run for hours."""
+    """urllib3's Retry as the policy of DESIGN §1, with three changes:
+    - only 429 and 503 may carry a Retry-After worth honouring (urllib3 also retries a 413 that
+      has one), and a Retry-After longer than `backoff_max` is shortened to it, so one answer
+      cannot stall a run for hours;
+    - `Retry-After: 0` means "again, now" (urllib3 takes 0 for no header and backs off);
+    - the first retry backs off too: backoff_factor x 2**(n-1) (+ jitter) before retry n
+      (urllib3 retries the first time at once, which only hammers a server that said "busy").
+    LiveClient drives the attempts (each signed afresh); this object counts and sleeps."""
 
     RETRY_AFTER_STATUS_CODES = RETRIED_STATUSES
 
     def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
         seconds = super().get_retry_after(response)
         return None if seconds is None else min(seconds, self.backoff_max)
+
+    def sleep_for_retry(self, response: BaseHTTPResponse) -> bool:
+        if self.get_retry_after(response) == 0:
+            return True  # slept for the zero seconds asked
+        return super().sleep_for_retry(response)
+
+    def get_backoff_time(self) -> float:
+        retries = len(self.history)
+        if retries == 0:
+            return 0.0
+        seconds = self.backoff_factor * 2 ** (retries - 1)
+        if self.backoff_jitter:
+            seconds += random.random() * self.backoff_jitter
+        return float(max(0.0, min(self.backoff_max, seconds)))
 
 
 def retry_policy(
@@ -200,15 +244,16 @@ def retry_policy(
     backoff_max: float = 30.0,
     backoff_jitter: float = 0.5,
 ) -> Retry:
-    """What may be retried: connections that could not be made (nothing was sent), and 429/503
-    answers. Never a read timeout, a dropped connection or any other answer: the POST is not
-    idempotent, and the server may already have created the task."""
+    """How many retries, how long to wait before each, and which statuses mean "not processed"
+    (429, 503). Which transport failures may be retried is decided by LiveClient from what the
+    connection recorded (only those where nothing was sent), never by the exception's type: the
+    POST is not idempotent, and the server may already have created the task."""
     return _NotProcessedRetry(
         total=max_retries,
-        connect=max_retries,
-        read=0,
-        status=max_retries,
-        other=0,
+        connect=None,
+        read=None,
+        status=None,
+        other=None,
         redirect=0,
         allowed_methods=frozenset({"POST"}),
         status_forcelist=RETRIED_STATUSES,
@@ -219,6 +264,103 @@ def retry_policy(
         raise_on_redirect=False,
         respect_retry_after_header=True,
     )
+
+
+# --- how far an attempt got ----------------------------------------------------------------------
+#
+# Whether a failed request may have been processed is a fact about the socket, not about the
+# exception's type: the connection classes below record, per thread, whether the connection was
+# being made, was made, or had bytes of the request written to it. LiveClient resets the record
+# before each attempt and reads it when the attempt fails.
+
+
+class _Stage(IntEnum):
+    NOT_STARTED = 0  # no connection was touched: the request never reached the network
+    CONNECTING = 1  # DNS, TCP connect, proxy tunnel, TLS handshake: no byte of the request sent
+    CONNECTED = 2  # the connection is ready (new or reused); no byte of the request written yet
+    WRITTEN = 3  # at least one byte of the request went to the socket: it may be processed
+
+
+class _AttemptProgress(threading.local):
+    stage: _Stage = _Stage.NOT_STARTED
+
+
+_PROGRESS = _AttemptProgress()
+
+
+class _ProgressRecordingConnection(HTTPConnection):
+    """Mixed in front of urllib3's connection classes (plain, TLS, SOCKS): records the stage of
+    the current thread's attempt. Bytes are written with socket.send, whose count says exactly
+    whether any byte left; a send that raises wrote nothing."""
+
+    _connecting = False
+
+    def connect(self) -> None:
+        _PROGRESS.stage = _Stage.CONNECTING
+        self._connecting = True
+        try:
+            super().connect()
+        finally:
+            self._connecting = False
+        _PROGRESS.stage = _Stage.CONNECTED
+
+    def send(self, data: Any) -> None:
+        if self._connecting:  # a CONNECT to a proxy, while the tunnel is made: not the request
+            super().send(data)
+            return
+        if self.sock is None:
+            self.connect()  # what http.client's send does (auto_open), here to record it
+        progress = _PROGRESS
+        if progress.stage < _Stage.CONNECTED:
+            progress.stage = _Stage.CONNECTED  # a reused connection
+        if not isinstance(data, bytes | bytearray | memoryview):
+            progress.stage = _Stage.WRITTEN  # a file or an iterable: counted before its first byte
+            super().send(data)
+            return
+        view = memoryview(data).cast("B")
+        while view:
+            count = self.sock.send(view)
+            if count:
+                progress.stage = _Stage.WRITTEN
+            view = view[count:]
+
+
+@functools.cache
+def _recording_pool(pool_class: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
+    """`pool_class` with its ConnectionCls recording progress (the class itself if it does)."""
+    connection_class = pool_class.ConnectionCls
+    if issubclass(connection_class, _ProgressRecordingConnection):
+        return pool_class
+    recording = type(
+        f"ProgressRecording{connection_class.__name__}",
+        (_ProgressRecordingConnection, connection_class),
+        {},
+    )
+    return type(
+        f"ProgressRecording{pool_class.__name__}", (pool_class,), {"ConnectionCls": recording}
+    )
+
+
+def _record_progress(manager: PoolManager) -> None:
+    manager.pool_classes_by_scheme = {
+        scheme: _recording_pool(pool_class)
+        for scheme, pool_class in manager.pool_classes_by_scheme.items()
+    }
+
+
+class _ProgressRecordingAdapter(HTTPAdapter):
+    """requests' adapter whose every pool, proxied ones included, records progress."""
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = DEFAULT_POOLBLOCK, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        _record_progress(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        _record_progress(manager)
+        return manager
 
 
 class LiveClient:
@@ -243,24 +385,28 @@ class LiveClient:
             raise ValueError("timeouts must be positive")
         if max_retries < 0:
             raise ValueError("max_retries must not be negative")
-        self.endpoint = _check_endpoint(endpoint)
+        self.endpoint = check_endpoint(endpoint)
         self.access_key = credentials.access_key
         self._timeout = (connect_timeout, read_timeout)
         self._max_retries = max_retries
-        retries = retry_policy(
+        self._retry = retry_policy(
             max_retries=max_retries,
             backoff_factor=backoff_factor,
             backoff_max=backoff_max,
             backoff_jitter=backoff_jitter,
         )
-        adapter = HTTPAdapter(
-            pool_connections=pool_size, pool_maxsize=pool_size, max_retries=retries
+        # The adapter never retries: every attempt is prepared, signed and sent by _submit.
+        adapter = _ProgressRecordingAdapter(
+            pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0
         )
         self._session = requests.Session()
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
         self._session.auth = JdcloudSignatureAuth(credentials)
+        token = credentials.session_token
+        secrets = (credentials.secret_key, token, _b64(token) if token else None)
+        self._secrets = tuple(secret for secret in secrets if secret)
 
     def __repr__(self) -> str:
         return f"LiveClient(endpoint={self.endpoint!r}, access_key={self.access_key!r})"
@@ -283,37 +429,96 @@ class LiveClient:
         self, path: Mapping[str, str], body: Mapping[str, Any]
     ) -> SubmitResult:
         """POST one task. `path` has publishDomain/appName/streamName; `body` is the JSON body,
-        already normalised by the caller. Raises FinalError (incl. AuthenticationError) or
-        UnknownOutcomeError; ValueError for a path that must not be sent."""
+        already normalised by the caller.
+
+        Raises FinalError when nothing was created, among them InvalidRequestError (refused
+        before sending), EndpointUnreachableError (nothing sent: no connection or no TLS) and
+        AuthenticationError (401); UnknownOutcomeError only when bytes of the request were
+        written and no usable answer came back. Any other exception raised on the way is one of
+        these two too, depending on whether a byte was written."""
+        _PROGRESS.stage = _Stage.NOT_STARTED
+        try:
+            url, data = self._request_parts(path, body)
+            return self._submit(url, data)
+        except ApiError:
+            raise
+        except Exception as error:
+            raise self._unexpected(error) from error
+
+    def _request_parts(self, path: Mapping[str, str], body: Mapping[str, Any]) -> tuple[str, bytes]:
         try:
             names = (path["publishDomain"], path["appName"], path["streamName"])
         except KeyError as error:
-            raise ValueError(f"the path parameters lack {error.args[0]}") from None
+            raise InvalidRequestError(f"the path parameters lack {error.args[0]}") from None
         for key, value in zip(("publishDomain", "appName", "streamName"), names, strict=True):
             if key in body and body[key] != value:
-                raise ValueError(
+                raise InvalidRequestError(
                     f"the body's {key} {body[key]!r} differs from the path's {value!r}"
                 )
         url = self.endpoint + record_task_path(*names)
+        try:
+            data = encode_body(body)
+        except (TypeError, ValueError) as error:
+            raise InvalidRequestError(f"the body cannot be sent as JSON: {error}") from None
+        return url, data
+
+    def _prepare(self, url: str, data: bytes) -> requests.PreparedRequest:
+        """The request of one attempt, signed now: its own x-jdcloud-date and nonce."""
         request = requests.Request(
-            "POST", url, data=encode_body(body), headers={"Content-Type": "application/json"}
+            "POST", url, data=data, headers={"Content-Type": "application/json"}
         )
-        prepared = self._session.prepare_request(request)
+        try:
+            prepared = self._session.prepare_request(request)
+        except ValueError as error:  # requests' InvalidURL, InvalidHeader
+            raise InvalidRequestError(f"the request cannot be built: {error}") from None
         _log.debug(
             "POST %s headers=%s body=%s",
             prepared.url,
             redact_headers(prepared.headers),
             _clip(prepared.body, _LOGGED_BODY_CHARS),
         )
-        # Session.request would merge these too; we send a prepared request to log it first.
+        return prepared
+
+    def _submit(self, url: str, data: bytes) -> SubmitResult:
+        host = urlsplit(url).netloc
+        retry = self._retry
+        prepared = self._prepare(url, data)
+        # Session.request would merge these too; we send prepared requests, to sign each attempt
+        # afresh and log it first.
         settings = self._session.merge_environment_settings(prepared.url, {}, None, None, None)
-        try:
-            response = self._session.send(
-                prepared, timeout=self._timeout, allow_redirects=False, **settings
-            )
-        except requests.RequestException as error:
-            raise self._transport_error(error, url) from error
-        return self._result(response)
+        while True:
+            _PROGRESS.stage = _Stage.NOT_STARTED
+            try:
+                response = self._session.send(
+                    prepared, timeout=self._timeout, allow_redirects=False, **settings
+                )
+            except requests.RequestException as error:
+                stage, reason = _PROGRESS.stage, _reason(error)
+                if stage is _Stage.WRITTEN:
+                    raise self._unknown_outcome(error, reason, host) from error
+                if stage is not _Stage.NOT_STARTED and not _is_tls_failure(error, reason):
+                    try:
+                        retry = retry.increment(method="POST", url=url, error=reason)
+                    except MaxRetryError:
+                        pass
+                    else:
+                        _log.debug("nothing was sent (%s); retrying", _say(reason))
+                        retry.sleep()
+                        prepared = self._prepare(url, data)  # signed afresh: a new date, nonce
+                        continue
+                raise self._not_sent(stage, error, reason, host, len(retry.history)) from error
+
+            status = response.status_code
+            if not retry.is_retry("POST", status, "Retry-After" in response.headers):
+                return self._result(response)
+            _PROGRESS.stage = _Stage.NOT_STARTED  # "not processed" is an answer: nothing in doubt
+            try:
+                retry = retry.increment(method="POST", url=url, response=response.raw)
+            except MaxRetryError:
+                return self._result(response)
+            _log.debug("HTTP %s: not processed; retrying", status)
+            retry.sleep(response.raw)
+            prepared = self._prepare(url, data)  # signed afresh: a new date and nonce
 
     def _result(self, response: requests.Response) -> SubmitResult:
         status = response.status_code
@@ -373,14 +578,9 @@ class LiveClient:
             **fields,
         )
 
-    def _transport_error(self, error: requests.RequestException, url: str) -> ApiError:
-        reason = _reason(error)
-        host = urlsplit(url).netloc
-        if _nothing_sent(error, reason):
-            return FinalError(
-                f"could not connect to {host} ({_say(reason)}), also after "
-                f"{self._max_retries} retries; nothing was sent"
-            )
+    def _unknown_outcome(
+        self, error: requests.RequestException, reason: Exception, host: str
+    ) -> UnknownOutcomeError:
         if isinstance(reason, ReadTimeoutError) or isinstance(error, requests.ReadTimeout):
             what = f"no answer from {host} within {self._timeout[1]:g} s"
         elif isinstance(reason, ProtocolError):
@@ -391,6 +591,51 @@ class LiveClient:
             f"{what} after the request was sent; it is unknown whether the task was created"
         )
 
+    def _not_sent(
+        self,
+        stage: _Stage,
+        error: requests.RequestException,
+        reason: Exception,
+        host: str,
+        retries: int,
+    ) -> FinalError:
+        cause = _say(reason)
+        if stage is _Stage.NOT_STARTED:
+            return FinalError(
+                f"the request to {host} could not be sent ({cause}); nothing was sent"
+            )
+        if _is_tls_failure(error, reason):
+            if _is_certificate_failure(reason):
+                what = f"the TLS handshake with {host} failed: its certificate was refused"
+                return EndpointUnreachableError(f"{what} ({cause}); nothing was sent", host=host)
+            return EndpointUnreachableError(
+                f"the TLS handshake with {host} failed ({cause}); nothing was sent (an http:// "
+                "server given as https:// fails like this)",
+                host=host,
+            )
+        if stage is _Stage.CONNECTING:
+            what = f"could not connect to {host} ({cause})"
+        else:
+            what = f"the connection to {host} failed before the request was sent ({cause})"
+        tried = (
+            f", also after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
+        )
+        return EndpointUnreachableError(f"{what}{tried}; nothing was sent", host=host)
+
+    def _unexpected(self, error: Exception) -> ApiError:
+        """An error nothing above expected (a bug, here or in a library): classified by whether
+        a byte of the request was written."""
+        cause = f"{type(error).__name__}: {error}"
+        for secret in self._secrets:
+            cause = cause.replace(secret, _REDACTED)
+        cause = _clip(cause, _SHOWN_BODY_CHARS)
+        if _PROGRESS.stage is _Stage.WRITTEN:
+            return UnknownOutcomeError(
+                f"the request failed after it was sent (unexpected {cause}); it is unknown "
+                "whether the task was created"
+            )
+        return FinalError(f"the request could not be sent (unexpected {cause}); nothing was sent")
+
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """A copy of `headers` safe to log: Authorization and the security token are REDACTED."""
@@ -400,13 +645,48 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def _check_endpoint(endpoint: str) -> str:
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"the endpoint {endpoint!r} must be an http(s) URL with a host")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"the endpoint {endpoint!r} must not have a query, fragment or user")
+def check_endpoint(endpoint: str) -> str:
+    """`endpoint` without its trailing `/` when it is an http:// or https:// URL with a host
+    (and optionally a port and a path prefix); otherwise ValueError, whose text says what is
+    wrong (a password in the URL is never repeated)."""
+    if not endpoint:
+        raise ValueError("the endpoint is empty; give an http:// or https:// URL")
+    shown = repr(_without_user_info(endpoint))
+    if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in endpoint):
+        raise ValueError(f"the endpoint {shown} must not contain whitespace or control characters")
+    if "://" not in endpoint:
+        raise ValueError(
+            f"the endpoint {shown} has no scheme; write http://{endpoint} or https://{endpoint}"
+        )
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError as error:
+        hint = "an invalid port" if "port" in str(error).lower() else "not a valid URL"
+        raise ValueError(f"the endpoint {shown} has {hint} ({error})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(
+            f"the endpoint {shown} uses {parts.scheme}://; it must be an http:// or https:// URL"
+        )
+    if not parts.hostname:
+        raise ValueError(f"the endpoint {shown} has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"the endpoint {shown} must not contain a user name or password")
+    if port == 0:
+        raise ValueError(f"the endpoint {shown} has an invalid port (0)")
+    if "?" in endpoint:
+        raise ValueError(f"the endpoint {shown} must not have a query (?...)")
+    if "#" in endpoint:
+        raise ValueError(f"the endpoint {shown} must not have a fragment (#...)")
     return endpoint.rstrip("/")
+
+
+def _without_user_info(endpoint: str) -> str:
+    scheme, separator, rest = endpoint.partition("://")
+    authority, slash, path = rest.partition("/")
+    if separator and "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{separator}{authority}{slash}{path}"
 
 
 @dataclass(frozen=True)
@@ -456,41 +736,40 @@ def _describe(
     return text + f" (requestId {request_id or 'unknown'})"
 
 
-def _reason(error: requests.RequestException) -> BaseException:
+def _reason(error: requests.RequestException) -> Exception:
     """The urllib3 error underneath requests' wrapping (MaxRetryError's reason if any)."""
     inner = error.args[0] if error.args else None
     if isinstance(inner, MaxRetryError) and inner.reason is not None:
         return inner.reason
-    if isinstance(inner, BaseException):
+    if isinstance(inner, Exception):
         return inner
     return error
 
 
-def _nothing_sent(error: requests.RequestException, reason: BaseException) -> bool:
-    """True only when the request certainly never reached the server."""
-    if isinstance(error, requests.ConnectTimeout | requests.exceptions.ProxyError):
-        return True  # a connect timeout, or no connection to the proxy
-    if isinstance(error, requests.exceptions.InvalidURL | requests.exceptions.InvalidHeader):
-        return True  # refused while preparing
-    if isinstance(reason, ConnectTimeoutError):  # includes refused connections and DNS failures
-        return True
-    # A certificate is checked in the TLS handshake, before any byte of the request is sent.
-    return isinstance(reason, Urllib3SSLError) and any(
-        isinstance(arg, ssl.SSLCertVerificationError) for arg in reason.args
+def _is_tls_failure(error: requests.RequestException, reason: Exception) -> bool:
+    return isinstance(error, requests.exceptions.SSLError) or isinstance(
+        reason, Urllib3SSLError | ssl.SSLError | ssl.CertificateError
     )
 
 
-def _say(reason: BaseException) -> str:
-    """A short cause, without urllib3's `HTTPConnectionPool(host=..., port=...): ` prefix."""
+def _is_certificate_failure(reason: Exception) -> bool:
+    causes = (reason, *reason.args)
+    return any(
+        isinstance(cause, ssl.SSLCertVerificationError | ssl.CertificateError) for cause in causes
+    )
+
+
+def _say(reason: Exception) -> str:
+    """A short cause, without urllib3's `HTTPConnection(host=..., port=...): ` prefix."""
     if isinstance(reason, ProtocolError) and len(reason.args) > 1:
         inner = reason.args[1]  # ("Connection aborted.", RemoteDisconnected(...))
         if isinstance(inner, BaseException):
             return f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
-    text = str(reason)
-    prefix, separator, rest = text.partition("): ")
-    if separator and prefix.startswith(("HTTPConnection", "HTTPSConnection")):
-        return rest
-    return text
+    return _URLLIB3_PREFIX.sub("", str(reason), count=1)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
 def _clip(value: str | bytes | None, limit: int) -> str:

@@ -26,7 +26,13 @@ import requests
 import responses
 import urllib3.util.retry
 from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError, SSLError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 from urllib3.response import HTTPResponse
 
 import reconciler
@@ -35,6 +41,7 @@ from reconciler.client import (
     ApiError,
     AuthenticationError,
     CredentialsError,
+    EndpointUnreachableError,
     FinalError,
     LiveClient,
     SubmitResult,
@@ -236,9 +243,11 @@ def test_session_pool_timeouts_and_retry_configuration(credentials: Credentials)
     adapter = client._session.get_adapter(DEFAULT_ENDPOINT)
     assert adapter is client._session.get_adapter("http://127.0.0.1:1")
     assert adapter._pool_connections == 7 and adapter._pool_maxsize == 7  # type: ignore[attr-defined]
-    retry = adapter.max_retries  # type: ignore[attr-defined]
+    # The adapter never retries on its own: the client signs and sends every attempt.
+    assert adapter.max_retries.total == 0  # type: ignore[attr-defined]
+    retry = client._retry
     assert isinstance(retry, urllib3.util.retry.Retry)
-    assert (retry.total, retry.connect, retry.status, retry.read, retry.other) == (3, 3, 3, 0, 0)
+    assert retry.total == 3
     assert set(retry.status_forcelist) == {429, 503}
     assert retry.allowed_methods is not None and "POST" in retry.allowed_methods
     assert retry.backoff_factor == 0.25 and retry.backoff_jitter == 0.5
@@ -339,23 +348,86 @@ Answer = tuple[int, dict[str, str], str]
 OK: Answer = (200, {}, json.dumps({"requestId": REQUEST_ID}))
 
 
+@dataclass(frozen=True)
+class WhileConnecting:
+    """Raised while the connection is made (DNS, TCP connect, TLS handshake): nothing sent."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class AfterSending:
+    """Raised after the request's bytes were written to the socket: it may have been processed."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class ResetBeforeSending:
+    """The connection is up, and its very first write is reset: nothing sent."""
+
+
+Outcome = Answer | WhileConnecting | AfterSending | ResetBeforeSending
+
+
+class FakeSocket:
+    """The socket under a connection: keeps what is written, or refuses the first write."""
+
+    def __init__(self, *, reset: bool = False) -> None:
+        self.reset = reset
+        self.written = bytearray()
+
+    def send(self, data: memoryview) -> int:
+        if self.reset:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        self.written += data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class Wire:
-    """Stands in for the socket under urllib3's connection pool: each attempt takes the next
-    scripted outcome (a response or an exception), so Retry's real logic decides the rest."""
+    """Stands in for the network under urllib3's connection pool: each attempt takes the next
+    scripted outcome. Failures go through the client's real connection class at the stage they
+    happen (while connecting, or after writing the request to a fake socket), so what the
+    connection records decides, as on a real network."""
 
-    script: list[Answer | BaseException] = field(default_factory=list)
+    script: list[Outcome] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def make_request(
-        self, method: str, url: str, body: Any, headers: Any, retries: Any, timeout: Any, **kw: Any
+        self,
+        conn: Any,
+        method: str,
+        url: str,
+        body: Any,
+        headers: Any,
+        retries: Any,
+        timeout: Any,
+        **kw: Any,
     ) -> HTTPResponse:
         limits = (timeout.connect_timeout, timeout.read_timeout)
         sent = {"method": method, "url": url, "headers": dict(headers), "body": body}
         self.attempts.append({**sent, "timeout": limits})
         outcome = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
+        if isinstance(outcome, WhileConnecting):
+
+            def fail() -> None:
+                raise outcome.error
+
+            conn._new_conn = fail
+            conn.connect()
+            raise AssertionError("connect() should have raised")
+        if isinstance(outcome, AfterSending | ResetBeforeSending):
+            conn.sock = FakeSocket(reset=isinstance(outcome, ResetBeforeSending))
+            try:
+                conn.send(f"{method} {url} HTTP/1.1\r\n\r\n".encode())
+            except ConnectionResetError as reset:
+                raise ProtocolError("Connection aborted.", reset) from reset
+            assert isinstance(outcome, AfterSending)
+            raise outcome.error
         status, response_headers, text = outcome
         return HTTPResponse(
             body=io.BytesIO(text.encode()),
@@ -374,7 +446,7 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Wire:
     wire = Wire()
 
     def make_request(pool: HTTPConnectionPool, conn: Any, method: str, url: str, **kw: Any) -> Any:
-        return wire.make_request(method, url, **kw)
+        return wire.make_request(conn, method, url, **kw)
 
     monkeypatch.setattr(HTTPConnectionPool, "_make_request", make_request)
     return wire
@@ -385,21 +457,26 @@ def busy(status: int, retry_after: str | None = None) -> Answer:
     return status, headers, jd_error(status, "BUSY", "try later")
 
 
-def refused() -> NewConnectionError:
-    return NewConnectionError(None, "Failed to establish a new connection: [Errno 111] refused")  # type: ignore[arg-type]
+def refused() -> WhileConnecting:
+    message = "Failed to establish a new connection: [Errno 111] refused"
+    return WhileConnecting(NewConnectionError(None, message))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("script", "attempts", "sleeps"),
     [
-        ([busy(503), busy(503), OK], 3, [1.0]),
-        ([busy(429), OK], 2, []),
-        ([busy(429), busy(429), busy(429), OK], 4, [1.0, 2.0]),
+        # Back-off before every retry, the first included: 0.5 x 2**(n-1).
+        ([busy(503), busy(503), OK], 3, [0.5, 1.0]),
+        ([busy(429), OK], 2, [0.5]),
+        ([busy(429), busy(429), busy(429), OK], 4, [0.5, 1.0, 2.0]),
         ([busy(429, "7"), OK], 2, [7.0]),
         ([busy(503, "2"), busy(503, "3"), OK], 3, [2.0, 3.0]),
         ([busy(429, "3600"), OK], 2, [30.0]),  # Retry-After is honoured up to backoff_max
-        ([refused(), refused(), OK], 3, [1.0]),
-        ([ConnectTimeoutError("connect timed out"), OK], 2, []),
+        ([busy(503, "0"), busy(429, "0"), OK], 3, []),  # Retry-After: 0 is "again, now"
+        ([busy(503, "0"), busy(503), OK], 3, [1.0]),
+        ([refused(), refused(), OK], 3, [0.5, 1.0]),
+        ([WhileConnecting(ConnectTimeoutError("connect timed out")), OK], 2, [0.5]),
+        ([ResetBeforeSending(), OK], 2, [0.5]),
     ],
 )
 def test_not_processed_answers_are_retried_then_succeed(
@@ -415,9 +492,14 @@ def test_not_processed_answers_are_retried_then_succeed(
         assert client.add_live_record_task(PATH, BODY).request_id == REQUEST_ID
     assert len(wire.attempts) == attempts
     assert no_proxies_no_sleeping == sleeps
-    # The same prepared request is re-sent: its date and nonce stay signed and valid.
-    assert all(attempt["headers"] == wire.attempts[0]["headers"] for attempt in wire.attempts)
+    # Every attempt is signed afresh (a replayed nonce may be refused), with the same body.
+    nonces = {attempt["headers"]["x-jdcloud-nonce"] for attempt in wire.attempts}
+    assert len(nonces) == attempts
     assert all(attempt["body"] == wire.attempts[0]["body"] for attempt in wire.attempts)
+    for attempt in wire.attempts:
+        url = DEFAULT_ENDPOINT + attempt["url"]
+        sent = requests.Request("POST", url, headers=attempt["headers"], data=attempt["body"])
+        assert verify_sent(sent.prepare()) == AK
 
 
 @pytest.mark.parametrize("status", [429, 503])
@@ -429,7 +511,7 @@ def test_still_busy_after_every_retry_is_final(
         client.add_live_record_task(PATH, BODY)
     assert type(caught.value) is FinalError
     assert len(wire.attempts) == 5  # the first try and 4 retries
-    assert no_proxies_no_sleeping == [1.0, 2.0, 4.0]  # the first retry is immediate
+    assert no_proxies_no_sleeping == [0.5, 1.0, 2.0, 4.0]  # the first retry backs off too
     assert caught.value.http_status == status and REQUEST_ID in str(caught.value)
     assert "nothing was created" in str(caught.value)
 
@@ -447,18 +529,22 @@ def test_backoff_is_bounded_and_jittered(
     )
     with client, pytest.raises(FinalError):
         client.add_live_record_task(PATH, BODY)
-    assert no_proxies_no_sleeping == [3.0, 5.0, 9.0, 10.0, 10.0]
+    assert no_proxies_no_sleeping == [2.0, 3.0, 5.0, 9.0, 10.0, 10.0]
 
 
-def test_a_connection_that_cannot_be_made_is_final_after_retries(
-    wire: Wire, credentials: Credentials
+@pytest.mark.parametrize("outcome", [refused(), ResetBeforeSending()])
+def test_a_connection_that_cannot_be_made_is_unreachable_after_retries(
+    wire: Wire, credentials: Credentials, outcome: Outcome
 ) -> None:
-    wire.script = [refused()]
-    with client_for(credentials, max_retries=2) as client, pytest.raises(FinalError) as caught:
+    wire.script = [outcome]
+    client = client_for(credentials, max_retries=2)
+    with client, pytest.raises(EndpointUnreachableError) as caught:
         client.add_live_record_task(PATH, BODY)
     assert len(wire.attempts) == 3
-    assert "nothing was sent" in str(caught.value) and "refused" in str(caught.value)
-    assert caught.value.http_status is None
+    message = str(caught.value)
+    assert "nothing was sent" in message and "live.jdcloud-api.com" in message
+    assert "refused" in message or "reset" in message
+    assert caught.value.http_status is None and caught.value.host == "live.jdcloud-api.com"
 
 
 @pytest.mark.parametrize(
@@ -467,10 +553,10 @@ def test_a_connection_that_cannot_be_made_is_final_after_retries(
         (busy(500), "HTTP 500"),
         (busy(502), "HTTP 502"),
         (busy(504), "HTTP 504"),
-        (ReadTimeoutError(None, "/", "Read timed out."), "no answer"),  # type: ignore[arg-type]
-        (http.client.RemoteDisconnected("closed without response"), "dropped"),
-        (ConnectionResetError(104, "Connection reset by peer"), "dropped"),
-        (SSLError(ssl.SSLError("decryption failed")), "failed"),
+        (AfterSending(ReadTimeoutError(None, "/", "Read timed out.")), "no answer"),  # type: ignore[arg-type]
+        (AfterSending(http.client.RemoteDisconnected("closed without response")), "dropped"),
+        (AfterSending(ConnectionResetError(104, "Connection reset by peer")), "dropped"),
+        (AfterSending(SSLError(ssl.SSLError("decryption failed"))), "failed"),
     ],
 )
 def test_failures_after_sending_are_unknown_and_never_retried(
@@ -490,10 +576,22 @@ def test_a_413_is_final_even_with_retry_after(wire: Wire, credentials: Credentia
     assert len(wire.attempts) == 1
 
 
-def test_a_refused_certificate_is_final(wire: Wire, credentials: Credentials) -> None:
-    wire.script = [SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed"))]
-    with client_for(credentials) as client, pytest.raises(FinalError, match="nothing was sent"):
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), "certificate was refused"),
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "http://"),
+        (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), "TLS handshake"),
+    ],
+)
+def test_a_failed_tls_handshake_is_unreachable_and_not_retried(
+    wire: Wire, credentials: Credentials, error: ssl.SSLError, words: str
+) -> None:
+    wire.script = [WhileConnecting(SSLError(error)), OK]
+    client = client_for(credentials)
+    with client, pytest.raises(EndpointUnreachableError, match="nothing was sent") as caught:
         client.add_live_record_task(PATH, BODY)
+    assert words in str(caught.value) and "live.jdcloud-api.com" in str(caught.value)
     assert len(wire.attempts) == 1
 
 
@@ -533,12 +631,12 @@ def serve(server: socket.socket, handle: Callable[[socket.socket], None]) -> lis
     return received
 
 
-def test_real_refused_connection_is_final(credentials: Credentials) -> None:
+def test_real_refused_connection_is_unreachable(credentials: Credentials) -> None:
     probe = socket.create_server(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()  # nothing listens there now
     client = client_for(credentials, endpoint=f"http://127.0.0.1:{port}", max_retries=1)
-    with client, pytest.raises(FinalError, match="nothing was sent"):
+    with client, pytest.raises(EndpointUnreachableError, match="nothing was sent"):
         client.add_live_record_task(PATH, BODY)
 
 
@@ -583,7 +681,15 @@ def test_real_503_is_retried_on_the_wire(
     with client_for(credentials, endpoint=endpoint) as client:
         assert client.add_live_record_task(PATH, BODY).request_id == REQUEST_ID
     assert len(received) == 2
-    assert received[0].split(b"\r\n\r\n")[0] == received[1].split(b"\r\n\r\n")[0]
+    first, second = (
+        dict(
+            line.split(": ", 1) for line in request.split(b"\r\n\r\n")[0].decode().split("\r\n")[1:]
+        )
+        for request in received
+    )
+    assert first["x-jdcloud-nonce"] != second["x-jdcloud-nonce"]  # signed afresh
+    assert first["Authorization"] != second["Authorization"]
+    assert received[0].split(b"\r\n\r\n")[1] == received[1].split(b"\r\n\r\n")[1]
 
 
 # --- credentials from the environment ----------------------------------------------------------
@@ -649,7 +755,7 @@ def test_no_secret_in_logs_errors_or_reprs(
         (401, {}, jd_error(401, "UNAUTHENTICATED", "who")),
         busy(500),
         busy(503),
-        ReadTimeoutError(None, "/", "Read timed out."),  # type: ignore[arg-type]
+        AfterSending(ReadTimeoutError(None, "/", "Read timed out.")),  # type: ignore[arg-type]
         refused(),
     ]
     with client_for(credentials, max_retries=1) as client:

@@ -237,9 +237,10 @@ def make_remote(
     git(seed, "config", "user.name", "Seed")
     git(seed, "config", "user.email", "seed@example.com")
     manifests(seed / "clips")
+    git(seed, "add", "clips")
     if initialised:
         initialise_state(seed)
-    git(seed, "add", "-A")
+        git(seed, "add", STATE)  # as the README says: the state, not the lock beside it
     git(seed, "commit", "-q", "-m", "manifests")
     bare = tmp_path / "origin.git"
     git(tmp_path, "clone", "-q", "--bare", str(seed), str(bare))

@@ -344,14 +344,20 @@ def run_killing_apply(
         text=True,
         start_new_session=True,
     ) as step:
-        deadline = time.monotonic() + 120  # a guard against a hang, not a measurement
-        while step.poll() is None and len(box.accepted()) < after:
-            assert time.monotonic() < deadline, "apply never got going"
-            time.sleep(0.005)
-        killed = apply_processes(step.pid)
-        for pid in killed:
-            os.kill(pid, signal.SIGKILL)
-        output, _ = step.communicate(timeout=300)
+        try:
+            deadline = time.monotonic() + 120  # a guard against a hang, not a measurement
+            while step.poll() is None and len(box.accepted()) < after:
+                assert time.monotonic() < deadline, "apply never got going"
+                time.sleep(0.005)
+            killed = apply_processes(step.pid)
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+            output, _ = step.communicate(timeout=300)
+        finally:
+            if step.poll() is None:  # only after a failed assertion: leave nothing running
+                for pid in [*apply_processes(step.pid), step.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
     return subprocess.CompletedProcess(step.args, step.returncode, output, ""), killed
 
 

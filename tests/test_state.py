@@ -482,6 +482,66 @@ def test_every_wrong_shape_is_refused(store: StateStore, change: str) -> None:
     assert store.path.read_bytes() == data
 
 
+# -- integrity: every hash is the sha256 of its recorded request --------------------------------
+
+
+def test_a_request_edited_by_hand_in_the_snapshot_is_refused(store: StateStore) -> None:
+    document = json.loads((FIXTURES / "v1.json").read_bytes())
+    document["tasks"][FIXTURE_HASHES[1]]["request"]["body"]["saveBucket"] = "elsewhere"
+    data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+    store.path.write_bytes(data)
+    with pytest.raises(StateError) as caught:
+        store.load()
+    message = str(caught.value)
+    assert message.startswith(f"{store.path}: task {FIXTURE_HASHES[1]}: ")
+    assert "edited by hand" in message and "left untouched" in message
+    assert_every_write_refused(store)
+    assert store.path.read_bytes() == data
+    assert files_in(store.path.parent) == {store.path.name}
+
+
+def test_a_request_edited_by_hand_in_a_journal_line_is_refused(store: StateStore) -> None:
+    use_fixture(store, "v1.json", journal="journal-torn.jsonl")
+    lines = store.journal_path.read_bytes().split(b"\n")
+    assert b'"recordFileType":"mp4"' in lines[1]
+    lines[1] = lines[1].replace(b'"recordFileType":"mp4"', b'"recordFileType":"flv;mp4"')
+    journal = b"\n".join(lines)
+    store.journal_path.write_bytes(journal)
+    with pytest.raises(StateError) as caught:
+        store.load()
+    message = str(caught.value)
+    assert message.startswith(f"{store.journal_path}:2: ")
+    assert "edited by hand" in message and "journal was left untouched" in message
+    assert_every_write_refused(store)
+    assert store.journal_path.read_bytes() == journal
+
+
+def test_reformatting_a_request_by_hand_changes_nothing(store: StateStore) -> None:
+    # The hash is of the canonical form: key order and layout are not part of a request.
+    document = json.loads((FIXTURES / "v1.json").read_bytes())
+    for task in document["tasks"].values():
+        task["request"] = {key: task["request"][key] for key in reversed(task["request"])}
+    store.path.write_text(json.dumps(document, ensure_ascii=False))
+    assert store.load() == StateStore(FIXTURES / "v1.json").load()
+
+
+def test_a_request_that_cannot_be_hashed_is_an_error_naming_the_task(store: StateStore) -> None:
+    data = (FIXTURES / "v1.json").read_bytes().replace(b'"highlights"', b'"\\ud800"', 1)
+    store.path.write_bytes(data)
+    with pytest.raises(StateError, match=re.escape(f"{store.path}: task ")):
+        store.load()
+
+
+def test_append_refuses_an_entry_filed_under_another_hash(store: StateStore) -> None:
+    store.append([make_entry(1)])
+    journal = store.journal_path.read_bytes()
+    misfiled = make_entry(2, hash=make_entry(3).hash)
+    with pytest.raises(ValueError, match="not the sha256 of its request"):
+        store.append([make_entry(4), misfiled])
+    assert store.journal_path.read_bytes() == journal
+    assert store.load() == state_of(make_entry(1))
+
+
 # -- the journal ----------------------------------------------------------------------------------
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
-import fnmatch
+import errno
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,8 @@ from reconciler.problems import Location, Problem, field_path
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 # A directory may hold YAML that is not manifests (CI workflows, deliberately broken examples);
-# patterns in this file, one per line, leave such paths out of a directory walk.
+# patterns in this file (gitignore syntax, read as Git reads a .gitignore) leave such paths out
+# of a directory walk.
 IGNORE_FILE = ".reconcilerignore"
 # A manifest is well under a kilobyte; 5 MiB holds thousands of them. Anything bigger is a mistake
 # (a video, a dump) and is refused before it is read.
@@ -150,33 +152,112 @@ class _DocumentError(Exception):
         self.fatal = fatal
 
 
-def find_manifest_files(paths: Sequence[str]) -> tuple[list[str], list[Problem]]:
-    """Expand files and directories into manifest files: recursive, sorted, hidden entries skipped."""
-    files: list[str] = []
-    problems: list[Problem] = []
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A path a directory walk left out, and the line of the ignore file that left it out."""
+
+    path: str  # as walked; a directory's ends with '/'
+    source: str  # the ignore file
+    line: int
+    pattern: str  # as written (without the trailing spaces Git drops too)
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.source}:{self.line}: {self.pattern})"
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the paths given expand to: manifest files, problems met, and what was ignored."""
+
+    files: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    ignored: list[Ignored] = field(default_factory=list)
+
+
+def find_manifests(paths: Sequence[str]) -> Found:
+    """Expand files and directories into manifest files: recursive, sorted, hidden entries skipped.
+
+    A directory walk leaves out what a `.reconcilerignore` ignores (gitignore syntax; see
+    _IgnoreFile). A path named on the command line is read as named: a file is read even if an
+    ignore file would leave it out, and a directory is walked with the ignore files in it and
+    below it (those in its parent directories are not read). So `reconciler validate
+    examples/invalid` checks what `examples/.reconcilerignore` leaves out of `examples/`.
+    """
+    found = Found()
     for given in paths:
-        if os.path.isdir(given):
-            found_before = len(files)
-            _walk(given, frozenset({os.path.realpath(given)}), (), files, problems)
-            if len(files) == found_before:
-                problems.append(
+        try:
+            mode = os.stat(given).st_mode
+        except OSError:
+            mode = 0
+        if stat.S_ISDIR(mode):
+            files_before, problems_before = len(found.files), len(found.problems)
+            ignored_before = len(found.ignored)
+            _walk(given, frozenset({os.path.realpath(given)}), (), found)
+            if len(found.files) == files_before and len(found.problems) == problems_before:
+                left_out = len(found.ignored) - ignored_before
+                ignored = (
+                    f"; {left_out} {'path' if left_out == 1 else 'paths'} ignored by {IGNORE_FILE}"
+                    if left_out
+                    else ""
+                )
+                found.problems.append(
                     Problem(
                         Location(given),
                         "",
-                        "directory holds no manifests (no .yaml or .yml files, hidden ones skipped)",
+                        "directory holds no manifests (no .yaml or .yml files, hidden ones "
+                        f"skipped{ignored})",
                     )
                 )
-        elif os.path.isfile(given):
-            files.append(given)
-        elif os.path.exists(given):
-            problems.append(
-                Problem(Location(given), "", "not a regular file or directory (a device or pipe?)")
-            )
-        elif os.path.lexists(given):
-            problems.append(Problem(Location(given), "", "broken symbolic link"))
+        elif stat.S_ISREG(mode):
+            found.files.append(given)
         else:
-            problems.append(Problem(Location(given), "", "no such file or directory"))
-    return _once_each(files), problems
+            found.problems.append(Problem(Location(given), "", not_a_file(given)))
+    found.files[:] = _once_each(found.files)
+    return found
+
+
+def find_manifest_files(paths: Sequence[str]) -> tuple[list[str], list[Problem]]:
+    """The manifest files under `paths` and the problems met finding them (see find_manifests)."""
+    found = find_manifests(paths)
+    return found.files, found.problems
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def not_a_file(path: str) -> str:
+    """Why `path` is no file to read, found with stat alone: a FIFO would block an open()."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"broken symbolic link (its target {_link_target(path)} does not exist)"
+        return "no such file or directory"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the links lead back to each other); not read"
+        if exc.errno == errno.ENOTDIR:
+            return "no such file or directory (a part of the path is a file)"
+        return f"cannot read: {exc.strerror}"
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    if os.path.islink(path):
+        return (
+            f"is a symbolic link to {kind} ({os.path.realpath(path)}), not a regular file; not read"
+        )
+    return f"is {kind}, not a regular file; not read"
+
+
+def _link_target(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # pragma: no cover - removed or replaced since it was seen as a link
+        return "?"
 
 
 def _once_each(files: list[str]) -> list[str]:
@@ -191,32 +272,167 @@ def _once_each(files: list[str]) -> list[str]:
     return unique
 
 
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    line: int
+    text: str  # as written, trailing spaces dropped
+    include: bool  # False for a `!` pattern: it re-includes
+    directories_only: bool  # written with a trailing '/'
+    regex: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class _IgnoreFile:
+    """One `.reconcilerignore`, compiled once: gitignore rules, matched the way Git matches them.
+
+    `pathspec` turns each pattern into a regular expression (escapes, `*`, `?`, `[...]`, `**`,
+    anchoring by a leading or inner `/`). Which pattern decides is Git's rule: the last one
+    that matches the path itself, a directory's rules before its parent's, and nothing below
+    an ignored directory is looked at (the walk does not go in). pathspec's own GitIgnoreSpec
+    decides differently for directories (with `*` then `!*/`, the directories stay ignored;
+    with `d/` then `!d/keep.yaml`, keep.yaml is taken although Git leaves it out), so it is
+    used for the patterns only.
+    """
+
+    source: str
+    rules: tuple[_Rule, ...]
+
+    def decide(self, relative: str, is_dir: bool) -> _Rule | None:
+        """The rule that decides for `relative` (to this file's folder), or None if none matches."""
+        for rule in reversed(self.rules):
+            if rule.directories_only and not is_dir:
+                continue
+            match = rule.regex.search(relative)
+            # A match through the directory mark group is a match of a parent folder, which
+            # the walk has decided already.
+            if match is not None and not any(match.groups()):
+                return rule
+        return None
+
+
+def _trim_trailing_spaces(line: str) -> str:
+    """Git's rule: trailing spaces are dropped unless the last one is escaped with a backslash."""
+    end = len(line)
+    while end and line[end - 1] == " ":
+        backslashes = len(line[: end - 1]) - len(line[: end - 1].rstrip("\\"))
+        if backslashes % 2:
+            break
+        end -= 1
+    return line[:end]
+
+
+def _read_ignore_file(path: str, problems: list[Problem]) -> _IgnoreFile | None:
+    """The compiled ignore file at `path`, or None (with a problem) if it cannot be read.
+
+    A pattern that is invalid, or can never match, is a problem at its line; the others apply.
+    """
+    why_not = "cannot read the patterns, so this directory is not read"
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            problems.append(
+                Problem(Location(path), "", f"{_not_read(not_a_file(path))}; {why_not}")
+            )
+            return None
+        with open(path, "rb", opener=_open_nonblocking) as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        problems.append(Problem(Location(path), "", f"cannot read file: {exc.strerror}; {why_not}"))
+        return None
+    if len(data) > MAX_FILE_BYTES:
+        problems.append(Problem(Location(path), "", f"file is over 5 MiB; {why_not}"))
+        return None
+    text, problem = decode_text(path, data)
+    if problem is not None:
+        problems.append(Problem(problem.location, "", f"{problem.message}; {why_not}"))
+        return None
+
+    from pathspec.patterns.gitignore import GitIgnorePatternError
+    from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
+
+    rules: list[_Rule] = []
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = _trim_trailing_spaces(raw.removesuffix("\r"))
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        body = line[1:] if negated else line
+        directories_only = body.endswith("/") and body != "/"
+        matched = body.removesuffix("/") if directories_only else body
+        try:
+            GitIgnoreSpecPattern(line)  # as written: refused as Git would refuse it
+            pattern = GitIgnoreSpecPattern(("!" if negated else "") + matched)
+        except GitIgnorePatternError:
+            problems.append(Problem(Location(path, number), "", _invalid_pattern(line)))
+            continue
+        if pattern.include is None or pattern.regex is None:
+            problems.append(
+                Problem(
+                    Location(path, number),
+                    "",
+                    f"pattern '{line}' matches nothing"
+                    + (" (its '[' is never closed; write '\\[' for a '[')" if "[" in line else ""),
+                )
+            )
+            continue
+        rules.append(_Rule(number, line, pattern.include, directories_only, pattern.regex))
+    return _IgnoreFile(path, tuple(rules))
+
+
+def _invalid_pattern(line: str) -> str:
+    if line == "!":
+        reason = "a '!' needs a pattern after it"
+    elif line.endswith("\\"):
+        reason = "it ends with a lone backslash (write '\\\\' for a backslash)"
+    else:  # pragma: no cover - pathspec refuses only the two above today
+        reason = "not a gitignore pattern"
+    return f"invalid pattern '{line}': {reason}"
+
+
+def _not_read(message: str) -> str:
+    return message.removesuffix("; not read")
+
+
+_Scope = tuple[_IgnoreFile, str]  # an ignore file, and the current folder relative to its own
+
+
 def _walk(
-    directory: str,
-    ancestors: frozenset[str],
-    ignores: tuple[tuple[str, str], ...],
-    files: list[str],
-    problems: list[Problem],
+    directory: str, ancestors: frozenset[str], scopes: tuple[_Scope, ...], found: Found
 ) -> None:
     try:
         with os.scandir(directory) as scan:
             entries = sorted(scan, key=lambda entry: entry.name)
     except OSError as exc:
-        problems.append(Problem(Location(directory), "", f"cannot read directory: {exc.strerror}"))
+        found.problems.append(
+            Problem(Location(directory), "", f"cannot read directory: {exc.strerror}")
+        )
         return
     if any(entry.name == IGNORE_FILE for entry in entries):
-        ignores += tuple((directory, pattern) for pattern in _ignore_patterns(directory))
+        ignore_file = _read_ignore_file(os.path.join(directory, IGNORE_FILE), found.problems)
+        if ignore_file is None:
+            return
+        scopes = (*scopes, (ignore_file, ""))
     for entry in entries:
-        if entry.name.startswith("."):
+        name = entry.name
+        if name.startswith("."):
             continue
-        path = os.path.join(directory, entry.name)
-        is_dir = entry.is_dir()
-        if _ignored(path, is_dir, ignores):
+        try:
+            is_dir = entry.is_dir()
+        except OSError:  # a symbolic link loop; not_a_file says so if it has a manifest's name
+            is_dir = False
+        if not is_dir and not name.lower().endswith(MANIFEST_SUFFIXES):
+            continue  # never read, so not worth matching or listing
+        path = os.path.join(directory, name)
+        rule, source = _deciding_rule(scopes, name, is_dir)
+        if rule is not None and rule.include:
+            found.ignored.append(
+                Ignored(path + "/" if is_dir else path, source, rule.line, rule.text)
+            )
             continue
         if is_dir:
             real = os.path.realpath(path)
             if real in ancestors:
-                problems.append(
+                found.problems.append(
                     Problem(
                         Location(path),
                         "",
@@ -224,56 +440,41 @@ def _walk(
                     )
                 )
                 continue
-            _walk(path, ancestors | {real}, ignores, files, problems)
-        elif entry.is_file():
-            if entry.name.lower().endswith(MANIFEST_SUFFIXES):
-                files.append(path)
-        elif entry.is_symlink() and entry.name.lower().endswith(MANIFEST_SUFFIXES):
-            problems.append(Problem(Location(path), "", "broken symbolic link"))
+            inner = tuple((ignore, f"{prefix}{name}/") for ignore, prefix in scopes)
+            _walk(path, ancestors | {real}, inner, found)
+        elif _is_file(entry):
+            found.files.append(path)
+        else:
+            found.problems.append(Problem(Location(path), "", not_a_file(path)))
 
 
-def _ignore_patterns(directory: str) -> list[str]:
+def _is_file(entry: os.DirEntry[str]) -> bool:
     try:
-        with open(os.path.join(directory, IGNORE_FILE), encoding="utf-8") as handle:
-            lines = [line.strip() for line in handle]
-    except (OSError, UnicodeDecodeError):
-        return []
-    return [line for line in lines if line and not line.startswith("#")]
+        return entry.is_file()
+    except OSError:
+        return False
 
 
-def _ignored(path: str, is_dir: bool, ignores: tuple[tuple[str, str], ...]) -> bool:
-    """gitignore-style, simplified (no `!`, no `**`).
+def _deciding_rule(scopes: tuple[_Scope, ...], name: str, is_dir: bool) -> tuple[_Rule | None, str]:
+    """The deepest ignore file's last rule matching `name` in the current folder (Git's order)."""
+    for ignore, prefix in reversed(scopes):
+        rule = ignore.decide(prefix + name, is_dir)
+        if rule is not None:
+            return rule, ignore.source
+    return None, ""
 
-    `name` or `*.yml` matches at any depth; a pattern with a `/` inside or at the start
-    (`/top.yaml`, `sub/path/*.yaml`) matches from the ignore file's folder, one path segment per
-    `/` (`*` never crosses a `/`); a trailing `/` matches folders only.
-    """
-    for base, pattern in ignores:
-        if pattern.endswith("/") and not is_dir:
-            continue
-        anchored = "/" in pattern.rstrip("/")
-        pattern = pattern.strip("/")
-        if not anchored:
-            if fnmatch.fnmatchcase(os.path.basename(path), pattern):
-                return True
-            continue
-        segments = os.path.relpath(path, base).replace(os.sep, "/").split("/")
-        wanted = pattern.split("/")
-        if len(segments) == len(wanted) and all(
-            fnmatch.fnmatchcase(segment, want)
-            for segment, want in zip(segments, wanted, strict=True)
-        ):
-            return True
-    return False
+
+def iter_found(found: Found) -> Iterator[FileResult]:
+    """Load every file `found` holds, one at a time (memory stays flat); its problems first."""
+    for problem in found.problems:
+        yield FileResult(problem.file, [], [problem], read=False)
+    for path in found.files:
+        yield load_file(path)
 
 
 def iter_files(paths: Sequence[str]) -> Iterator[FileResult]:
     """Load every manifest file under `paths`, one file at a time (memory stays flat)."""
-    files, problems = find_manifest_files(paths)
-    for problem in problems:
-        yield FileResult(problem.file, [], [problem], read=False)
-    for path in files:
-        yield load_file(path)
+    return iter_found(find_manifests(paths))
 
 
 def load_manifests(paths: Sequence[str]) -> tuple[list[Manifest], list[Problem]]:
@@ -287,21 +488,37 @@ def load_manifests(paths: Sequence[str]) -> tuple[list[Manifest], list[Problem]]
 
 
 def load_file(path: str) -> FileResult:
-    """Read one file: refuse what is not YAML text, then parse every document in it."""
+    """Read one file: refuse what is not YAML text, then parse every document in it.
+
+    What is not a regular file (a FIFO, a device, a link to one) is refused from its stat alone:
+    opening a FIFO blocks, reading /dev/zero never ends. The open is non-blocking, so one that
+    became a FIFO since is refused too.
+    """
     try:
-        size = os.stat(path).st_size
-        if size > MAX_FILE_BYTES:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return _refused(path, not_a_file(path))
+        if info.st_size > MAX_FILE_BYTES:
             return _refused(
-                path, f"file is {size / 1048576:.1f} MiB; manifest files over 5 MiB are refused"
+                path,
+                f"file is {info.st_size / 1048576:.1f} MiB; manifest files over 5 MiB are refused",
             )
-        with open(path, "rb") as handle:
-            data = handle.read()
+        with open(path, "rb", opener=_open_nonblocking) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return _refused(path, not_a_file(path))
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         return _refused(path, f"cannot read file: {exc.strerror}")
+    if len(data) > MAX_FILE_BYTES:
+        return _refused(path, "file grew over 5 MiB while it was read; refused")
     text, problem = decode_text(path, data)
     if problem is not None:
         return FileResult(path, [], [problem])
     return parse_text(path, text)
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def decode_text(path: str, data: bytes) -> tuple[str, Problem | None]:

@@ -102,6 +102,12 @@ def validate_summary(result: TaskSet) -> str:
     )
 
 
+def ignored_lines(result: TaskSet) -> list[str]:
+    """`ignored examples/invalid/ (examples/.reconcilerignore:3: invalid/)`, one per path left out
+    of a directory walk, in walk order (for `validate --verbose` and `plan --verbose`)."""
+    return [f"ignored {ignored}" for ignored in result.ignored]
+
+
 def validate_report(
     result: TaskSet, fmt: OutputFormat, out: TextIO, *, verbose: bool = False
 ) -> None:
@@ -115,6 +121,8 @@ def validate_report(
         out.write(validate_summary(result) + "\n")
     else:
         if verbose:
+            for line in ignored_lines(result):
+                out.write(line + "\n")
             for item in result.results:
                 if item.valid:
                     out.write(f"{item.location}: ok {item.name} ({(item.hash or '')[:12]})\n")
@@ -136,6 +144,15 @@ def validate_json(result: TaskSet) -> dict[str, Any]:
             "problems": len(result.problems),
         },
         "problems": [problem_json(problem) for problem in result.problems],
+        "ignored": [
+            {
+                "path": ignored.path,
+                "ignoreFile": ignored.source,
+                "line": ignored.line,
+                "pattern": ignored.pattern,
+            }
+            for ignored in result.ignored
+        ],
         "manifests": [
             {
                 "file": item.location.file,
@@ -151,7 +168,8 @@ def validate_json(result: TaskSet) -> dict[str, Any]:
 
 
 def validate_junit(result: TaskSet) -> str:
-    """One test case per manifest (and one per file that could not be read)."""
+    """One test case per manifest (and one per file that could not be read); each path an
+    ignore file left out is a skipped test case, so a CI dashboard shows what was not checked."""
     suite = ElementTree.Element("testsuite", name="reconciler validate")
     failures = 0
     cases = 0
@@ -180,9 +198,18 @@ def validate_junit(result: TaskSet) -> str:
         failures += 1
         case = ElementTree.SubElement(suite, "testcase", classname=file, name=file, file=file)
         _junit_failure(case, problems)
+    for ignored in result.ignored:
+        cases += 1
+        case = ElementTree.SubElement(
+            suite, "testcase", classname=ignored.source, name=f"ignored {ignored.path}"
+        )
+        ElementTree.SubElement(
+            case, "skipped", message=f"{ignored.source}:{ignored.line}: {ignored.pattern}"
+        )
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("errors", "0")
+    suite.set("skipped", str(len(result.ignored)))
     suites = ElementTree.Element("testsuites", name="reconciler", tests=str(cases))
     suites.set("failures", str(failures))
     suites.append(suite)

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from reconciler.collector import collector_paused
-from reconciler.manifests import Manifest, iter_files
+from reconciler.manifests import Ignored, Manifest, find_manifests, iter_found
 from reconciler.problems import Location, Problem
 from reconciler.schema import check_manifest, parse_record_time
 
@@ -141,7 +141,10 @@ class TaskSet:
     tasks: list[Task]
     problems: list[Problem]
     results: list[ManifestResult]
-    files: int
+    files: int  # manifest files opened (whether or not they could be parsed)
+    ignored: tuple[Ignored, ...] = ()  # what an ignore file left out of a directory walk
+    # Paths with problems that are no manifest file: missing, a FIFO, an empty directory...
+    unread: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -168,8 +171,12 @@ def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | N
     problems: list[Problem] = []
     results: list[ManifestResult] = []
     files = 0
-    for loaded in iter_files(paths):
+    unread: set[str] = set()
+    walked = find_manifests(paths)
+    for loaded in iter_found(walked):
         files += loaded.read
+        if not loaded.read:
+            unread.add(loaded.file)
         problems.extend(loaded.problems)
         for manifest in loaded.manifests:
             found = check_manifest(manifest)
@@ -193,7 +200,9 @@ def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | N
             else r
             for r in results
         ]
-    return TaskSet(tasks, sorted(problems), results, files)
+    return TaskSet(
+        tasks, sorted(problems), results, files, tuple(walked.ignored), frozenset(unread)
+    )
 
 
 def _name_of(doc: Any) -> str | None:

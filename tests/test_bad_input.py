@@ -176,6 +176,38 @@ def empty_directory(tmp_path: Path) -> list[str]:
     return [str(root)]
 
 
+def fifo(tmp_path: Path) -> list[str]:
+    target = inputs(tmp_path) / "pipe.yaml"
+    os.mkfifo(target)  # opening it for reading would block validate
+    return [str(target)]
+
+
+def fifo_in_a_directory(tmp_path: Path) -> list[str]:
+    root = inputs(tmp_path) / "clips"
+    root.mkdir()
+    os.mkfifo(root / "pipe.yaml")
+    return [str(root)]
+
+
+def link_to_dev_zero(tmp_path: Path) -> list[str]:
+    target = inputs(tmp_path) / "zero.yaml"
+    target.symlink_to("/dev/zero")  # reading it would never end
+    return [str(target)]
+
+
+def link_to_dev_zero_in_a_directory(tmp_path: Path) -> list[str]:
+    root = inputs(tmp_path) / "clips"
+    root.mkdir()
+    (root / "zero.yaml").symlink_to("/dev/zero")
+    return [str(root)]
+
+
+def broken_link(tmp_path: Path) -> list[str]:
+    target = inputs(tmp_path) / "gone.yaml"
+    target.symlink_to("nowhere.yaml")
+    return [str(target)]
+
+
 NUMBER_STREAM_NAME = (BAD / "number-stream-name.yaml").read_bytes()
 DEEP_FLOW = ("[" * 1000 + "]" * 1000 + "\n").encode()
 DEEP_BLOCK = ("".join("  " * i + f"k{i}:\n" for i in range(1000)) + "  " * 1000 + "v\n").encode()
@@ -263,6 +295,23 @@ BAD_INPUTS: dict[str, Case] = {
         symlink_loop, [("sub/again", 1, 1, "", "directory symlink loop: it leads back to")]
     ),
     "path-does-not-exist": Case(missing, [("", 1, 1, "", "no such file or directory")]),
+    "fifo-named": Case(fifo, [("", 1, 1, "", "is a FIFO (named pipe), not a regular file")]),
+    "fifo-in-a-directory": Case(
+        fifo_in_a_directory,
+        [("pipe.yaml", 1, 1, "", "is a FIFO (named pipe), not a regular file")],
+    ),
+    "link-to-dev-zero": Case(
+        link_to_dev_zero,
+        [("", 1, 1, "", "is a symbolic link to a character device (/dev/zero), not a regular")],
+    ),
+    "link-to-dev-zero-in-a-directory": Case(
+        link_to_dev_zero_in_a_directory,
+        [("zero.yaml", 1, 1, "", "is a symbolic link to a character device (/dev/zero)")],
+    ),
+    "broken-link": Case(
+        broken_link,
+        [("", 1, 1, "", "broken symbolic link (its target nowhere.yaml does not exist)")],
+    ),
     "directory-with-no-manifests": Case(
         empty_directory,
         [
@@ -318,7 +367,9 @@ def test_bad_input_is_a_located_message_and_exit_1(tmp_path: Path, case: Case) -
     for text, problem in zip(lines, case.problems, strict=True):
         assert text.startswith(expected_line(tmp_path, args, problem)), (text, problem)
         assert problem[4] in text, (text, problem)
-    assert re.fullmatch(r"Checked \d+ manifests? in \d+ files?: \d+ problems? in .*", run.summary)
+    assert re.fullmatch(
+        r"Checked \d+ manifests? in \d+ files?: \d+ problems? (in|with) .*", run.summary
+    )
     assert run.seconds < 10, f"{run.seconds:.1f} s"  # a sanity bound: no hang, no expansion
 
 
@@ -374,6 +425,8 @@ def test_hidden_and_ignored_files_are_skipped(tmp_path: Path) -> None:
     run = validate(tmp_path, "-v", str(root))
     assert run.code == 0, run.stdout
     assert [re.sub(r"\([0-9a-f]{12}\)$", "(HASH)", line) for line in run.problem_lines] == [
+        f"ignored {root}/drafts/one.draft.yaml ({root}/.reconcilerignore:2: *.draft.yaml)",
+        f"ignored {root}/invalid/ ({root}/.reconcilerignore:1: invalid/)",
         f"{root}/drafts/two.yaml:2:1: ok two (HASH)",
         f"{root}/keep.yaml:2:1: ok minimal (HASH)",
     ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
 import subprocess
 import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -621,7 +624,7 @@ def test_reconcilerignore_patterns(tmp_path: Path) -> None:
     )
     (tmp_path / ".reconcilerignore").write_text(
         "# comments and blank lines are fine\n\ndrafts/\n*.draft.yaml\nsub/skip-*.yaml\n"
-        "  deep/er/  \nnamed.yml\n"
+        "deep/er/  \nnamed.yml\n"
     )
     assert found(tmp_path) == [
         "drafts.yaml",
@@ -676,8 +679,90 @@ def test_broken_symlink_to_a_manifest_is_reported(tmp_path: Path) -> None:
     files, problems = find_manifest_files([str(tmp_path)])
     assert files == [str(tmp_path / "m.yaml")]
     assert [(p.file, p.message) for p in problems] == [
-        (str(tmp_path / "gone.yaml"), "broken symbolic link")
+        (
+            str(tmp_path / "gone.yaml"),
+            f"broken symbolic link (its target {tmp_path / 'nowhere.yaml'} does not exist)",
+        )
     ]
+
+
+# --- what is not a regular file: said what it is, never opened ----------------------------------
+
+
+@pytest.fixture
+def never_opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Paths manifests.py opens; opening a FIFO would block the test instead of failing it."""
+    opened: list[str] = []
+    real_open = open
+
+    def guarded(path: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(path))
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise AssertionError(f"opened {path}, which is not a regular file")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(manifests, "open", guarded, raising=False)
+    return opened
+
+
+def special_files(root: Path) -> dict[str, str]:
+    """A FIFO, a socket, links to /dev/zero and to nowhere, a link loop; each with its message."""
+    root.mkdir(exist_ok=True)
+    os.mkfifo(root / "pipe.yaml")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "sock.yaml"))
+    server.close()
+    (root / "zero.yaml").symlink_to("/dev/zero")
+    (root / "gone.yaml").symlink_to("nowhere.yaml")
+    (root / "loop-a.yaml").symlink_to("loop-b.yaml")
+    (root / "loop-b.yaml").symlink_to("loop-a.yaml")
+    return {
+        "gone.yaml": "broken symbolic link (its target nowhere.yaml does not exist)",
+        "loop-a.yaml": "symbolic link loop (the links lead back to each other); not read",
+        "loop-b.yaml": "symbolic link loop (the links lead back to each other); not read",
+        "pipe.yaml": "is a FIFO (named pipe), not a regular file; not read",
+        "sock.yaml": "is a socket, not a regular file; not read",
+        "zero.yaml": (
+            "is a symbolic link to a character device (/dev/zero), not a regular file; not read"
+        ),
+    }
+
+
+def test_special_files_in_a_walk_are_problems_saying_what_they_are(
+    tmp_path: Path, never_opened: list[str]
+) -> None:
+    expected = special_files(tmp_path / "root")
+    touch(tmp_path / "root", "m.yaml", "notes.txt")
+    os.mkfifo(tmp_path / "root" / "pipe.txt")  # not a manifest name: left alone, as notes.txt
+    files, problems = find_manifest_files([str(tmp_path / "root")])
+    assert files == [str(tmp_path / "root" / "m.yaml")]
+    assert {os.path.basename(p.file): p.message for p in problems} == expected
+    assert all((p.line, p.column) == (1, 1) for p in problems)
+    assert never_opened == []
+
+
+def test_special_files_named_explicitly_are_problems_saying_what_they_are(
+    tmp_path: Path, never_opened: list[str]
+) -> None:
+    expected = special_files(tmp_path)
+    files, problems = find_manifest_files([str(tmp_path / name) for name in expected])
+    assert files == []
+    assert {os.path.basename(p.file): p.message for p in problems} == expected
+    assert never_opened == []
+
+
+def test_load_file_refuses_a_fifo_without_opening_it(
+    tmp_path: Path, never_opened: list[str]
+) -> None:
+    os.mkfifo(tmp_path / "pipe.yaml")
+    result = load_file(str(tmp_path / "pipe.yaml"))
+    assert only_problem(result) == (
+        1,
+        1,
+        "",
+        "is a FIFO (named pipe), not a regular file; not read",
+    )
+    assert never_opened == []
 
 
 def test_missing_path_and_empty_directory(tmp_path: Path) -> None:

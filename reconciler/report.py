@@ -91,15 +91,32 @@ def problem_annotation(problem: Problem, title: str) -> str:
 
 
 def validate_summary(result: TaskSet) -> str:
+    """`Checked 3 manifests in 2 files: 1 problem in 1 file and 1 problem with 1 other path; ...`.
+
+    Problems in the manifest files read and problems with other paths (missing, a FIFO, a
+    directory with no manifests, an ignore file) are counted apart, so the counts never
+    contradict each other.
+    """
     manifests = len(result.results)
     checked = f"Checked {plural(manifests, 'manifest')} in {plural(result.files, 'file')}"
     if result.ok:
         return f"{checked}: all valid."
-    files = len({problem.file for problem in result.problems})
-    return (
-        f"{checked}: {plural(len(result.problems), 'problem')} in {plural(files, 'file')}; "
-        f"{manifests - result.invalid} of {plural(manifests, 'manifest')} valid."
+    in_files = [problem for problem in result.problems if problem.file not in result.unread]
+    elsewhere = [problem for problem in result.problems if problem.file in result.unread]
+    parts = []
+    if in_files:
+        files = len({problem.file for problem in in_files})
+        parts.append(f"{plural(len(in_files), 'problem')} in {plural(files, 'file')}")
+    if elsewhere:
+        paths = len({problem.file for problem in elsewhere})
+        other = "other path" if result.files else "path"
+        parts.append(f"{plural(len(elsewhere), 'problem')} with {plural(paths, other)}")
+    valid = (
+        f"; {manifests - result.invalid} of {plural(manifests, 'manifest')} valid"
+        if manifests
+        else ""
     )
+    return f"{checked}: {' and '.join(parts)}{valid}."
 
 
 def ignored_lines(result: TaskSet) -> list[str]:

@@ -441,8 +441,99 @@ def test_problems_from_several_files_are_all_reported(tmp_path: Path) -> None:
     assert run.code == 1
     assert [line.split(": ", 1)[0] for line in run.problem_lines] == [f"{gone}:1:1", f"{bad}:9:15"]
     assert run.summary == (
-        "Checked 2 manifests in 2 files: 2 problems in 2 files; 1 of 2 manifests valid."
+        "Checked 2 manifests in 2 files: 1 problem in 1 file and 1 problem with 1 other path; "
+        "1 of 2 manifests valid."
     )
+
+
+def summary_of(tmp_path: Path, *entries: tuple[str, str | None]) -> str:
+    """validate_summary for files written under inputs/ (content None: the path is missing)."""
+    from reconciler.report import validate_summary
+    from reconciler.tasks import load_tasks
+
+    paths = []
+    for name, content in entries:
+        paths.append(
+            str(inputs(tmp_path) / name) if content is None else write(tmp_path, name, content)
+        )
+    return validate_summary(load_tasks(paths))
+
+
+GOOD = MINIMAL
+GOOD_2 = minimal_named("second", 7)
+BAD_ONE = (BAD / "number-stream-name.yaml").read_text()
+BAD_TWO = minimal_named("bad-two", 8).replace("streamName: match", "streamName: 2026")
+TWO_PROBLEMS = MINIMAL.replace("streamName: match", "streamName: 7").replace(
+    "saveBucket: highlights", "saveBucket: X"
+)
+SUMMARIES: dict[str, tuple[list[tuple[str, str | None]], str]] = {
+    "one valid": ([("a.yaml", GOOD)], "Checked 1 manifest in 1 file: all valid."),
+    "all valid": (
+        [("a.yaml", GOOD), ("b.yaml", GOOD_2)],
+        "Checked 2 manifests in 2 files: all valid.",
+    ),
+    "a problem in one of two files": (
+        [("a.yaml", GOOD), ("b.yaml", BAD_ONE)],
+        "Checked 2 manifests in 2 files: 1 problem in 1 file; 1 of 2 manifests valid.",
+    ),
+    "two problems in one file": (
+        [("a.yaml", TWO_PROBLEMS)],
+        "Checked 1 manifest in 1 file: 2 problems in 1 file; 0 of 1 manifest valid.",
+    ),
+    "every manifest invalid": (
+        [("a.yaml", BAD_ONE), ("b.yaml", BAD_TWO)],
+        "Checked 2 manifests in 2 files: 2 problems in 2 files; 0 of 2 manifests valid.",
+    ),
+    "a file with no manifest in it": (
+        [("empty.yaml", "")],
+        "Checked 0 manifests in 1 file: 1 problem in 1 file.",
+    ),
+    "one missing path": (
+        [("gone.yaml", None)],
+        "Checked 0 manifests in 0 files: 1 problem with 1 path.",
+    ),
+    "nothing but missing paths": (
+        [("gone.yaml", None), ("lost/", None)],
+        "Checked 0 manifests in 0 files: 2 problems with 2 paths.",
+    ),
+    "valid files and a missing path": (
+        [("a.yaml", GOOD), ("gone.yaml", None)],
+        "Checked 1 manifest in 1 file: 1 problem with 1 other path; 1 of 1 manifest valid.",
+    ),
+    "a problem in a file and a missing path": (
+        [("a.yaml", BAD_ONE), ("gone.yaml", None), ("lost.yaml", None)],
+        "Checked 1 manifest in 1 file: 1 problem in 1 file and 2 problems with 2 other paths; "
+        "0 of 1 manifest valid.",
+    ),
+}
+
+
+@pytest.mark.parametrize(("entries", "expected"), SUMMARIES.values(), ids=SUMMARIES.keys())
+def test_summary_counts_agree(
+    tmp_path: Path, entries: list[tuple[str, str | None]], expected: str
+) -> None:
+    assert summary_of(tmp_path, *entries) == expected
+
+
+def test_summary_counts_an_ignore_file_as_another_path(tmp_path: Path) -> None:
+    write(tmp_path, "clips/a.yaml", GOOD)
+    write(tmp_path, "clips/.reconcilerignore", "!\nok/\nx\\\n")
+    from reconciler.report import validate_summary
+    from reconciler.tasks import load_tasks
+
+    assert validate_summary(load_tasks([str(inputs(tmp_path) / "clips")])) == (
+        "Checked 1 manifest in 1 file: 2 problems with 1 other path; 1 of 1 manifest valid."
+    )
+
+
+def test_nothing_but_special_files_says_what_they_are(tmp_path: Path) -> None:
+    run = validate(tmp_path, *fifo(tmp_path), *link_to_dev_zero(tmp_path))
+    assert run.code == 1
+    assert [line.split(": ", 1)[1] for line in run.problem_lines] == [
+        "is a FIFO (named pipe), not a regular file; not read",
+        "is a symbolic link to a character device (/dev/zero), not a regular file; not read",
+    ]
+    assert run.summary == "Checked 0 manifests in 0 files: 2 problems with 2 paths."
 
 
 # --- the other output formats -------------------------------------------------------------------
@@ -508,7 +599,9 @@ def test_github_output_for_a_bad_file(tmp_path: Path) -> None:
         (bad, "7", "3", "spec.<<: YAML merge keys (<<) are not supported; write the fields out"),
         (missing_path, "1", "1", "no such file or directory"),
     ]
-    assert run.summary.startswith("Checked 0 manifests in 1 file: 2 problems in 2 files")
+    assert run.summary == (
+        "Checked 0 manifests in 1 file: 1 problem in 1 file and 1 problem with 1 other path."
+    )
 
 
 def test_github_output_escapes_percent_signs(tmp_path: Path) -> None:

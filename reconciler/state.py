@@ -571,7 +571,11 @@ class StateStore:
         with self._mutex:
             self._check_snapshot()
             try:
-                fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_BINARY)
+                # 0o666 and the umask, like the snapshot (os.open's default 0o777 would make
+                # Git record the committed journal as executable); an existing one keeps its mode.
+                fd = os.open(
+                    self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_BINARY, 0o666
+                )
             except OSError as error:
                 raise StateError(
                     f"{self.journal_path}: cannot open the journal: {error}"

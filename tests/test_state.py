@@ -10,6 +10,7 @@ import random
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -543,6 +544,22 @@ def test_append_refuses_an_entry_filed_under_another_hash(store: StateStore) -> 
 
 
 # -- the journal ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_the_journal_is_created_0644_and_keeps_a_mode_it_was_given(store: StateStore) -> None:
+    previous = os.umask(0o022)
+    try:
+        store.append([make_entry(1)])
+        assert stat.S_IMODE(store.journal_path.stat().st_mode) == 0o644, "Git records 0755"
+        store.journal_path.chmod(0o600)
+        store.append([make_entry(2)])
+        assert stat.S_IMODE(store.journal_path.stat().st_mode) == 0o600
+        store.compact()
+        store.append([make_entry(3)])  # a new journal after the compaction removed the old one
+        assert stat.S_IMODE(store.journal_path.stat().st_mode) == 0o644
+    finally:
+        os.umask(previous)
 
 
 def test_a_torn_last_journal_line_is_ignored(store: StateStore) -> None:

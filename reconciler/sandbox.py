@@ -9,6 +9,9 @@
 #   - a drop ACCEPTS and journals the task, then closes the connection without answering: the
 #     nasty real-world case where the task exists but the client never hears about it.
 # Latency is added before that decision, to every checked task request.
+# Replays: a correctly signed request whose x-jdcloud-nonce was already used (within twice the
+# allowed clock skew) is refused 401 before any of this, as the real API may: a client must sign
+# every request, every retry included, afresh.
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 
 from reconciler import __version__
 from reconciler.schema import check_spec
-from reconciler.signing import Credentials, SignatureError, verify_request
+from reconciler.signing import NONCE_HEADER, Credentials, SignatureError, verify_request
 
 TASK_PATH = "/v1/records/{publishDomain}/appNames/{appName}/streamNames/{streamName}/task"
 TASKS_PATH = "/_sandbox/tasks"
@@ -57,6 +61,12 @@ DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=15)
 #: Idle keep-alive connections are closed after this long, so dead clients free their thread.
 #: Long, because urllib3 only notices a server-closed idle connection when it reuses it.
 IDLE_TIMEOUT_SECONDS = 300.0
+#: At most this many used nonces are remembered (the oldest is forgotten first), so a long run
+#: cannot grow the sandbox without bound.
+MAX_REMEMBERED_NONCES = 100_000
+
+# The clock that expires remembered nonces (a name of its own, so tests can move it).
+_clock = time.monotonic
 
 _REQUEST_ID_ALPHABET = string.ascii_lowercase + string.digits
 # JD Cloud's error.status names (Google API style) for the statuses the sandbox answers.
@@ -227,6 +237,11 @@ class Sandbox:
         self._lock = threading.Lock()
         self._random = random.Random(config.seed)
         self._accepted: list[dict[str, Any]] = []
+        self._received: list[dict[str, Any]] = []
+        # nonce -> when it may be forgotten: a replay's signed date is refused after that anyway.
+        self._nonces: OrderedDict[str, float] = OrderedDict()
+        skew = config.max_clock_skew or DEFAULT_MAX_CLOCK_SKEW
+        self._nonce_seconds = 2 * skew.total_seconds()
         self._requests = 0
         self._connections = 0
         self._dropped = 0
@@ -324,6 +339,19 @@ class Sandbox:
         with self._lock:
             return copy.deepcopy(self._accepted)
 
+    def received(self) -> list[dict[str, Any]]:
+        """Every task request that passed the checks (signature, unused nonce, body), in the
+        order their fates were decided, with what became of it:
+        {"requestId", "receivedAt", "path", "body", "outcome"}; `path` and `body` are the
+        canonical request, exactly as in accepted(). `outcome` is
+        - "accepted": created and answered 200;
+        - "dropped": created, then the connection closed unanswered;
+        - "injected-STATUS" (e.g. "injected-503", "injected-500"): answered STATUS, NOT created;
+        - "stopped": the sandbox stopped during its latency: NOT created, no answer.
+        Requests the checks refused (401, 400, ...) are not listed: nothing was created."""
+        with self._lock:
+            return copy.deepcopy(self._received)
+
     def counts(self) -> SandboxCounts:
         with self._lock:
             return SandboxCounts(
@@ -355,10 +383,23 @@ class Sandbox:
         with self._lock:
             self._requests += 1
 
-    def _count_refusal(self, status: int, *, injected: bool) -> None:
+    def _count_rejection(self, status: int) -> None:
         with self._lock:
-            counter = self._injected if injected else self._rejected
-            counter[status] = counter.get(status, 0) + 1
+            self._rejected[status] = self._rejected.get(status, 0) + 1
+
+    def _use_nonce(self, nonce: str) -> bool:
+        """Remember `nonce` as used; False when it already was (and is still remembered)."""
+        now = _clock()
+        with self._lock:
+            nonces = self._nonces
+            while nonces and next(iter(nonces.values())) <= now:
+                nonces.popitem(last=False)
+            if nonce in nonces:
+                return False
+            while len(nonces) >= MAX_REMEMBERED_NONCES:
+                nonces.popitem(last=False)
+            nonces[nonce] = now + self._nonce_seconds
+            return True
 
     def _draw(self) -> int | None:
         """The fate of one checked task request: 0 = drop, a status = that failure, None = ok."""
@@ -374,22 +415,41 @@ class Sandbox:
         return None
 
     def _accept(
-        self, request_id: str, received_at: str, path: dict[str, str], body: dict[str, Any]
+        self,
+        request_id: str,
+        received_at: str,
+        path: dict[str, str],
+        body: dict[str, Any],
+        *,
+        dropped: bool,
     ) -> None:
         record = {"requestId": request_id, "receivedAt": received_at, "path": path, "body": body}
         with self._lock:
             if self._stopped:
                 # A request still in its latency when stop() came: it creates nothing, and its
                 # connection is already shut, so the client sees a drop.
+                self._received.append({**record, "outcome": "stopped"})
                 raise ConnectionAbortedError("the sandbox stopped before the task was accepted")
             if self._journal is not None:
                 self._journal.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
                 self._journal.flush()
             self._accepted.append(record)
+            self._received.append({**record, "outcome": "dropped" if dropped else "accepted"})
+            if dropped:
+                self._dropped += 1
 
-    def _count_drop(self) -> None:
+    def _inject(
+        self,
+        status: int,
+        request_id: str,
+        received_at: str,
+        path: dict[str, str],
+        body: dict[str, Any],
+    ) -> None:
+        record = {"requestId": request_id, "receivedAt": received_at, "path": path, "body": body}
         with self._lock:
-            self._dropped += 1
+            self._injected[status] = self._injected.get(status, 0) + 1
+            self._received.append({**record, "outcome": f"injected-{status}"})
 
     def _tasks_document(self) -> dict[str, Any]:
         tasks = self.accepted()
@@ -494,7 +554,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._allow("POST")
             self._add_record_task(raw_path, query, segments, body, received_at)
         except _Refusal as refusal:
-            box._count_refusal(refusal.status, injected=False)
+            box._count_rejection(refusal.status)
             if refusal.close:
                 self.close_connection = True
             self._send_json(
@@ -552,18 +612,27 @@ class _Handler(BaseHTTPRequestHandler):
         received_at: str,
     ) -> None:
         box = self._sandbox
+        headers = _joined_headers(self.headers.items())
         try:
             verify_request(
                 self.command,
                 raw_path,
                 query,
-                _joined_headers(self.headers.items()),
+                headers,
                 raw_body,
                 box._secret_for,
                 max_skew=box.config.max_clock_skew,
             )
         except SignatureError as error:
             raise _Refusal(401, f"JDCLOUD3 signature check failed: {error}") from None
+        # Only after the signature: an unsigned request must not use up someone's nonce.
+        nonce = headers.get(NONCE_HEADER)
+        if nonce is not None and not box._use_nonce(nonce):
+            raise _Refusal(
+                401,
+                f"{NONCE_HEADER} {nonce!r} was already used: a replayed request is refused; "
+                "sign every request, every retry included, afresh (new date and nonce)",
+            )
 
         document = _json_object(raw_body)
         # The official SDK sends "saveObject": null for unset optional fields: null is absent.
@@ -587,17 +656,16 @@ class _Handler(BaseHTTPRequestHandler):
         fate = box._draw()
         if fate == 0:
             # Created, but the answer is lost: read everything, then hang up without a byte.
-            box._accept(self._request_id, received_at, segments, body)
-            box._count_drop()
+            box._accept(self._request_id, received_at, segments, body, dropped=True)
             self.close_connection = True
             return
         if fate is not None:
-            box._count_refusal(fate, injected=True)
+            box._inject(fate, self._request_id, received_at, segments, body)
             headers = {"Retry-After": "0"} if fate in _RETRY_LATER else {}
             message = f"injected failure (sandbox --fail {fate}): the task was not created"
             self._send_json(fate, error_document(self._request_id, fate, message), headers)
             return
-        box._accept(self._request_id, received_at, segments, body)
+        box._accept(self._request_id, received_at, segments, body, dropped=False)
         self._send_json(200, {"requestId": self._request_id})
 
     def _send_json(

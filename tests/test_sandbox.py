@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 import requests
 
+import reconciler.sandbox
 from reconciler.client import LiveClient, UnknownOutcomeError
 from reconciler.sandbox import (
     Sandbox,
@@ -570,6 +571,146 @@ def test_parse_failures(text: str, expected: dict[int, float]) -> None:
 def test_parse_failures_refuses(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_failures(text)
+
+
+# --- replays: a nonce is used once ---------------------------------------------------------------
+
+
+def test_a_replayed_nonce_is_refused_with_401(box: Sandbox, base_spec: dict[str, Any]) -> None:
+    url = task_url(box, base_spec)
+    data = json.dumps(base_spec).encode()
+    headers = signed(url, data, box.credentials)
+    assert requests.post(url, data=data, headers=headers, timeout=10).status_code == 200
+
+    replay = requests.post(url, data=data, headers=headers, timeout=10)
+
+    error = assert_error(replay, 401, "UNAUTHENTICATED")
+    assert "x-jdcloud-nonce" in error["message"] and "already used" in error["message"]
+    assert headers["x-jdcloud-nonce"] in error["message"]
+    assert len(box.accepted()) == 1
+    assert box.counts().rejected == {401: 1}
+
+
+def test_a_retry_that_replays_a_503d_request_is_refused(base_spec: dict[str, Any]) -> None:
+    # What a client that re-sends the same prepared request after a 503 runs into.
+    with running_sandbox(SandboxConfig(failures={503: 1.0})) as sandbox:
+        url = task_url(sandbox, base_spec)
+        data = json.dumps(base_spec).encode()
+        headers = signed(url, data, sandbox.credentials)
+        assert_error(requests.post(url, data=data, headers=headers, timeout=10), 503, "UNAVAILABLE")
+        replay = requests.post(url, data=data, headers=headers, timeout=10)
+        assert_error(replay, 401, "UNAUTHENTICATED")
+
+
+def test_the_same_body_with_a_fresh_signature_is_not_a_replay(
+    box: Sandbox, base_spec: dict[str, Any]
+) -> None:
+    assert post(box, base_spec).status_code == 200
+    assert post(box, base_spec).status_code == 200
+    assert len(box.accepted()) == 2
+
+
+def test_the_official_sdk_signs_each_send_with_its_own_nonce(
+    box: Sandbox, base_spec: dict[str, Any]
+) -> None:
+    for _ in range(2):
+        assert send_with_official_sdk(box, base_spec, box.credentials.secret_key).error is None
+    assert len(box.accepted()) == 2
+
+
+def test_nonces_are_remembered_for_a_bounded_number_and_time(
+    monkeypatch: pytest.MonkeyPatch, base_spec: dict[str, Any]
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(reconciler.sandbox, "MAX_REMEMBERED_NONCES", 2)
+    monkeypatch.setattr(reconciler.sandbox, "_clock", lambda: clock[0])
+    with running_sandbox(SandboxConfig(max_clock_skew=timedelta(minutes=15))) as sandbox:
+        url = task_url(sandbox, base_spec)
+        data = json.dumps(base_spec).encode()
+        first, second, third = (signed(url, data, sandbox.credentials) for _ in range(3))
+
+        def status(headers: dict[str, str]) -> int:
+            return requests.post(url, data=data, headers=headers, timeout=10).status_code
+
+        assert [status(first), status(second), status(third)] == [200, 200, 200]
+        assert status(third) == 401  # remembered
+        assert status(first) == 200  # forgotten: at most 2 are remembered (now third, first)
+        clock[0] += 30 * 60 + 1  # past twice the clock skew: a replay's date is refused anyway
+        assert status(third) == 200
+
+
+# --- received(): every checked request and what became of it --------------------------------------
+
+
+def test_received_lists_every_checked_request_and_its_fate(
+    monkeypatch: pytest.MonkeyPatch, box: Sandbox, base_spec: dict[str, Any]
+) -> None:
+    fates = iter([None, 0, 503, 500, 429])
+    monkeypatch.setattr(box, "_draw", lambda: next(fates))
+    bodies = [{**base_spec, "streamName": f"clip-{n}"} for n in range(5)]
+    answers: list[int | str] = []
+    for body in bodies:
+        try:
+            answers.append(post(box, body).status_code)
+        except requests.ConnectionError:
+            answers.append("drop")
+    # Refused by the checks: never in received().
+    wrong = Credentials(box.credentials.access_key, "not-the-secret")
+    assert post(box, base_spec, credentials=wrong).status_code == 401
+    assert post(box, {**base_spec, "saveBuckte": "x"}).status_code == 400
+
+    received = box.received()
+
+    assert answers == [200, "drop", 503, 500, 429]
+    assert [entry["outcome"] for entry in received] == [
+        "accepted",
+        "dropped",
+        "injected-503",
+        "injected-500",
+        "injected-429",
+    ]
+    assert [entry["body"] for entry in received] == bodies
+    assert [entry["path"] for entry in received] == [
+        {key: body[key] for key in PATH_KEYS} for body in bodies
+    ]
+    accepted = box.accepted()
+    assert [
+        {key: entry[key] for key in ("requestId", "receivedAt", "path", "body")}
+        for entry in received[:2]
+    ] == accepted
+    assert all(REQUEST_ID.match(entry["requestId"]) for entry in received)
+    received[0]["body"]["saveBucket"] = "changed"  # a copy
+    assert box.received()[0]["body"] == bodies[0]
+
+
+def test_received_records_a_request_the_stopping_sandbox_never_accepted(
+    base_spec: dict[str, Any],
+) -> None:
+    sandbox = Sandbox(SandboxConfig(latency_ms=1000)).start()
+    outcome: list[BaseException | requests.Response] = []
+
+    def send() -> None:
+        try:
+            outcome.append(post(sandbox, base_spec))
+        except requests.ConnectionError as error:
+            outcome.append(error)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    for _ in range(500):  # until the request is in its latency, past the checks
+        if sandbox.counts().requests:
+            break
+        time.sleep(0.01)
+    sandbox.stop()
+    sender.join(timeout=10)
+
+    assert isinstance(outcome[0], requests.ConnectionError)
+    for _ in range(500):  # the handler ends its latency after stop() returned
+        if sandbox.received():
+            break
+        time.sleep(0.01)
+    assert sandbox.accepted() == []
+    assert [entry["outcome"] for entry in sandbox.received()] == ["stopped"]
 
 
 # --- connections -------------------------------------------------------------------------------

@@ -84,38 +84,52 @@ def _pattern(
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-# Characters a reviewer cannot see that are not "Cf" (format) characters: Unicode's other
-# Default_Ignorable_Code_Points (combining grapheme joiner, fillers, variation selectors).
+# Characters a reviewer cannot see: Unicode's Default_Ignorable_Code_Point (zero-width spaces,
+# bidi controls, BOM, fillers, variation selectors, tags) and the interlinear annotation
+# controls U+FFF9..U+FFFB. The schema's patterns refuse the same ranges.
 _INVISIBLE_RANGES = (
+    (0x00AD, 0x00AD),
     (0x034F, 0x034F),
+    (0x061C, 0x061C),
     (0x115F, 0x1160),
     (0x17B4, 0x17B5),
     (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
     (0x3164, 0x3164),
     (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
     (0xFFA0, 0xFFA0),
-    (0xE0100, 0xE01EF),
+    (0xFFF0, 0xFFFB),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
 )
 _CONTROL_NAMES = {"\t": "a tab", "\n": "a line break", "\r": "a carriage return"}
+
+
+def _named(char: str) -> str:
+    return f"U+{ord(char):04X} {unicodedata.name(char, '')}".rstrip()
 
 
 def _unseen(char: str) -> str | None:
     """What `char` is when a reader cannot see it for what it is (None for visible ones)."""
     code = ord(char)
-    label = f"U+{code:04X}"
-    name = unicodedata.name(char, "")
     if code < 0x20 or 0x7F <= code <= 0x9F:
-        return _CONTROL_NAMES.get(char, f"the control character {label}")
+        return _CONTROL_NAMES.get(char, f"the control character U+{code:04X}")
     if 0xD800 <= code <= 0xDFFF:
-        return f"a lone surrogate {label} (not Unicode text)"
-    category = unicodedata.category(char)
-    if category == "Cf" or any(low <= code <= high for low, high in _INVISIBLE_RANGES):
-        return f"the invisible character {label} {name}".rstrip()
-    if category in ("Zl", "Zp"):
-        return f"the line separator {label} {name}"
-    if char.isspace() and char != " ":
-        return f"the whitespace character {label} {name}"
+        return f"a lone surrogate U+{code:04X} (not Unicode text)"
+    if char in "\u2028\u2029":
+        return f"the line separator {_named(char)}"
+    if any(low <= code <= high for low, high in _INVISIBLE_RANGES):
+        return f"the invisible character {_named(char)}"
     return None
+
+
+def _odd_space(char: str) -> str | None:
+    """Whitespace other than a plain space (a no-break space looks like one)."""
+    return f"the whitespace character {_named(char)}" if char.isspace() and char != " " else None
 
 
 def hidden_character(text: str) -> str | None:
@@ -126,10 +140,12 @@ def hidden_character(text: str) -> str | None:
             "ends with a line break (a YAML block scalar written with '|' or '>' keeps its "
             "last one: write '|-' or '>-', or put the value on the key's line)"
         )
-    for index, char in enumerate(text):
-        what = _unseen(char)
-        if what is not None:
-            return f"contains {what} at position {index + 1}"
+    # Whitespace last: free text may hold a no-break space, never a control character.
+    for kind in (_unseen, _odd_space):
+        for index, char in enumerate(text):
+            what = kind(char)
+            if what is not None:
+                return f"contains {what} at position {index + 1}"
     return None
 
 

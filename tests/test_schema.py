@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,49 @@ RULES: list[tuple[str, Any, Any, str]] = [
     ("recordFileType", "MP4;Flv;ts", "mp4,flv", "separated by ';'"),
     ("recordFileType", "ts;mp4", "mp4;", "must be ts, flv or mp4"),
     ("recordFileType", "mp4;flv", "mp4;MP4", "'mp4' is given twice"),
+    # Only what the client can send (finding 9): "." and ".." are dot segments that HTTP
+    # resolves to another path; whitespace per str.isspace and ECMA-262 \\s; invisible text.
+    ("appName", "live.1", ".", "not '.' or '..'"),
+    ("streamName", "...", "..", "not '.' or '..'"),
+    ("appName", "live", "live\n", "ends with a line break"),
+    ("streamName", "cup-final", "cup\x85final", "the control character U+0085 at position 4"),
+    ("streamName", "cup-final", "cup\x1cfinal", "the control character U+001C"),
+    ("streamName", "cup-final", "cup\x7f", "the control character U+007F"),
+    ("streamName", "球赛", "球\u3000赛", "the whitespace character U+3000 IDEOGRAPHIC SPACE"),
+    ("streamName", "cup-final", "cup\u00a0final", "U+00A0 NO-BREAK SPACE"),
+    ("streamName", "cup-final", "cup\u2028final", "the line separator U+2028"),
+    (
+        "streamName",
+        "cup-final",
+        "cup\u200bfinal",
+        "the invisible character U+200B ZERO WIDTH SPACE",
+    ),
+    (
+        "streamName",
+        "cup-final",
+        "\ufeffcup-final",
+        "U+FEFF ZERO WIDTH NO-BREAK SPACE at position 1",
+    ),
+    ("streamName", "cup-final", "cup\u202efinal", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+    ("appName", "live", "live\u2066", "U+2066 LEFT-TO-RIGHT ISOLATE"),
+    ("appName", "live", "li\u00adve", "U+00AD SOFT HYPHEN"),
+    ("streamName", "cup-final", "cup\ufe0f", "U+FE0F VARIATION SELECTOR-16"),
+    ("streamName", "cup-final", "cup\U000e0041", "U+E0041 TAG LATIN CAPITAL LETTER A"),
+    ("streamName", "⚽-🎉-final", "cup\u3164", "U+3164 HANGUL FILLER"),
+    ("streamName", "cup-final", "cup\ud800", "a lone surrogate U+D800"),
+    ("publishDomain", "push.example.com", "push.example.com\n", "ends with a line break"),
+    ("publishDomain", "push.example.com", "push.example\u200b.com", "U+200B"),
+    ("saveEndpoint", "s3.example.com", "s3.example.com\r\n", "ends with a line break"),
+    ("saveBucket", "highlights", "highlights\n", "ends with a line break"),
+    ("recordFileType", "mp4;flv", "mp4;flv\n", "ends with a line break"),
+    ("saveObject", "clips/cup final/goal 1", "clips/goal-1\n", "ends with a line break"),
+    ("saveObject", "clips/球赛/⚽\u00a0🎉", "clips/\u202egoal", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+    ("saveObject", " clips/goal-1 ", "clips\tgoal-1", "contains a tab at position 6"),
+    ("saveObject", "clips/goal-1", "clips/goal-1\u2029", "the line separator U+2029"),
+    ("taskExternalId", "cup final #1", "cup-final\n", "ends with a line break"),
+    ("taskExternalId", "cup-final", "cup\u200bfinal", "U+200B ZERO WIDTH SPACE"),
+    ("taskExternalId", "cup-final", "cup\x00final", "the control character U+0000"),
+    ("taskExternalId", "x" * 256, "x" * 257, "257 characters long; at most 256"),
     (
         "saveObject",
         "clips/{Date}/{StreamName}.{format}",
@@ -398,3 +442,126 @@ def test_times_parse_only_without_a_line_break() -> None:
     """The project's own time rules (calendar, order, sums) read times as ECMA `$` would."""
     assert parse_record_time("2018-10-21T10:00:00Z\n") is None
     assert parse_record_time("2018-10-21T10:00:00Z\r") is None
+
+
+def test_every_pattern_in_the_schema_is_one_ecma_262_and_python_both_compile() -> None:
+    """Editors, check-jsonschema (regress) and python-jsonschema (re) must all read each
+    pattern; the ones that would disagree (`\\d`, `\\s`, `\\w`, `.`, `\\b`) are not used."""
+    import re
+
+    import regress
+
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "pattern" and isinstance(value, str):
+                    found.append(value)
+                assert key != "patternProperties", "our validator reads only `pattern` as ECMA-262"
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(load_schema())
+    assert len(found) >= 6
+    for pattern in found:
+        re.compile(pattern)
+        regress.Regex(pattern, flags="u")
+        regress.Regex(pattern)
+        assert pattern.startswith("^") and pattern.endswith("$"), pattern
+        for unicode_dependent in ("\\d", "\\D", "\\s", "\\S", "\\w", "\\W", "\\b", "\\B"):
+            assert unicode_dependent not in pattern, (pattern, unicode_dependent)
+        assert "." not in _outside_classes(pattern), f"{pattern}: '.' means another thing in each"
+
+
+def _outside_classes(pattern: str) -> str:
+    """The pattern's characters outside `[...]`, escapes removed."""
+    out, in_class, escaped = [], False, False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt), with the interlinear
+# annotation controls U+FFF9..U+FFFB: characters that show nothing where they stand.
+INVISIBLE = [
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFFB), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+]  # fmt: skip
+# ECMA-262's \s beyond str.isspace(): U+FEFF (invisible anyway).
+ECMA_ONLY_SPACE = "\ufeff"
+INVISIBLE_CHARACTERS = {chr(code) for low, high in INVISIBLE for code in range(low, high + 1)}
+CONTROLS = {chr(code) for code in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
+@cache
+def all_text() -> str:
+    """Every Unicode code point but the surrogates (which no regress pattern can be given)."""
+    return "".join(chr(code) for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF)
+
+
+def _class_of(name: str, prefix: str, suffix: str) -> str:
+    pattern = load_schema()["$defs"][name]["pattern"]
+    assert pattern.startswith(prefix) and pattern.endswith(suffix), pattern
+    return pattern[len(prefix) : -len(suffix)]
+
+
+def _refused(klass: str) -> tuple[set[str], set[str]]:
+    """Every character (surrogates aside) a character class does not match: (by ECMA-262, by
+    Python's re). regress reports UTF-8 byte ranges; the gaps between them are the refusals."""
+    import re
+
+    import regress
+
+    text = all_text()
+    encoded = text.encode()
+    by_ecma, at = set(), 0
+    for match in regress.Regex(klass + "+", flags="u").find_iter(text) or []:
+        by_ecma.update(encoded[at : match.range().start].decode())
+        at = match.range().stop
+    by_ecma.update(encoded[at:].decode())
+    return by_ecma, set(re.sub(klass + "+", "", text))
+
+
+def test_a_path_segment_refuses_exactly_the_unsendable_and_the_unseen() -> None:
+    """Every code point: appName/streamName refuse '/ ? # %', controls, whitespace (Python's
+    and ECMA's), invisible characters; ECMA-262 and Python agree; the client sends the rest."""
+    from reconciler.client import record_task_path
+    from reconciler.schema import ecma_match
+
+    by_ecma, by_python = _refused(_class_of("pathSegment", "^(?!\\.\\.?$)", "+$"))
+    assert by_ecma == by_python
+    spaces = {char for char in all_text() if char.isspace()} | set(ECMA_ONLY_SPACE)
+    assert by_ecma == set("/?#%") | CONTROLS | spaces | INVISIBLE_CHARACTERS
+    pattern = load_schema()["$defs"]["pathSegment"]["pattern"]
+    for code in range(0xD800, 0xE000):
+        assert not ecma_match(pattern, "a" + chr(code))
+    accepted = [char for char in all_text() if char not in by_ecma]
+    for start in range(0, len(accepted), 127):  # what the schema accepts, the client sends
+        chunk = "a" + "".join(accepted[start : start + 127])
+        record_task_path("push.example.com", chunk, chunk)
+
+
+def test_free_text_refuses_controls_and_invisible_characters_only() -> None:
+    """saveObject and taskExternalId: any visible text, spaces included; no control, line
+    separator or invisible character, and every refused one is named in the message."""
+    from reconciler.schema import hidden_character
+
+    by_ecma, by_python = _refused(_class_of("text", "^", "*$"))
+    assert by_ecma == by_python
+    assert by_ecma == CONTROLS | set("\u2028\u2029") | INVISIBLE_CHARACTERS
+    for char in sorted(by_ecma):
+        assert hidden_character(f"a{char}b"), f"U+{ord(char):04X} is not named"

@@ -106,6 +106,8 @@ class StateEntry:
     """What the state knows about one task, keyed by the sha256 of its canonical request.
 
     Construction checks every field, so an entry that exists can always be written and read back.
+    That `hash` is request_hash(request) is checked where entries enter the files: by
+    `StateStore.append` and by every load (it would cost every plan a hash per task here).
     """
 
     hash: str

@@ -1040,7 +1040,13 @@ def test_a_kill_at_any_instant_loses_no_acknowledged_entry(tmp_path: Path, seed:
         # (a compaction takes longer as the state grows, so later trials often die inside one).
         time.sleep(chance.uniform(0, 0.04))
         process.kill()
-        out, err = process.communicate(timeout=30)
+        process.wait(timeout=30)
+        # Read through the text buffers: the readline above may already hold later lines,
+        # which communicate() (reading the raw pipes) would never return.
+        assert process.stderr is not None
+        out, err = process.stdout.read(), process.stderr.read()
+        process.stdout.close()
+        process.stderr.close()
         assert "Traceback" not in err, err
         late = out.splitlines()  # printed before the kill, read only now: acknowledged too
         assert all(line.startswith("acked ") for line in late), late

@@ -225,6 +225,15 @@ class Bench:
         self._counter += 1
         return self.workdir / f"{stem}-{self._counter}.json"
 
+    def fresh_state(self, stem: str) -> Path:
+        """An empty state no earlier run used, as `reconciler init` makes it (apply refuses
+        a missing one). Made outside the measured run: it is a one-time set-up step."""
+        from reconciler.state import StateStore
+
+        path = self.fresh(stem)
+        StateStore(path).create()
+        return path
+
     # --- measuring ------------------------------------------------------------------------------
 
     def measured(
@@ -403,7 +412,7 @@ class Bench:
                     "--concurrency",
                     str(CONCURRENCY),
                     "--state",
-                    str(self.fresh("apply-state")),
+                    str(self.fresh_state("apply-state")),
                 )
                 return run_measured(argv, cwd=self.workdir, env=clean_env(**box.env()))
 

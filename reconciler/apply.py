@@ -14,14 +14,19 @@ from typing import Any, Protocol
 from reconciler.client import (
     ApiError,
     AuthenticationError,
+    EndpointUnreachableError,
     FinalError,
     SubmitResult,
     UnknownOutcomeError,
 )
 from reconciler.plan import Plan, PlanAction, PlanItem
-from reconciler.state import State, StateEntry, StateStore, TaskStatus, utc_timestamp
+from reconciler.state import State, StateEntry, StateError, StateStore, TaskStatus, utc_timestamp
 
 DEFAULT_CONCURRENCY = 4
+# After a second Ctrl-C, how long requests in flight get to deliver an answer already on its way.
+ABORT_GRACE_SECONDS = 0.3
+# How often the send loop looks at the interrupt flags while it waits for answers.
+_POLL_SECONDS = 0.1
 
 
 class Submitter(Protocol):
@@ -36,7 +41,14 @@ class OutcomeKind(StrEnum):
     SUBMITTED = "submitted"  # 200 with a requestId: recorded `submitted`
     FAILED = "failed"  # a final error: nothing was created, the mark is removed
     UNKNOWN = "unknown"  # the request left and no answer says what happened: stays `pending`
-    NOT_SENT = "not-sent"  # stopped (Ctrl-C, 401) before sending: the mark is removed
+    NOT_SENT = "not-sent"  # stopped (Ctrl-C, 401, no endpoint) before sending: mark removed
+
+
+class StopReason(StrEnum):
+    """Why a run stopped before sending everything (an answer that every request would get)."""
+
+    AUTHENTICATION = "authentication"  # 401: the credentials were refused
+    UNREACHABLE = "unreachable"  # the endpoint cannot be reached: nothing was sent
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,7 @@ class Outcome:
     request_id: str | None = None
     http_status: int | None = None
     message: str | None = None
+    stops_run: StopReason | None = None
 
 
 @dataclass(frozen=True)
@@ -55,9 +68,18 @@ class ApplyResult:
     auth_failed: bool = False
     renamed: int = 0
     still_pending: int = 0  # `pending` tasks of the plan that were not re-sent
+    aborted: bool = False  # a second interrupt: requests still in flight were left `pending`
+    unreachable: bool = False  # the endpoint could not be reached; the rest was not sent
 
     def of(self, kind: OutcomeKind) -> list[Outcome]:
         return [outcome for outcome in self.outcomes if outcome.kind is kind]
+
+    @property
+    def left_in_flight(self) -> list[Outcome]:
+        """Tasks a second interrupt left without an answer: `pending` in the state."""
+        return [
+            o for o in self.outcomes if o.kind is OutcomeKind.UNKNOWN and o.message == ABANDONED
+        ]
 
     @property
     def exit_code(self) -> int:
@@ -65,6 +87,62 @@ class ApplyResult:
             return 130
         sent_all = all(outcome.kind is OutcomeKind.SUBMITTED for outcome in self.outcomes)
         return 0 if sent_all and not self.still_pending else 1
+
+
+ABANDONED = "still in flight when apply was aborted: the outcome is unknown"
+
+
+class StateKindError(StateError):
+    """A sandbox run given a real state, or a real run given a sandbox state."""
+
+
+class StateMissingError(StateError):
+    """A real apply was pointed at a state that does not exist."""
+
+
+def refuse_missing_state(store: StateStore, *, sandbox: bool) -> None:
+    """A real apply never starts from a state that does not exist: that is a wrong directory
+    or a state that was not checked out, and planning against nothing would send every clip
+    again. Checked before the lock is taken (which would leave a lock file behind), and again
+    under it."""
+    if sandbox or store.exists():
+        return
+    raise StateMissingError(
+        f"there is no state at {store.path} (in {store.path.resolve().parent}); nothing was "
+        "sent. Either this is the wrong directory (or --state / RECONCILER_STATE points "
+        "elsewhere), or the state was not checked out (a state file is committed beside the "
+        "manifests). Planning against no state would send every clip again. If these "
+        "manifests were really never applied, create an empty state with `reconciler init` "
+        "and commit it"
+    )
+
+
+def state_for_apply(store: StateStore, *, sandbox: bool, dry_run: bool = False) -> State:
+    """The state an apply may start from; the caller holds `store.lock()` (but for a dry run).
+
+    A missing state is refused (see refuse_missing_state), except for a sandbox apply, which
+    starts from an empty sandbox state that apply_plan writes before its first mark, and a
+    dry run, which writes nothing. Sandbox and real states never mix: a sandbox answer
+    recorded in a real state would make a later real apply skip that clip.
+    """
+    if not store.exists():
+        if sandbox or dry_run:
+            return State(sandbox=sandbox)
+        refuse_missing_state(store, sandbox=sandbox)
+    state = store.load()
+    if sandbox and not state.sandbox:
+        raise StateKindError(
+            f"{store.path} is a real state, not a sandbox one; apply --sandbox never writes "
+            "sandbox answers into a real state (a later real apply would skip those clips). "
+            "Nothing was sent. Leave out --state to use the sandbox's own state, or name another"
+        )
+    if not sandbox and state.sandbox:
+        raise StateKindError(
+            f"{store.path} is a sandbox state (written by apply --sandbox); a real apply refuses "
+            "it: its tasks were never sent to JD Cloud. Nothing was sent. Use the real state "
+            "(or `reconciler init --state PATH` for a new one)"
+        )
+    return state
 
 
 def _now() -> datetime:
@@ -124,6 +202,7 @@ def apply_plan(
     concurrency: int = DEFAULT_CONCURRENCY,
     retry_pending: bool = False,
     stop: threading.Event | None = None,
+    abort: threading.Event | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
     clock: Callable[[], datetime] = _now,
     state: State | None = None,
@@ -133,68 +212,119 @@ def apply_plan(
     Write-ahead: a batch of at most `concurrency` tasks is journalled `pending` (one fsync)
     before any of them is handed to a sender, and the next batch only once the previous one
     has been handed out; so at most 2 x concurrency tasks are ever marked but unsent.
+
+    `stop` (a first Ctrl-C): send nothing more, wait for the answers of requests in flight.
+    `abort` (a second one): record the answers already received and return within a second;
+    requests still in flight stay `pending`, and their threads are left behind (the caller
+    exits the process without waiting for them).
     """
     stop = stop or threading.Event()
+    abort = abort or threading.Event()
     report = on_outcome or (lambda outcome: None)
     if state is None:  # the caller usually has just loaded it, under the same lock
         state = store.load()
+    if not store.exists():
+        # Written before the first mark: a journal alone would not say whose state it is.
+        store.create(sandbox=state.sandbox)
     renames = follow_renames(plan, state, clock())
     store.append(renames)
     queue = deque(to_send(plan, retry_pending=retry_pending))
     outcomes: list[Outcome] = []
-    auth_failed = threading.Event()
+    stopped: list[StopReason] = []  # appended to by senders; a list is safe across threads
     marked: deque[PlanItem] = deque()
     in_flight: dict[Future[Outcome], PlanItem] = {}
 
     def halted() -> bool:
-        return stop.is_set() or auth_failed.is_set()
+        return stop.is_set() or abort.is_set() or bool(stopped)
 
     def send(item: PlanItem) -> Outcome:
-        if halted():  # Ctrl-C or a 401 while this one waited for a sender
+        if halted():  # Ctrl-C, a 401 or an unreachable endpoint while this one waited
             return _not_sent(item)
-        try:
-            outcome = submit_one(client, item)
-        except Exception as error:  # a bug, not an answer: the request may have left
-            outcome = Outcome(
-                item, OutcomeKind.UNKNOWN, message=f"unexpected error: {type(error).__name__}"
-            )
-        if outcome.http_status == 401:
-            auth_failed.set()
+        outcome = submit_one(client, item)
+        if outcome.stops_run is not None:
+            stopped.append(outcome.stops_run)
         return outcome
 
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="submit") as pool:
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="submit")
+    try:
         while queue or marked or in_flight:
+            if abort.is_set():
+                outcomes.extend(_abandon(store, in_flight, marked, queue, clock, report))
+                break
             if not halted() and not marked and queue:
                 batch = [queue.popleft() for _ in range(min(concurrency, len(queue)))]
                 store.append([_entry(item, TaskStatus.PENDING, clock()) for item in batch])
                 marked.extend(batch)
             if halted():
-                # Marked but never handed to a sender: never sent, so the mark goes.
-                unsent = [_not_sent(item) for item in marked]
-                outcomes.extend(_record(store, unsent, clock, report))
-                # Never marked, never sent: nothing to undo in the state, only to report.
-                for outcome in (_not_sent(item) for item in queue):
-                    report(outcome)
-                    outcomes.append(outcome)
-                marked.clear()
-                queue.clear()
+                outcomes.extend(_unsend(store, marked, queue, clock, report))
             while marked and len(in_flight) < concurrency:
                 item = marked.popleft()
                 in_flight[pool.submit(send, item)] = item
             if not in_flight:
                 continue
-            done, _ = wait(in_flight, timeout=0.25, return_when=FIRST_COMPLETED)
-            finished = [future.result() for future in done]
-            for future in done:
-                del in_flight[future]
-            outcomes.extend(_record(store, finished, clock, report))
+            done, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            outcomes.extend(_record(store, _collect(in_flight, done), clock, report))
+    finally:
+        # After an abort the senders still waiting for an answer are not waited for.
+        pool.shutdown(wait=not abort.is_set(), cancel_futures=True)
     return ApplyResult(
         tuple(outcomes),
-        interrupted=stop.is_set(),
-        auth_failed=auth_failed.is_set(),
+        interrupted=stop.is_set() or abort.is_set(),
+        auth_failed=StopReason.AUTHENTICATION in stopped,
         renamed=len(renames),
         still_pending=0 if retry_pending else len(plan.of(PlanAction.PENDING)),
+        aborted=abort.is_set(),
+        unreachable=StopReason.UNREACHABLE in stopped,
     )
+
+
+def _collect(
+    in_flight: dict[Future[Outcome], PlanItem], done: Iterable[Future[Outcome]]
+) -> list[Outcome]:
+    finished = []
+    for future in done:
+        del in_flight[future]
+        finished.append(future.result())
+    return finished
+
+
+def _unsend(
+    store: StateStore,
+    marked: deque[PlanItem],
+    queue: deque[PlanItem],
+    clock: Callable[[], datetime],
+    report: Callable[[Outcome], None],
+) -> list[Outcome]:
+    """Report every task not handed to a sender as not sent, and drop the marks of those marked."""
+    # Marked but never handed to a sender: never sent, so the mark goes.
+    outcomes = list(_record(store, [_not_sent(item) for item in marked], clock, report))
+    # Never marked, never sent: nothing to undo in the state, only to report.
+    for outcome in (_not_sent(item) for item in queue):
+        report(outcome)
+        outcomes.append(outcome)
+    marked.clear()
+    queue.clear()
+    return outcomes
+
+
+def _abandon(
+    store: StateStore,
+    in_flight: dict[Future[Outcome], PlanItem],
+    marked: deque[PlanItem],
+    queue: deque[PlanItem],
+    clock: Callable[[], datetime],
+    report: Callable[[Outcome], None],
+) -> list[Outcome]:
+    """A second interrupt: keep every answer already received, leave the rest `pending`."""
+    outcomes = _unsend(store, marked, queue, clock, report)
+    # Senders that had not started yet return at once (not sent); an answer already on the
+    # wire gets a moment to arrive. Whatever is still out then stays `pending`.
+    done, _ = wait(in_flight, timeout=ABORT_GRACE_SECONDS)
+    outcomes.extend(_record(store, _collect(in_flight, done), clock, report))
+    left = [Outcome(item, OutcomeKind.UNKNOWN, message=ABANDONED) for item in in_flight.values()]
+    in_flight.clear()
+    outcomes.extend(_record(store, left, clock, report))
+    return outcomes
 
 
 def _not_sent(item: PlanItem) -> Outcome:
@@ -230,13 +360,27 @@ def _record(
 
 
 def submit_one(client: Submitter, item: PlanItem) -> Outcome:
-    """Send one task and classify what happened; never raises for an API answer."""
+    """Send one task and classify what happened; never raises."""
     try:
         result = client.add_live_record_task(item.request["path"], item.request["body"])
     except UnknownOutcomeError as error:
         return Outcome(item, OutcomeKind.UNKNOWN, None, error.http_status, str(error))
     except (FinalError, AuthenticationError) as error:
-        return Outcome(item, OutcomeKind.FAILED, error.request_id, error.http_status, str(error))
+        # 401 and an unreachable endpoint would be every other request's answer too.
+        reason = (
+            StopReason.AUTHENTICATION
+            if isinstance(error, AuthenticationError)
+            else StopReason.UNREACHABLE
+            if isinstance(error, EndpointUnreachableError)
+            else None
+        )
+        return Outcome(
+            item, OutcomeKind.FAILED, error.request_id, error.http_status, str(error), reason
+        )
     except ApiError as error:  # any other API error: we cannot say nothing was created
         return Outcome(item, OutcomeKind.UNKNOWN, error.request_id, error.http_status, str(error))
+    except Exception as error:  # a bug, not an answer: the request may have left
+        return Outcome(
+            item, OutcomeKind.UNKNOWN, message=f"unexpected error: {type(error).__name__}"
+        )
     return Outcome(item, OutcomeKind.SUBMITTED, result.request_id, result.http_status)

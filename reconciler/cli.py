@@ -17,6 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+import typer.core
 
 from reconciler import __version__
 from reconciler.report import OutputFormat
@@ -30,6 +31,21 @@ if TYPE_CHECKING:
 
 DEFAULT_STATE = "reconciler-state.json"
 SANDBOX_STATE = "reconciler-state.sandbox.json"
+
+
+class _Command(typer.core.TyperCommand):
+    """Usage lines that show an argument's metavar as written (`PATH...`), where Typer would
+    wrap a required one in braces (`{PATH...}`)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument) and param.metavar:
+                pieces.append(param.metavar)
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
 
 app = typer.Typer(
     name="reconciler",
@@ -52,7 +68,11 @@ Paths = Annotated[
     typer.Argument(
         help="Manifest files or directories (walked recursively, hidden entries skipped).",
         show_default=False,
+        metavar="PATH...",
     ),
+]
+TaskHash = Annotated[
+    str, typer.Argument(help="Task hash or a unique prefix (6+ characters).", metavar="HASH")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems and the summary.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print more detail.")]
@@ -74,15 +94,10 @@ Selector = Annotated[
         "--selector", "-l", help="Only manifests with this label (key=value; repeatable)."
     ),
 ]
-Settle = Annotated[
-    int,
-    typer.Option(
-        "--settle",
-        min=0,
-        help="Seconds after a clip's last endTime before it is submitted (the recording must "
-        "exist first).",
-    ),
-]
+SETTLE_HELP = (
+    "Seconds after a clip's last endTime before it is submitted (the recording must exist first)."
+)
+Settle = Annotated[int, typer.Option("--settle", min=0, help=SETTLE_HELP)]
 LockTimeout = Annotated[
     float,
     typer.Option("--lock-timeout", min=0, help="Seconds to wait for another apply's lock."),
@@ -164,6 +179,31 @@ def _store(path: Path, lock_timeout: float = 60.0) -> StateStore:
     return StateStore(path, lock_timeout=lock_timeout)
 
 
+def _warn_if_missing(store: StateStore) -> None:
+    if not store.exists():
+        typer.echo(
+            f"warning: there is no state at {store.path}, so every clip is planned as `create`. "
+            "If these manifests were applied before, this is the wrong directory or the state "
+            "was not checked out (apply would refuse to run); if they never were, create the "
+            "state with `reconciler init`.",
+            err=True,
+        )
+
+
+def _checked_endpoint(endpoint: str | None) -> str | None:
+    """A usage error (exit 2) for an endpoint that is not an http(s) URL, before anything runs."""
+    from reconciler.client import check_endpoint
+
+    if endpoint is None:
+        return None
+    try:
+        return check_endpoint(endpoint)
+    except ValueError as error:
+        raise typer.BadParameter(
+            str(error), param_hint="'--endpoint' (or RECONCILER_ENDPOINT)"
+        ) from None
+
+
 @contextlib.contextmanager
 def _errors_reported() -> Iterator[None]:
     """Known failures become `error: ...` and exit 1, never a traceback."""
@@ -206,6 +246,15 @@ def _load_tasks_or_exit(
     _fail(f"the manifests have problems; nothing was {'planned' if command == 'plan' else 'sent'}")
 
 
+def _print_ignored(tasks: TaskSet, fmt: OutputFormat, verbose: bool) -> None:
+    """With --verbose, what a .reconcilerignore left out, and by which pattern."""
+    from reconciler.report import ignored_lines
+
+    if verbose and fmt is OutputFormat.TEXT:
+        for line in ignored_lines(tasks):
+            typer.echo(line)
+
+
 def _parse_selector(expressions: list[str] | None) -> dict[str, str]:
     from reconciler.plan import parse_selector
 
@@ -231,7 +280,7 @@ def _print_plan(plan: Plan, fmt: OutputFormat, no_color: bool, verbose: bool, qu
 # --- validate / schema ----------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(
     paths: Paths,
     choice: Annotated[
@@ -252,7 +301,7 @@ def validate(
     raise typer.Exit(0 if result.ok else 1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def schema() -> None:
     """Print the manifest JSON Schema (Draft 2020-12)."""
     from reconciler.schema import schema_text
@@ -268,7 +317,7 @@ PlanFormatOption = Annotated[
 ]
 
 
-@app.command()
+@app.command(cls=_Command)
 def plan(
     paths: Paths,
     state: StatePath = None,
@@ -294,35 +343,92 @@ def plan(
     from reconciler.plan import make_plan
 
     chosen = _parse_selector(selector)
+    if out is not None:
+        _check_plan_out(out)
+    store = _store(_state_path(state))
     with _errors_reported():
-        current = _store(_state_path(state)).load()
+        current = store.load()
+    _warn_if_missing(store)
     tasks = _load_tasks_or_exit(paths, fmt, "plan", current)
+    _print_ignored(tasks, fmt, verbose and not quiet)
+    _warn_if_selector_matches_nothing(tasks, chosen)
     the_plan = make_plan(
         tasks.tasks, current, now=datetime.now(UTC), settle_seconds=settle, selector=chosen
     )
     _print_plan(the_plan, fmt, no_color, verbose, quiet)
     if out is not None:
-        out.write_text(the_plan.dumps(), encoding="utf-8")
+        _save_plan(the_plan, out)
         if fmt is OutputFormat.TEXT:
             typer.echo(f"Saved the plan to {out}; apply it with: reconciler apply {out}")
     raise typer.Exit(2 if detailed_exitcode and the_plan.has_changes else 0)
 
 
+def _check_plan_out(out: Path) -> None:
+    """Refuse a --out that cannot be written before planning, not after."""
+    folder = out.parent
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        _fail(f"cannot save the plan to {out}: the folder {folder} {what}; nothing was planned")
+    if out.is_dir():
+        _fail(f"cannot save the plan to {out}: it is a folder; nothing was planned")
+
+
+def _save_plan(the_plan: Plan, out: Path) -> None:
+    try:
+        out.write_text(the_plan.dumps(), encoding="utf-8")
+    except OSError as error:
+        _fail(f"cannot save the plan to {out}: {error.strerror or error}")
+
+
+def _warn_if_selector_matches_nothing(tasks: TaskSet, chosen: dict[str, str]) -> None:
+    from reconciler.plan import matches
+
+    if chosen and not any(matches(task, chosen) for task in tasks.tasks):
+        wanted = ", ".join(f"{key}={value}" for key, value in chosen.items())
+        typer.echo(
+            f"warning: no manifest has the label(s) {wanted} (of {len(tasks.tasks)} "
+            "manifests): the plan is empty. Check the selector's spelling.",
+            err=True,
+        )
+
+
 # --- apply ----------------------------------------------------------------------------------
 
 
+class _Interrupts:
+    """What Ctrl-C / SIGTERM asked for: `stop` after the first, `abort` after the second."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.abort = threading.Event()
+
+
+# Set when an abort left sender threads waiting for answers: main() then exits without
+# waiting for them (the interpreter would otherwise join them, for up to the read timeout).
+_abandoned_senders = threading.Event()
+
+
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
+def _stop_on_signals() -> Iterator[_Interrupts]:
     """Ctrl-C / SIGTERM: stop sending new requests, let in-flight ones finish and be recorded.
 
-    A second Ctrl-C raises KeyboardInterrupt at once (in-flight tasks then stay `pending`).
+    The second aborts: apply records the answers already received and returns within a
+    second, leaving what is still in flight `pending`. The handler only sets flags, so it can
+    never interrupt a journal write halfway; a third raises KeyboardInterrupt.
     """
-    stop = threading.Event()
+    interrupts = _Interrupts()
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
+        if interrupts.abort.is_set():
             raise KeyboardInterrupt
-        stop.set()
+        if interrupts.stop.is_set():
+            interrupts.abort.set()
+            typer.echo(
+                "Aborting: recording the answers received; requests in flight stay pending.",
+                err=True,
+            )
+            return
+        interrupts.stop.set()
         typer.echo(
             "Stopping: no new requests; waiting for those in flight (Ctrl-C again to abort).",
             err=True,
@@ -330,7 +436,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield stop
+        yield interrupts
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -351,17 +457,37 @@ def _read_plan_file(path: Path) -> Plan:
         _fail(f"{path}: {error}")
 
 
-def _is_plan_file(paths: list[str]) -> bool:
-    return len(paths) == 1 and paths[0].endswith(".json") and os.path.isfile(paths[0])
+def _plan_file_argument(
+    paths: list[str], selector: list[str] | None, settle: int | None
+) -> Path | None:
+    """The saved plan among apply's paths, if one is given; options that change planning
+    beside it are usage errors (the plan was made with its own)."""
+    plans = [path for path in paths if path.endswith(".json") and os.path.isfile(path)]
+    if not plans:
+        return None
+    if len(paths) > 1:
+        raise typer.BadParameter(
+            f"a saved plan ({plans[0]}) must be the only path: it lists its own manifests",
+            param_hint="'PATH...'",
+        )
+    for given, option in ((bool(selector), "--selector"), (settle is not None, "--settle")):
+        if given:
+            raise typer.BadParameter(
+                f"cannot be used with a saved plan ({plans[0]}): the plan was made with its own; "
+                f"make a new plan with `reconciler plan ... {option} ... --out FILE`",
+                param_hint=f"'{option}'",
+            )
+    return Path(plans[0])
 
 
-@app.command()
+@app.command(cls=_Command)
 def apply(
     paths: Annotated[
         list[str],
         typer.Argument(
             help="Manifest files or directories, or one plan file saved by `plan --out`.",
             show_default=False,
+            metavar="PATH...",
         ),
     ],
     state: StatePath = None,
@@ -395,7 +521,10 @@ def apply(
         ),
     ] = False,
     selector: Selector = None,
-    settle: Settle = 300,
+    settle: Annotated[
+        int | None,
+        typer.Option("--settle", min=0, help=f"{SETTLE_HELP} [default: 300]", show_default=False),
+    ] = None,
     lock_timeout: LockTimeout = 60.0,
     choice: PlanFormatOption = PlanFormat.TEXT,
     quiet: Quiet = False,
@@ -404,8 +533,15 @@ def apply(
 ) -> None:
     """Submit every task the plan creates and record each outcome in the state file."""
     fmt = OutputFormat(choice)
+    from reconciler.apply import refuse_missing_state, state_for_apply
     from reconciler.client import CredentialsError, credentials_from_env
+    from reconciler.plan import DEFAULT_SETTLE_SECONDS, replan_saved
 
+    # Usage errors first: before credentials, the state or the lock are touched.
+    plan_file = _plan_file_argument(paths, selector, settle)
+    chosen = _parse_selector(selector)
+    if not sandbox:
+        endpoint = _checked_endpoint(endpoint)
     credentials = None
     if not sandbox and not dry_run:
         try:
@@ -416,8 +552,7 @@ def apply(
                 "JDCLOUD_SECRET_KEY (plus JDCLOUD_SESSION_TOKEN for temporary ones). To try the "
                 "whole flow without an account: reconciler apply --sandbox ..."
             )
-    chosen = _parse_selector(selector)
-    saved = _read_plan_file(Path(paths[0])) if _is_plan_file(paths) else None
+    saved = _read_plan_file(plan_file) if plan_file is not None else None
     state_path = _state_path(state, sandbox=sandbox)
     store = _store(state_path, lock_timeout)
     console = _console(no_color)
@@ -430,31 +565,32 @@ def apply(
     def planned(current_state: State) -> Plan:
         from reconciler.plan import make_plan
 
+        now = datetime.now(UTC)
         if saved is not None:
-            return saved
+            return replan_saved(saved, current_state, now=now)
         tasks = _load_tasks_or_exit(paths, fmt, "apply", current_state)
+        _print_ignored(tasks, fmt, verbose and not quiet)
+        _warn_if_selector_matches_nothing(tasks, chosen)
         return make_plan(
             tasks.tasks,
             current_state,
-            now=datetime.now(UTC),
-            settle_seconds=settle,
+            now=now,
+            settle_seconds=DEFAULT_SETTLE_SECONDS if settle is None else settle,
             selector=chosen,
         )
 
     with _errors_reported():
         if dry_run:
-            the_plan = planned(store.load())
+            if not sandbox:
+                _warn_if_missing(store)
+            the_plan = planned(state_for_apply(store, sandbox=sandbox, dry_run=True))
             _print_plan(the_plan, fmt, no_color, verbose, quiet)
             if fmt is OutputFormat.TEXT:
                 console.print("Dry run: nothing was sent and the state was not changed.")
             raise typer.Exit(0)
+        refuse_missing_state(store, sandbox=sandbox)
         with store.lock():
-            current = store.load()
-            if saved is not None and saved.state_fingerprint != current.fingerprint():
-                _fail(
-                    f"the state ({state_path}) changed since this plan was made at "
-                    f"{saved.created_at}; nothing was sent. Make a new plan and apply that."
-                )
+            current = state_for_apply(store, sandbox=sandbox)
             the_plan = planned(current)
             if fmt is OutputFormat.TEXT:
                 _print_plan(the_plan, fmt, no_color, verbose, quiet)
@@ -509,15 +645,16 @@ def _run_apply(
         )
     sending = to_send(the_plan, retry_pending=retry_pending)
     with contextlib.ExitStack() as stack:
+        connections = stack.enter_context(contextlib.ExitStack())
         if sandbox:
             from reconciler.sandbox import running_sandbox
 
-            box = stack.enter_context(running_sandbox())
+            box = connections.enter_context(running_sandbox())
             endpoint, credentials = box.url, box.credentials
-        client = stack.enter_context(
+        client = connections.enter_context(
             LiveClient(credentials, endpoint=endpoint or DEFAULT_ENDPOINT, pool_size=concurrency)
         )
-        stop = stack.enter_context(_stop_on_signals())
+        interrupts = stack.enter_context(_stop_on_signals())
         text = fmt is OutputFormat.TEXT
         progress = None
         if text and sending and console.is_terminal and not quiet:
@@ -538,10 +675,16 @@ def _run_apply(
             client,
             concurrency=concurrency,
             retry_pending=retry_pending,
-            stop=stop,
+            stop=interrupts.stop,
+            abort=interrupts.abort,
             on_outcome=on_outcome,
             state=current,
         )
+        if result.aborted:
+            # Senders still waiting for an answer: closing the client or the sandbox now
+            # would wait for them; the process exits without them instead (see main()).
+            _abandoned_senders.set()
+            connections.pop_all()
     store.compact()
     if fmt is OutputFormat.JSON:
         document = apply_json(result, the_plan, sandbox=sandbox, state_path=str(state_path))
@@ -557,6 +700,31 @@ def _run_apply(
         for hint in apply_hints(result, the_plan, str(state_path)):
             console.print(f"[yellow]note[/]: {hint}", markup=True)
     return result.exit_code
+
+
+# --- init -----------------------------------------------------------------------------------
+
+
+@app.command(cls=_Command)
+def init(
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            help=f"Where to create the state [default: $RECONCILER_STATE or {DEFAULT_STATE}].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Create an empty state file to commit beside the manifests (once, before the first apply)."""
+    path = _state_path(state)
+    store = _store(path)
+    with _errors_reported(), store.lock():
+        store.create()
+    typer.echo(
+        f"Created an empty state at {path}. Commit it beside your manifests; every apply "
+        "records what it submitted there."
+    )
 
 
 # --- state ----------------------------------------------------------------------------------
@@ -577,7 +745,7 @@ def _entry_json(entry: Any) -> dict[str, Any]:
     }
 
 
-@state_app.command("list")
+@state_app.command("list", cls=_Command)
 def state_list(
     state: StatePath = None,
     choice: StateFormatOption = StateFormat.TEXT,
@@ -619,9 +787,9 @@ def state_list(
     console.print(f"{len(entries)} tasks in {path}" + (f", {pending} pending." if pending else "."))
 
 
-@state_app.command("show")
+@state_app.command("show", cls=_Command)
 def state_show(
-    task: Annotated[str, typer.Argument(help="Task hash or a unique prefix (6+ characters).")],
+    task: TaskHash,
     state: StatePath = None,
     choice: StateFormatOption = StateFormat.TEXT,
 ) -> None:
@@ -646,9 +814,9 @@ def state_show(
     typer.echo(json.dumps(entry.request, indent=2, ensure_ascii=False, sort_keys=True))
 
 
-@state_app.command("rm")
+@state_app.command("rm", cls=_Command)
 def state_rm(
-    task: Annotated[str, typer.Argument(help="Task hash or a unique prefix (6+ characters).")],
+    task: TaskHash,
     state: StatePath = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     lock_timeout: LockTimeout = 60.0,
@@ -670,13 +838,17 @@ def state_rm(
     typer.echo(f"Removed {entry.name} ({entry.hash[:12]}) from {store.path}.")
 
 
-@state_app.command("mark-submitted")
+@state_app.command("mark-submitted", cls=_Command)
 def state_mark_submitted(
-    task: Annotated[str, typer.Argument(help="Task hash or a unique prefix (6+ characters).")],
+    task: TaskHash,
     request_id: Annotated[
         str, typer.Option("--request-id", help="The requestId JD Cloud gave (from its console).")
     ],
     state: StatePath = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace the requestId of a task already recorded submitted."),
+    ] = False,
     lock_timeout: LockTimeout = 60.0,
 ) -> None:
     """Record a pending task as submitted, after checking at JD Cloud that it exists."""
@@ -688,6 +860,16 @@ def state_mark_submitted(
     with _errors_reported(), store.lock():
         current = store.load()
         entry = current.find(task)
+        if (
+            entry.status is TaskStatus.SUBMITTED
+            and entry.request_id != request_id.strip()
+            and not force
+        ):
+            _fail(
+                f"{entry.name} ({entry.hash[:12]}) is already submitted with requestId "
+                f"{entry.request_id}; the state was not changed. If {request_id.strip()} is "
+                "the right one, pass --force"
+            )
         stamp = utc_timestamp(datetime.now(UTC))
         marked = StateEntry(
             entry.hash,
@@ -708,7 +890,7 @@ def state_mark_submitted(
 # --- sandbox --------------------------------------------------------------------------------
 
 
-@app.command("sandbox")
+@app.command("sandbox", cls=_Command)
 def sandbox_command(
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (loopback by default).")
@@ -778,4 +960,17 @@ def main() -> None:
         app(prog_name="reconciler")
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
-        sys.exit(130)
+        code: object = 130
+    except SystemExit as exit_:
+        if not _abandoned_senders.is_set():
+            raise
+        code = exit_.code
+    else:
+        return
+    if _abandoned_senders.is_set():
+        # The state and the summary are written; the senders still waiting for an answer
+        # would hold the interpreter's exit for up to the read timeout.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    sys.exit(130)

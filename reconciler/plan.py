@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from reconciler.tasks import SHORT_HASH, Task, request_hash
+from reconciler.problems import Location
+from reconciler.tasks import SHORT_HASH, Task, canonical_request, request_hash
 
 if TYPE_CHECKING:  # the state module (and filelock) load only when a state is read
     from reconciler.state import State
@@ -212,16 +213,98 @@ class Plan:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"plan file is incomplete or malformed ({exc})") from exc
-        for item in plan.of(PlanAction.CREATE):
-            if request_hash(item.request) != item.hash:
-                raise PlanError(
-                    f"the request of '{item.name}' ({item.short_hash}) does not match its hash: "
-                    "the plan file was edited; make the plan again"
-                )
         return plan
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+
+# Items that come from manifests; `replaced` and `orphaned` ones come from the state alone.
+_FROM_MANIFESTS = frozenset(
+    {PlanAction.CREATE, PlanAction.UNCHANGED, PlanAction.PENDING, PlanAction.WAITING}
+)
+_SHOWN_DIFFERENCES = 10
+
+
+def replan_saved(saved: Plan, state: State, *, now: datetime) -> Plan:
+    """`saved`, once its own tasks are planned again against `state` and found unchanged.
+
+    A saved plan is applied only if it is exactly what planning its tasks gives now: every
+    item listed once, every request a valid one that hashes to the item's hash, every action
+    the one planning gives (an `unchanged`, `pending` or `waiting` item edited into `create`
+    would send a clip twice, or before its recording exists). PlanError lists what differs.
+    """
+    if saved.state_fingerprint != state.fingerprint():
+        raise PlanError(
+            f"the state changed since this plan was made at {saved.created_at}; nothing was "
+            "sent. Make a new plan and apply that"
+        )
+    differences: list[str] = []
+    seen: dict[str, int] = {}
+    tasks: list[Task] = []
+    for item in saved.items:
+        seen[item.hash] = seen.get(item.hash, 0) + 1
+        if seen[item.hash] == 2:
+            differences.append(f"{_label(item)} is listed more than once")
+        if seen[item.hash] > 1:
+            continue
+        problem = _request_problem(item)
+        if problem is not None:
+            differences.append(f"{_label(item)}: {problem}")
+        elif item.action in _FROM_MANIFESTS:
+            tasks.append(_task_of(item))
+        elif state.get(item.hash) is None:
+            differences.append(f"{_label(item)} is {item.action.value} but not in the state")
+    if not differences:
+        fresh = make_plan(tasks, state, now=now, settle_seconds=saved.settle_seconds)
+        actions = {item.hash: item.action for item in fresh.items}
+        for item in saved.items:
+            now_action = actions.get(item.hash)
+            if item.action in _FROM_MANIFESTS and now_action is not item.action:
+                differences.append(
+                    f"{_label(item)} is {item.action.value} in the plan, but planning it now "
+                    f"gives {now_action.value if now_action else 'nothing'}"
+                )
+    if differences:
+        shown = differences[:_SHOWN_DIFFERENCES]
+        if len(differences) > len(shown):
+            shown.append(f"... and {len(differences) - len(shown)} more")
+        raise PlanError(
+            "the plan is not what planning its tasks gives now (was it edited, or is it out of "
+            "date?); nothing was sent. Make a new plan and apply that:\n  " + "\n  ".join(shown)
+        )
+    return saved
+
+
+def _label(item: PlanItem) -> str:
+    return f"'{item.name}' ({item.short_hash})"
+
+
+def _request_problem(item: PlanItem) -> str | None:
+    """Why `item.request` is not the canonical request of a valid manifest, if it is not."""
+    from reconciler.schema import check_spec
+
+    request = item.request
+    path, body = request.get("path"), request.get("body")
+    if set(request) != {"path", "body"} or not isinstance(path, dict | Mapping):
+        return "the request is not a {path, body} object"
+    if not isinstance(body, dict | Mapping):
+        return "the request has no body object"
+    spec = {**body, **path}
+    problems = check_spec(spec)
+    if problems:
+        where, message = problems[0]
+        return f"the request is not valid: {where}: {message}"
+    if canonical_request(spec) != request:
+        return "the request is not in canonical form (edited by hand?)"
+    if request_hash(request) != item.hash:
+        return "the request does not hash to the item's hash (edited by hand?)"
+    return None
+
+
+def _task_of(item: PlanItem) -> Task:
+    where = Location(item.source, item.line or 1, 1)
+    return Task(item.name, item.request, item.hash, where, where)
 
 
 def parse_selector(expressions: Iterable[str]) -> dict[str, str]:

@@ -393,7 +393,10 @@ def apply_summary(result: ApplyResult, plan: Plan, *, sandbox: bool = False) -> 
     for action in (PlanAction.UNCHANGED, PlanAction.WAITING):
         if planned[action]:
             parts.append(f"{planned[action]} {action.value}")
-    head = "Apply stopped" if result.interrupted or result.auth_failed else "Apply complete"
+    stopped = result.interrupted or result.auth_failed or result.unreachable
+    head = "Apply stopped" if stopped else "Apply complete"
+    if result.aborted:
+        head = "Apply aborted"
     if sandbox:
         head = f"SANDBOX {head.lower()}"
     return f"{head}: {', '.join(parts)}."
@@ -413,7 +416,23 @@ def apply_hints(result: ApplyResult, plan: Plan, state_path: str) -> list[str]:
             f"--state {state_path}` or re-send with `reconciler apply ... --retry-pending` "
             "(which may duplicate the clip)."
         )
-    if result.interrupted:
+    if result.unreachable:
+        hints.append(
+            "The endpoint could not be reached, so nothing more was sent (every other request "
+            "would have failed the same way; those tasks are not sent and not marked). Check "
+            "--endpoint / RECONCILER_ENDPOINT and the network, then apply again."
+        )
+    left = result.left_in_flight
+    if result.aborted:
+        names = ", ".join(f"{o.item.name} ({o.item.short_hash})" for o in left[:10])
+        more = f" and {len(left) - 10} more" if len(left) > 10 else ""
+        hints.append(
+            f"Aborted: answers already received were recorded; {len(left)} "
+            f"{'task was' if len(left) == 1 else 'tasks were'} still in flight and "
+            f"{'stays' if len(left) == 1 else 'stay'} pending"
+            + (f": {names}{more}." if left else ".")
+        )
+    elif result.interrupted:
         hints.append(
             "Interrupted: tasks in flight were recorded; run apply again to send the rest."
         )
@@ -471,6 +490,22 @@ def apply_github(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: bool 
             )
             + "\n"
         )
+    # Tasks already `pending` before this run were not re-sent, yet they make apply exit 1:
+    # each gets its warning, as in the plan's annotations.
+    if result.still_pending:
+        for item in plan.of(PlanAction.PENDING):
+            out.write(
+                github_annotation(
+                    "warning",
+                    f"pending {item.name} ({item.short_hash}): outcome of an earlier apply "
+                    "unknown; not re-sent (see `reconciler state mark-submitted` or "
+                    "--retry-pending)",
+                    file=item.source,
+                    line=item.line,
+                    title="reconciler apply",
+                )
+                + "\n"
+            )
     out.write(apply_summary(result, plan, sandbox=sandbox) + "\n")
 
 

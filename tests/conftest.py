@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import pytest
 
 from reconciler.manifests import load_manifests
 from reconciler.problems import Location
+from reconciler.sandbox import Sandbox, SandboxConfig
 from reconciler.tasks import Task, canonical_request, request_hash
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -69,3 +70,18 @@ def git(cwd: Path, *args: str) -> str:
     )
     assert result.returncode == 0, f"git {' '.join(args)}: {result.stdout}{result.stderr}"
     return result.stdout.strip()
+
+
+@pytest.fixture
+def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
+    """start(**SandboxConfig options) -> a Sandbox on 127.0.0.1 (a free port), stopped at the end."""
+    started: list[Sandbox] = []
+
+    def start(**options: Any) -> Sandbox:
+        box = Sandbox(SandboxConfig(host="127.0.0.1", port=0, **options)).start()
+        started.append(box)
+        return box
+
+    yield start
+    for box in started:
+        box.stop()

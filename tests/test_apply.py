@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from reconciler.apply import OutcomeKind, apply_plan
+from reconciler.apply import ABANDONED, OutcomeKind, apply_plan
 from reconciler.client import (
     AuthenticationError,
+    EndpointUnreachableError,
     FinalError,
     SubmitResult,
     UnknownOutcomeError,
@@ -38,6 +39,7 @@ class FakeServer:
         self.calls = 0
         self.lock = threading.Lock()
         self.on_call: Callable[[int], None] = lambda call: None
+        self.released = threading.Event()  # lets "block" requests answer
 
     def add_live_record_task(
         self, path: Mapping[str, str], body: Mapping[str, Any]
@@ -50,6 +52,12 @@ class FakeServer:
         what = self.behaviour(stream, call)
         if what == "crash-before-send":
             raise Crash
+        self.refuse_before_sending(what)
+        if what == "block":
+            with self.lock:
+                self.received.append(stream)
+            self.released.wait(30)
+            return SubmitResult(request_id=f"late-{stream}".ljust(32, "0"), http_status=200)
         with self.lock:
             self.received.append(stream)
         if what == "ok":
@@ -90,6 +98,15 @@ class FakeServer:
             raise RuntimeError("unexpected")
         raise AssertionError(what)
 
+    def refuse_before_sending(self, what: str) -> None:
+        """Errors the client raises before any byte reaches the server (not `received`)."""
+        if what == "unreachable":
+            raise EndpointUnreachableError(
+                "could not connect to 127.0.0.1:1; nothing was sent", host="127.0.0.1:1"
+            )
+        if what == "invalid":
+            raise FinalError("streamName '..' is not a valid path segment; nothing was sent")
+
 
 def run(tasks: list[Task], store: StateStore, server: FakeServer, **options: Any) -> Any:
     with store.lock():
@@ -101,7 +118,10 @@ def run(tasks: list[Task], store: StateStore, server: FakeServer, **options: Any
 
 @pytest.fixture
 def store(tmp_path: Path) -> StateStore:
-    return StateStore(tmp_path / "state.json")
+    """An initialised state, as `reconciler init` leaves it."""
+    created = StateStore(tmp_path / "state.json")
+    created.create()
+    return created
 
 
 def statuses(store: StateStore) -> dict[str, str]:
@@ -286,3 +306,84 @@ def test_renamed_manifest_updates_state_without_sending(
         TaskStatus.SUBMITTED,
     )
     assert len(server.received) == 1
+
+
+def test_an_unreachable_endpoint_stops_the_run_after_the_first_task(
+    make_task: MakeTask, store: StateStore
+) -> None:
+    tasks = [make_task(n) for n in range(20)]
+    server = FakeServer(lambda stream, call: "unreachable")
+    result = run(tasks, store, server, concurrency=2)
+    assert result.unreachable and result.exit_code == 1 and not result.auth_failed
+    assert server.calls <= 4, "no new request after the first unreachable one (bar those in flight)"
+    assert len(result.of(OutcomeKind.FAILED)) == server.calls
+    assert len(result.of(OutcomeKind.NOT_SENT)) == 20 - server.calls
+    assert statuses(store) == {}, "nothing was sent, so nothing is pending"
+
+
+def test_a_request_the_client_refuses_to_build_is_a_final_failure(
+    make_task: MakeTask, store: StateStore
+) -> None:
+    server = FakeServer(lambda stream, call: "invalid" if stream == "clip-1" else "ok")
+    result = run([make_task(n) for n in range(3)], store, server)
+    assert [o.item.name for o in result.of(OutcomeKind.FAILED)] == ["clip-1"]
+    assert not result.unreachable, "one bad request does not stop the others"
+    assert statuses(store) == {"clip-0": "submitted", "clip-2": "submitted"}
+
+
+def test_a_second_interrupt_returns_at_once_keeping_every_answer_received(
+    make_task: MakeTask, store: StateStore
+) -> None:
+    tasks = [make_task(n) for n in range(10)]
+    stop, abort = threading.Event(), threading.Event()
+    answered = threading.Event()
+    # clip-0 and clip-1 answer; clip-2 and clip-3 hang until the test lets them go.
+    server = FakeServer(lambda stream, call: "ok" if stream in ("clip-0", "clip-1") else "block")
+
+    def interrupt_twice(call: int) -> None:
+        if call == 4:  # the first batch of four is out: two answered or answering, two hanging
+            threading.Thread(target=lambda: (answered.wait(5), stop.set(), abort.set())).start()
+
+    server.on_call = interrupt_twice
+    outcomes: list[Any] = []
+
+    def count(outcome: Any) -> None:
+        outcomes.append(outcome)
+        if sum(o.kind is OutcomeKind.SUBMITTED for o in outcomes) == 2:
+            answered.set()
+
+    results: list[Any] = []
+    runner = threading.Thread(
+        target=lambda: results.append(
+            run(tasks, store, server, concurrency=4, stop=stop, abort=abort, on_outcome=count)
+        )
+    )
+    runner.start()
+    runner.join(timeout=10)
+    try:
+        assert not runner.is_alive(), "apply waited for the requests still in flight"
+    finally:
+        server.released.set()
+    result = results[0]
+    assert result.aborted and result.interrupted and result.exit_code == 130
+    assert statuses(store) == {
+        "clip-0": "submitted",
+        "clip-1": "submitted",
+        "clip-2": "pending",
+        "clip-3": "pending",
+    }
+    assert sorted(o.item.name for o in result.left_in_flight) == ["clip-2", "clip-3"]
+    assert all(o.message == ABANDONED for o in result.left_in_flight)
+    assert len(result.of(OutcomeKind.NOT_SENT)) == 6
+
+
+def test_apply_writes_a_missing_state_before_its_first_mark(
+    tmp_path: Path, make_task: MakeTask
+) -> None:
+    from reconciler.state import State
+
+    store = StateStore(tmp_path / "sandbox.json")
+    with store.lock():
+        plan = make_plan([make_task(1)], State(sandbox=True), now=NOW)
+        apply_plan(plan, store, FakeServer(), state=State(sandbox=True))
+    assert StateStore(store.path).load().sandbox, "a journal alone would not say whose state it is"

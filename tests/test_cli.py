@@ -70,6 +70,7 @@ def test_dry_run_sends_and_writes_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Plan: 7 to submit." in result.stdout
     assert "Dry run: nothing was sent" in result.stdout
+    assert "warning: there is no state" in result.stderr and "apply would refuse" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -177,3 +178,61 @@ def test_selector_limits_apply(tmp_path: Path) -> None:
     result = cli(tmp_path, "apply", str(EXAMPLES), "--sandbox", "-l", "kind=goal", "-q")
     assert result.returncode == 0, result.stderr
     assert "SANDBOX apply complete: 3 submitted." in result.stdout
+
+
+def test_mark_submitted_refuses_to_overwrite_another_request_id_without_force(
+    workdir: Path,
+) -> None:
+    goal = entries(workdir)["cup-final-goal-1"]
+    before = (workdir / "reconciler-state.json").read_bytes()
+    refused = cli(workdir, "state", "mark-submitted", goal.hash[:12], "--request-id", "other")
+    assert refused.returncode == 1
+    assert f"already submitted with requestId {goal.request_id}" in refused.stderr
+    assert "--force" in refused.stderr
+    assert (workdir / "reconciler-state.json").read_bytes() == before
+    same = cli(workdir, "state", "mark-submitted", goal.hash, "--request-id", goal.request_id or "")
+    assert same.returncode == 0, "the same requestId again changes nothing that matters"
+    forced = cli(workdir, "state", "mark-submitted", goal.hash, "--request-id", "other", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert entries(workdir)["cup-final-goal-1"].request_id == "other"
+
+
+def test_usage_lines_name_the_arguments(tmp_path: Path) -> None:
+    for args, usage in [
+        (("validate",), "Usage: reconciler validate [OPTIONS] PATH..."),
+        (("plan",), "Usage: reconciler plan [OPTIONS] PATH..."),
+        (("apply",), "Usage: reconciler apply [OPTIONS] PATH..."),
+        (("state", "show"), "Usage: reconciler state show [OPTIONS] HASH"),
+    ]:
+        result = cli(tmp_path, *args)
+        assert result.returncode == 2
+        assert usage in result.stderr, result.stderr
+        assert "{" not in result.stderr.splitlines()[0]
+
+
+def test_init_creates_an_empty_state_once(tmp_path: Path) -> None:
+    created = cli(tmp_path, "init", "--state", "states/team.json")
+    assert created.returncode == 0, created.stderr
+    assert "Commit it" in created.stdout
+    state = tmp_path / "states" / "team.json"
+    assert state.read_text() == '{\n  "tasks": {},\n  "version": 1\n}\n'
+    assert oct(state.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+    refused = cli(tmp_path, "init", "--state", "states/team.json")
+    assert refused.returncode == 1 and "already" in refused.stderr
+    from_env = cli(tmp_path, "init", env={"RECONCILER_STATE": "other.json"})
+    assert from_env.returncode == 0 and (tmp_path / "other.json").exists()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_plan_verbose_lists_what_was_ignored(tmp_path: Path) -> None:
+    result = cli(tmp_path, "plan", str(EXAMPLES), "--verbose")
+    assert result.returncode == 0, result.stderr
+    ignored = [line for line in result.stdout.splitlines() if line.startswith("ignored ")]
+    assert any("invalid/" in line and ".reconcilerignore:" in line for line in ignored), ignored
+    quiet = cli(tmp_path, "plan", str(EXAMPLES))
+    assert "ignored " not in quiet.stdout

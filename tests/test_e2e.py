@@ -10,13 +10,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reconciler.sandbox import Sandbox, SandboxConfig
+from reconciler.sandbox import Sandbox
 from reconciler.state import StateStore
 
 pytestmark = pytest.mark.e2e
@@ -49,20 +48,6 @@ def write_manifests(folder: Path, count: int, per_file: int = 10) -> Path:
         docs = [MANIFEST.format(n=n) for n in range(first, min(first + per_file, count))]
         (folder / f"clips-{first:04d}.yaml").write_text("---\n".join(docs))
     return folder
-
-
-@pytest.fixture
-def sandbox_factory() -> Iterator[Any]:
-    started: list[Sandbox] = []
-
-    def start(**options: Any) -> Sandbox:
-        box = Sandbox(SandboxConfig(host="127.0.0.1", port=0, **options)).start()
-        started.append(box)
-        return box
-
-    yield start
-    for box in started:
-        box.stop()
 
 
 def env_for(box: Sandbox, *, secret: str | None = None) -> dict[str, str]:
@@ -101,6 +86,13 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[st
     )
 
 
+def init_state(folder: Path, state: str | Path = "reconciler-state.json") -> Path:
+    """`reconciler init`: the empty state a real apply needs (it refuses a missing one)."""
+    done = cli("init", "--state", str(state), cwd=folder, env=dict(os.environ))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return folder / state
+
+
 def accepted_streams(box: Sandbox) -> Counter[str]:
     return Counter(task["path"]["streamName"] for task in box.accepted())
 
@@ -113,6 +105,7 @@ def state_by_stream(state: Path) -> dict[str, str]:
 def test_apply_examples_twice_sends_once(tmp_path: Path, sandbox_factory: Any) -> None:
     box = sandbox_factory()
     env = env_for(box)
+    init_state(tmp_path)
     first = cli("apply", str(EXAMPLES), cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Apply complete: 7 submitted." in first.stdout
@@ -146,7 +139,7 @@ def test_kill_9_at_random_moments_never_duplicates_or_forgets(
     for trial in range(trials):
         box = sandbox_factory(latency_ms=20, seed=trial)
         env = env_for(box)
-        state = tmp_path / f"state-{trial}.json"
+        state = init_state(tmp_path, f"state-{trial}.json")
         args = (
             "apply",
             str(manifests),
@@ -163,9 +156,7 @@ def test_kill_9_at_random_moments_never_duplicates_or_forgets(
         victim.communicate(timeout=30)
         after_kill = accepted_streams(box)
         mid_send += 0 < len(after_kill) < 200
-        recorded = (
-            state_by_stream(state) if state.exists() or Path(f"{state}.journal").exists() else {}
-        )
+        recorded = state_by_stream(state)
         missing = set(after_kill) - set(recorded)
         assert not missing, f"trial {trial}: accepted but not in state: {sorted(missing)}"
         unanswered = [s for s, status in recorded.items() if status == "pending"]
@@ -187,7 +178,7 @@ def test_two_applies_at_once_send_each_task_once(tmp_path: Path, sandbox_factory
     manifests = write_manifests(tmp_path / "clips", 60)
     box = sandbox_factory(latency_ms=20)
     env = env_for(box)
-    args = ("apply", str(manifests), "--state", str(tmp_path / "state.json"), "-q")
+    args = ("apply", str(manifests), "--state", str(init_state(tmp_path, "state.json")), "-q")
     runs = [start_cli(*args, cwd=tmp_path, env=env) for _ in range(2)]
     results = [(run.wait(timeout=60), *run.communicate()) for run in runs]
     assert [code for code, _, _ in results] == [0, 0], results
@@ -199,7 +190,7 @@ def test_lock_timeout_names_the_holder(tmp_path: Path, sandbox_factory: Any) -> 
     manifests = write_manifests(tmp_path / "clips", 40)
     box = sandbox_factory(latency_ms=100)
     env = env_for(box)
-    state = str(tmp_path / "state.json")
+    state = str(init_state(tmp_path, "state.json"))
     holder = start_cli("apply", str(manifests), "--state", state, "-q", cwd=tmp_path, env=env)
     lock_info = Path(state + ".lock.info")
     deadline = time.monotonic() + 20
@@ -219,6 +210,7 @@ def test_lock_timeout_names_the_holder(tmp_path: Path, sandbox_factory: Any) -> 
 def test_503s_are_retried_to_success(tmp_path: Path, sandbox_factory: Any) -> None:
     manifests = write_manifests(tmp_path / "clips", 30)
     box = sandbox_factory(failures={503: 0.3}, seed=7)
+    init_state(tmp_path)
     result = cli("apply", str(manifests), "-q", cwd=tmp_path, env=env_for(box))
     assert result.returncode == 0, result.stdout + result.stderr
     assert box.counts().injected.get(503, 0) > 0
@@ -228,6 +220,7 @@ def test_503s_are_retried_to_success(tmp_path: Path, sandbox_factory: Any) -> No
 def test_500_stays_pending_until_retry_pending(tmp_path: Path, sandbox_factory: Any) -> None:
     manifests = write_manifests(tmp_path / "clips", 5)
     failing = sandbox_factory(failures={500: 1.0})
+    init_state(tmp_path)
     first = cli("apply", str(manifests), cwd=tmp_path, env=env_for(failing))
     assert first.returncode == 1
     assert "outcome unknown" in first.stdout and "mark-submitted" in first.stdout
@@ -246,6 +239,7 @@ def test_500_stays_pending_until_retry_pending(tmp_path: Path, sandbox_factory: 
 def test_dropped_connection_stays_pending(tmp_path: Path, sandbox_factory: Any) -> None:
     manifests = write_manifests(tmp_path / "clips", 3)
     dropping = sandbox_factory(drop_rate=1.0)
+    init_state(tmp_path)
     first = cli("apply", str(manifests), cwd=tmp_path, env=env_for(dropping))
     assert first.returncode == 1
     assert len(dropping.accepted()) == 3, "the sandbox created them; the client never heard"
@@ -261,6 +255,7 @@ def test_wrong_secret_stops_with_401_and_leaks_nothing(
     manifests = write_manifests(tmp_path / "clips", 30)
     box = sandbox_factory()
     wrong = "wrong-secret-" + "x" * 20
+    init_state(tmp_path)
     result = cli("apply", str(manifests), "-v", cwd=tmp_path, env=env_for(box, secret=wrong))
     assert result.returncode == 1
     assert "401" in result.stdout
@@ -280,7 +275,7 @@ def test_sigint_records_in_flight_and_loses_nothing(tmp_path: Path, sandbox_fact
     manifests = write_manifests(tmp_path / "clips", 200)
     box = sandbox_factory(latency_ms=50)
     env = env_for(box)
-    state = tmp_path / "state.json"
+    state = init_state(tmp_path, "state.json")
     args = ("apply", str(manifests), "--state", str(state), "-q")
     run = start_cli(*args, cwd=tmp_path, env=env)
     deadline = time.monotonic() + 30
@@ -305,6 +300,7 @@ def test_saved_plan_is_applied_exactly_or_refused(tmp_path: Path, sandbox_factor
     manifests = write_manifests(tmp_path / "clips", 4)
     box = sandbox_factory()
     env = env_for(box)
+    init_state(tmp_path)
     plan = cli(
         "plan", str(manifests), "--out", "plan.json", "--detailed-exitcode", cwd=tmp_path, env=env
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.plan import Plan, PlanAction, PlanError, make_plan, parse_selector
+from reconciler.plan import Plan, PlanAction, PlanError, make_plan, parse_selector, replan_saved
 from reconciler.state import State, StateEntry, TaskStatus
 from reconciler.tasks import Task
 from tests.conftest import NOW
@@ -128,8 +128,8 @@ def test_saved_plan_round_trip_and_tamper_check(make_task: MakeTask) -> None:
     assert loaded == plan
     document = json.loads(plan.dumps())
     document["items"][0]["request"]["body"]["saveBucket"] = "someone-elses"
-    with pytest.raises(PlanError, match="does not match its hash"):
-        Plan.from_json(document)
+    with pytest.raises(PlanError, match="does not hash to the item's hash"):
+        replan_saved(Plan.from_json(document), State(), now=NOW)
     with pytest.raises(PlanError, match="not a reconciler plan"):
         Plan.from_json({"formatVersion": 1})
     document = json.loads(plan.dumps())
@@ -156,3 +156,134 @@ def test_plan_order_is_stable(make_task: MakeTask) -> None:
     second = make_plan(list(reversed(tasks)), State(), now=NOW)
     assert first.items == second.items
     assert [item.name for item in first.items] == ["clip-1", "clip-2", "clip-3"]
+
+
+# --- saved plans: re-planned against the current state, and refused when anything differs ---
+
+
+def saved(plan: Plan, edit: Callable[[dict[str, Any]], None] | None = None) -> Plan:
+    """`plan` as `apply PLAN.json` reads it back, after an optional hand edit of the document."""
+    document = json.loads(plan.dumps())
+    if edit is not None:
+        edit(document)
+    return Plan.from_json(document)
+
+
+def item_named(document: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(item for item in document["items"] if item["name"] == name)
+
+
+def test_an_untouched_saved_plan_is_applied(make_task: MakeTask) -> None:
+    done, new = make_task(1), make_task(2)
+    current = state_of(entry(done))
+    plan = make_plan([done, new], current, now=NOW)
+    assert replan_saved(saved(plan), current, now=NOW) == plan
+
+
+@pytest.mark.parametrize(
+    ("status", "start"),
+    [(TaskStatus.SUBMITTED, "unchanged"), (TaskStatus.PENDING, "pending")],
+)
+def test_an_item_turned_create_by_hand_is_refused(
+    make_task: MakeTask, status: TaskStatus, start: str
+) -> None:
+    task = make_task(1)
+    current = state_of(entry(task, status))
+    plan = make_plan([task], current, now=NOW)
+    assert actions(plan) == {"clip-1": start}
+
+    def to_create(document: dict[str, Any]) -> None:
+        item_named(document, "clip-1")["action"] = "create"
+
+    with pytest.raises(PlanError, match=f"create in the plan, but planning it now gives {start}"):
+        replan_saved(saved(plan, to_create), current, now=NOW)
+
+
+def test_a_waiting_item_turned_create_is_refused_until_its_recording_ends(
+    make_task: MakeTask,
+) -> None:
+    task = make_task(1)
+    early = task.last_end + timedelta(seconds=10)
+    plan = make_plan([task], State(), now=early)
+    assert actions(plan) == {"clip-1": "waiting"}
+
+    def to_create(document: dict[str, Any]) -> None:
+        item_named(document, "clip-1")["action"] = "create"
+
+    with pytest.raises(PlanError, match="planning it now gives waiting"):
+        replan_saved(saved(plan, to_create), State(), now=early)
+
+
+def test_a_waiting_plan_whose_recording_has_ended_is_out_of_date(make_task: MakeTask) -> None:
+    task = make_task(1)
+    plan = make_plan([task], State(), now=task.last_end)
+    with pytest.raises(PlanError, match="waiting in the plan, but planning it now gives create"):
+        replan_saved(saved(plan), State(), now=task.last_end + timedelta(hours=1))
+
+
+def test_an_item_listed_twice_is_refused(make_task: MakeTask) -> None:
+    plan = make_plan([make_task(1)], State(), now=NOW)
+
+    def triple(document: dict[str, Any]) -> None:
+        document["items"] = document["items"] * 3
+
+    with pytest.raises(PlanError, match=r"'clip-1' \(\w{12}\) is listed more than once"):
+        replan_saved(saved(plan, triple), State(), now=NOW)
+
+
+def test_an_edited_request_with_a_recomputed_hash_must_still_be_a_valid_canonical_one(
+    make_task: MakeTask,
+) -> None:
+    from reconciler.tasks import request_hash
+
+    plan = make_plan([make_task(1)], State(), now=NOW)
+
+    def rehashed(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+        def edit(document: dict[str, Any]) -> None:
+            item = document["items"][0]
+            change(item["request"])
+            item["hash"] = request_hash(item["request"])
+
+        return edit
+
+    def invalid(request: dict[str, Any]) -> None:
+        request["path"]["streamName"] = request["body"]["streamName"] = "a/b"
+
+    def not_canonical(request: dict[str, Any]) -> None:
+        request["body"]["recordFileType"] = "MP4"
+
+    def path_differs(request: dict[str, Any]) -> None:
+        request["path"]["streamName"] = "elsewhere"
+
+    def extra_field(request: dict[str, Any]) -> None:
+        request["body"]["callbackUrl"] = "http://example.com"
+
+    for change, message in [
+        (invalid, "the request is not valid: streamName"),
+        (not_canonical, "not in canonical form"),
+        (path_differs, "not in canonical form"),
+        (extra_field, "the request is not valid"),
+    ]:
+        with pytest.raises(PlanError, match=message):
+            replan_saved(saved(plan, rehashed(change)), State(), now=NOW)
+
+
+def test_a_saved_plan_is_refused_once_the_state_changed(make_task: MakeTask) -> None:
+    task = make_task(1)
+    plan = make_plan([task], State(), now=NOW)
+    with pytest.raises(PlanError, match="the state changed since this plan was made"):
+        replan_saved(saved(plan), state_of(entry(task, TaskStatus.PENDING)), now=NOW)
+
+
+def test_orphaned_and_replaced_items_must_still_be_in_the_state(make_task: MakeTask) -> None:
+    gone = make_task(1)
+    current = state_of(entry(gone))
+    plan = make_plan([make_task(2)], current, now=NOW)
+    assert actions(plan)["clip-1"] == "orphaned"
+    assert replan_saved(saved(plan), current, now=NOW) == plan
+
+    def orphan_to_create(document: dict[str, Any]) -> None:
+        item_named(document, "clip-1")["action"] = "create"
+
+    with pytest.raises(PlanError, match="planning it now gives unchanged"):
+        replan_saved(saved(plan, orphan_to_create), current, now=NOW)

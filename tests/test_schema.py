@@ -514,7 +514,7 @@ def all_text() -> str:
 
 
 def _class_of(name: str, prefix: str, suffix: str) -> str:
-    pattern = load_schema()["$defs"][name]["pattern"]
+    pattern: str = load_schema()["$defs"][name]["pattern"]
     assert pattern.startswith(prefix) and pattern.endswith(suffix), pattern
     return pattern[len(prefix) : -len(suffix)]
 
@@ -528,7 +528,8 @@ def _refused(klass: str) -> tuple[set[str], set[str]]:
 
     text = all_text()
     encoded = text.encode()
-    by_ecma, at = set(), 0
+    by_ecma: set[str] = set()
+    at = 0
     for match in regress.Regex(klass + "+", flags="u").find_iter(text) or []:
         by_ecma.update(encoded[at : match.range().start].decode())
         at = match.range().stop

@@ -108,7 +108,7 @@ def refuse_missing_state(store: StateStore, *, sandbox: bool) -> None:
     if sandbox or store.exists():
         return
     raise StateMissingError(
-        f"there is no state at {store.path} (in {store.path.resolve().parent}); nothing was "
+        f"there is no state at {store.shown} (in {store.path.resolve().parent}); nothing was "
         "sent. Either this is the wrong directory (or --state / RECONCILER_STATE points "
         "elsewhere), or the state was not checked out (a state file is committed beside the "
         "manifests). Planning against no state would send every clip again. If these "
@@ -132,13 +132,13 @@ def state_for_apply(store: StateStore, *, sandbox: bool, dry_run: bool = False) 
     state = store.load()
     if sandbox and not state.sandbox:
         raise StateKindError(
-            f"{store.path} is a real state, not a sandbox one; apply --sandbox never writes "
+            f"{store.shown} is a real state, not a sandbox one; apply --sandbox never writes "
             "sandbox answers into a real state (a later real apply would skip those clips). "
             "Nothing was sent. Leave out --state to use the sandbox's own state, or name another"
         )
     if not sandbox and state.sandbox:
         raise StateKindError(
-            f"{store.path} is a sandbox state (written by apply --sandbox); a real apply refuses "
+            f"{store.shown} is a sandbox state (written by apply --sandbox); a real apply refuses "
             "it: its tasks were never sent to JD Cloud. Nothing was sent. Use the real state "
             "(or `reconciler init --state PATH` for a new one)"
         )

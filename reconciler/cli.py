@@ -182,7 +182,7 @@ def _store(path: Path, lock_timeout: float = 60.0) -> StateStore:
 def _warn_if_missing(store: StateStore) -> None:
     if not store.exists():
         typer.echo(
-            f"warning: there is no state at {store.path}, so every clip is planned as `create`. "
+            f"warning: there is no state at {store.shown}, so every clip is planned as `create`. "
             "If these manifests were applied before, this is the wrong directory or the state "
             "was not checked out (apply would refuse to run); if they never were, create the "
             "state with `reconciler init`.",
@@ -835,7 +835,7 @@ def state_rm(
                 _fail(f"{warning} Pass --yes to confirm.")
             typer.confirm(f"{warning} Forget it?", abort=True)
         store.write(current.without(entry.hash))
-    typer.echo(f"Removed {entry.name} ({entry.hash[:12]}) from {store.path}.")
+    typer.echo(f"Removed {entry.name} ({entry.hash[:12]}) from {store.shown}.")
 
 
 @state_app.command("mark-submitted", cls=_Command)

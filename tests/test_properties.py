@@ -65,20 +65,29 @@ hosts = st.lists(_label(LETTERS_DIGITS, LETTERS_DIGITS + "-", 10), min_size=1, m
 # A single URL path segment: no / ? # %, no whitespace or control characters. Everything else,
 # including YAML indicators and words YAML 1.1 would turn into booleans or numbers, is fair.
 SEGMENT_CHARACTERS = LETTERS_DIGITS + "-_.~:@!$&'()*+,;=[]{}\"\\|^`<>éüß球赛决⚽"
-path_segments = st.text(SEGMENT_CHARACTERS, min_size=1, max_size=30) | st.sampled_from(
+path_segments = st.text(SEGMENT_CHARACTERS, min_size=1, max_size=30).filter(
+    lambda text: text not in (".", "..")  # dot segments name another path: refused
+) | st.sampled_from(
     ["yes", "no", "on", "off", "y", "n", "true", "False", "null", "~", "2026", "0x1F", "0o17",
      "1e3", ".5", "-1", "1_000", "12:30", "2026-11-20", "2026-11-20T19:00:00Z", ".inf", ".nan",
      "<<", "-", "*a", "&a", "!x", "|", ">", "'", '"', "@home", "`x`"]
 )  # fmt: skip
+# Default-ignorable characters outside category Cf (fillers, variation selectors): invisible.
+INVISIBLE_NOT_CF = (
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
 free_text = st.text(
     st.characters(
         codec="utf-8",
-        exclude_categories=("Cc", "Cs", "Co", "Cn", "Zl", "Zp"),
-        exclude_characters="\ufeff",
+        # Control, format (invisible) and line-separator characters are refused in free text.
+        exclude_categories=("Cc", "Cs", "Co", "Cn", "Zl", "Zp", "Cf"),
+        exclude_characters=INVISIBLE_NOT_CF,
     ),
     max_size=40,
 ) | st.sampled_from(
-    [" padded ", " lead", "trail ", "a  b", "tab\there", "x # y", "#x", "a: b", "- x", "[x]",
+    [" padded ", " lead", "trail ", "a  b", "a\u3000b", "x # y", "#x", "a: b", "- x", "[x]",
      "{x}", "'", '"', "\\", "\\n", "yes", "null", "~", "2026", "\u00a0nbsp", "球赛 ⚽"]
 )  # fmt: skip
 label_keys = _label(LETTERS_DIGITS, LETTERS_DIGITS + "-_./", 12)

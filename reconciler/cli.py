@@ -56,10 +56,15 @@ app = typer.Typer(
     no_args_is_help=True,
     # Tracebacks with local variables could show credentials; errors are reported by us.
     pretty_exceptions_enable=False,
+    # Help texts say `[default: ...]`; as Rich markup those brackets would vanish.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 state_app = typer.Typer(
-    help="Inspect and repair the state file.", no_args_is_help=True, pretty_exceptions_enable=False
+    help="Inspect and repair the state file.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 app.add_typer(state_app, name="state")
 

@@ -624,11 +624,31 @@ def serve(server: socket.socket, handle: Callable[[socket.socket], None]) -> lis
                 return
             with connection:
                 connection.settimeout(5)
-                received.append(connection.recv(65536))
+                received.append(read_request(connection))
                 handle(connection)
 
     threading.Thread(target=loop, daemon=True).start()
     return received
+
+
+def read_request(connection: socket.socket) -> bytes:
+    """One whole HTTP request: headers and Content-Length bytes of body (they may arrive in
+    several segments: one recv() is not enough)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    wanted = int(match.group(1)) if match else 0
+    while len(body) < wanted:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def test_real_refused_connection_is_unreachable(credentials: Credentials) -> None:

@@ -7,7 +7,6 @@ import http.client
 import itertools
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from reconciler.client import (
     check_endpoint,
 )
 from reconciler.sandbox import Sandbox, SandboxConfig, running_sandbox
+from tests.test_client import serve
 
 PATH_KEYS = ("publishDomain", "appName", "streamName")
 
@@ -258,21 +258,11 @@ def test_every_retry_is_signed_afresh_and_a_replayed_nonce_would_be_refused(
 def raw_server(answers: list[bytes]) -> tuple[str, list[bytes], socket.socket]:
     """A one-request-per-connection HTTP server answering `answers` in turn (the last repeats)."""
     server = socket.create_server(("127.0.0.1", 0))
-    received: list[bytes] = []
 
-    def loop() -> None:
-        while True:
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                return
-            with connection:
-                connection.settimeout(5)
-                received.append(connection.recv(65536))
-                answer = answers.pop(0) if len(answers) > 1 else answers[0]
-                connection.sendall(answer)
+    def answer(connection: socket.socket) -> None:
+        connection.sendall(answers.pop(0) if len(answers) > 1 else answers[0])
 
-    threading.Thread(target=loop, daemon=True).start()
+    received = serve(server, answer)
     return f"http://127.0.0.1:{server.getsockname()[1]}", received, server
 
 

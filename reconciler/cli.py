@@ -411,6 +411,8 @@ class _Interrupts:
 # Set when an abort left sender threads waiting for answers: main() then exits without
 # waiting for them (the interpreter would otherwise join them, for up to the read timeout).
 _abandoned_senders = threading.Event()
+# Set by main(): the process ends when the command returns (not so under a test runner).
+_exiting_after_apply = threading.Event()
 
 
 @contextlib.contextmanager
@@ -444,7 +446,9 @@ def _stop_on_signals() -> Iterator[_Interrupts]:
         yield interrupts
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            # In the console command, apply has written everything by now and the process
+            # only exits: an interrupt now would only turn into a traceback at shutdown.
+            signal.signal(sig, signal.SIG_IGN if _exiting_after_apply.is_set() else old)
 
 
 def _read_plan_file(path: Path) -> Plan:
@@ -649,61 +653,65 @@ def _run_apply(
             "unknown; if JD Cloud did create them, the clip is made twice."
         )
     sending = to_send(the_plan, retry_pending=retry_pending)
-    with contextlib.ExitStack() as stack:
-        connections = stack.enter_context(contextlib.ExitStack())
-        if sandbox:
-            from reconciler.sandbox import running_sandbox
+    # Interrupts are handled until the summary is out: a Ctrl-C during the compaction or
+    # the printing would otherwise cut them short with a KeyboardInterrupt.
+    with _stop_on_signals() as interrupts:
+        with contextlib.ExitStack() as stack:
+            connections = stack.enter_context(contextlib.ExitStack())
+            if sandbox:
+                from reconciler.sandbox import running_sandbox
 
-            box = connections.enter_context(running_sandbox())
-            endpoint, credentials = box.url, box.credentials
-        client = connections.enter_context(
-            LiveClient(credentials, endpoint=endpoint or DEFAULT_ENDPOINT, pool_size=concurrency)
-        )
-        interrupts = stack.enter_context(_stop_on_signals())
-        text = fmt is OutputFormat.TEXT
-        progress = None
-        if text and sending and console.is_terminal and not quiet:
-            from rich.progress import Progress
+                box = connections.enter_context(running_sandbox())
+                endpoint, credentials = box.url, box.credentials
+            client = connections.enter_context(
+                LiveClient(
+                    credentials, endpoint=endpoint or DEFAULT_ENDPOINT, pool_size=concurrency
+                )
+            )
+            text = fmt is OutputFormat.TEXT
+            progress = None
+            if text and sending and console.is_terminal and not quiet:
+                from rich.progress import Progress
 
-            progress = stack.enter_context(Progress(console=console, transient=True))
-            bar = progress.add_task("Submitting", total=len(sending))
+                progress = stack.enter_context(Progress(console=console, transient=True))
+                bar = progress.add_task("Submitting", total=len(sending))
 
-        def on_outcome(outcome: Any) -> None:
-            if progress is not None:
-                progress.advance(bar)
-            if text and (not quiet or outcome.kind != "submitted"):
-                console.print(outcome_line(outcome), markup=False)
+            def on_outcome(outcome: Any) -> None:
+                if progress is not None:
+                    progress.advance(bar)
+                if text and (not quiet or outcome.kind != "submitted"):
+                    console.print(outcome_line(outcome), markup=False)
 
-        result = apply_plan(
-            the_plan,
-            store,
-            client,
-            concurrency=concurrency,
-            retry_pending=retry_pending,
-            stop=interrupts.stop,
-            abort=interrupts.abort,
-            on_outcome=on_outcome,
-            state=current,
-        )
-        if result.aborted:
-            # Senders still waiting for an answer: closing the client or the sandbox now
-            # would wait for them; the process exits without them instead (see main()).
-            _abandoned_senders.set()
-            connections.pop_all()
-    store.compact()
-    if fmt is OutputFormat.JSON:
-        document = apply_json(result, the_plan, sandbox=sandbox, state_path=str(state_path))
-        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    elif fmt is OutputFormat.GITHUB:
-        apply_github(result, the_plan, sys.stdout, sandbox=sandbox)
-    elif fmt is OutputFormat.MARKDOWN:
-        apply_markdown(result, the_plan, sys.stdout, sandbox=sandbox)
-    else:
-        if not sending:
-            console.print("Nothing to submit.")
-        console.print(f"[bold]{apply_summary(result, the_plan, sandbox=sandbox)}[/]")
-        for hint in apply_hints(result, the_plan, str(state_path)):
-            console.print(f"[yellow]note[/]: {hint}", markup=True)
+            result = apply_plan(
+                the_plan,
+                store,
+                client,
+                concurrency=concurrency,
+                retry_pending=retry_pending,
+                stop=interrupts.stop,
+                abort=interrupts.abort,
+                on_outcome=on_outcome,
+                state=current,
+            )
+            if result.aborted:
+                # Senders still waiting for an answer: closing the client or the sandbox now
+                # would wait for them; the process exits without them instead (see main()).
+                _abandoned_senders.set()
+                connections.pop_all()
+        store.compact()
+        if fmt is OutputFormat.JSON:
+            document = apply_json(result, the_plan, sandbox=sandbox, state_path=str(state_path))
+            sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        elif fmt is OutputFormat.GITHUB:
+            apply_github(result, the_plan, sys.stdout, sandbox=sandbox)
+        elif fmt is OutputFormat.MARKDOWN:
+            apply_markdown(result, the_plan, sys.stdout, sandbox=sandbox)
+        else:
+            if not sending:
+                console.print("Nothing to submit.")
+            console.print(f"[bold]{apply_summary(result, the_plan, sandbox=sandbox)}[/]")
+            for hint in apply_hints(result, the_plan, str(state_path)):
+                console.print(f"[yellow]note[/]: {hint}", markup=True)
     return result.exit_code
 
 
@@ -961,6 +969,7 @@ def sandbox_command(
 
 def main() -> None:
     """Console-script entry point."""
+    _exiting_after_apply.set()
     try:
         app(prog_name="reconciler")
     except KeyboardInterrupt:

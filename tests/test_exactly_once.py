@@ -23,7 +23,7 @@ same ones; about 20 s on an idle 2-core machine):
 
     .venv-test/bin/python -m pytest tests/test_exactly_once.py -q
 
-Long run (new sequences every time; about 6 s per example of 15 steps, so ~20 min):
+Long run (new sequences every time; 6-10 s per example of 15 steps: 20-30 min):
 
     RECONCILER_EXACTLY_ONCE_RANDOM=1 RECONCILER_EXACTLY_ONCE_EXAMPLES=200 \
         RECONCILER_EXACTLY_ONCE_STEPS=15 .venv-test/bin/python -m pytest tests/test_exactly_once.py -q

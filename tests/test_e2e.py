@@ -210,11 +210,22 @@ def test_lock_timeout_names_the_holder(tmp_path: Path, sandbox_factory: Any) -> 
 def test_503s_are_retried_to_success(tmp_path: Path, sandbox_factory: Any) -> None:
     manifests = write_manifests(tmp_path / "clips", 30)
     box = sandbox_factory(failures={503: 0.3}, seed=7)
-    init_state(tmp_path)
+    state = init_state(tmp_path)
     result = cli("apply", str(manifests), "-q", cwd=tmp_path, env=env_for(box))
-    assert result.returncode == 0, result.stdout + result.stderr
     assert box.counts().injected.get(503, 0) > 0
-    assert sorted(accepted_streams(box).values()) == [1] * 30
+    accepted = accepted_streams(box)
+    # A task can draw five 503s in a row (0.3**5 each; which ones depends on the threads):
+    # then it failed finally, nothing was created or left pending, and the next apply sends it.
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert state_by_stream(state) == dict.fromkeys(accepted, "submitted")
+    if result.returncode == 1:
+        assert "still refused after 4 retries; nothing was created" in result.stdout
+        healthy = sandbox_factory()
+        again = cli("apply", str(manifests), "-q", cwd=tmp_path, env=env_for(healthy))
+        assert again.returncode == 0, again.stdout + again.stderr
+        accepted += accepted_streams(healthy)
+    assert sorted(accepted.values()) == [1] * 30
+    assert set(state_by_stream(state).values()) == {"submitted"}
 
 
 def test_500_stays_pending_until_retry_pending(tmp_path: Path, sandbox_factory: Any) -> None:

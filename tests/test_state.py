@@ -27,7 +27,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler import state as state_module
 from reconciler.state import (
     STATE_VERSION,
     State,
@@ -39,6 +38,7 @@ from reconciler.state import (
     TaskStatus,
     utc_timestamp,
 )
+from reconciler.state import file as state_module
 from reconciler.tasks import request_hash
 
 FIXTURES = Path(__file__).parent / "fixtures" / "state"
@@ -251,10 +251,10 @@ def test_the_fingerprint_tells_a_sandbox_state_from_a_real_one(store: StateStore
     assert real != sandbox
     assert real.fingerprint() != sandbox.fingerprint()
     # Each is still the sha256 of its canonical compact JSON, the sandbox field included.
-    assert sandbox.fingerprint() == sha(state_module._compact(json.loads(store.path.read_bytes())))
+    assert sandbox.fingerprint() == sha(state_module.compact_json(json.loads(store.path.read_bytes())))
     store.path.unlink()
     store.write(real)
-    assert real.fingerprint() == sha(state_module._compact(json.loads(store.path.read_bytes())))
+    assert real.fingerprint() == sha(state_module.compact_json(json.loads(store.path.read_bytes())))
 
 
 def test_write_never_turns_a_sandbox_state_into_a_real_one(store: StateStore) -> None:

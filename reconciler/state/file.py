@@ -1,265 +1,45 @@
-"""State: the committed snapshot of every task's outcome, its write-ahead journal, and the lock."""
+"""The file state: a committed JSON snapshot, its write-ahead journal, and a lock file."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import secrets
-import socket
 import stat
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 import filelock
 
 from reconciler.collector import collector_paused
-from reconciler.tasks import request_hash
+from reconciler.state.model import (
+    STATE_VERSION,
+    LockHolder,
+    State,
+    StateEntry,
+    StateError,
+    StateExistsError,
+    StateLockedError,
+    compact_json,
+    entry_fields,
+    holder_of_this_process,
+    is_task_hash,
+    parse_entry,
+    plain_json,
+    recorded_hash,
+)
 
-__all__ = [
-    "MIN_PREFIX",
-    "STATE_VERSION",
-    "LockHolder",
-    "State",
-    "StateEntry",
-    "StateError",
-    "StateExistsError",
-    "StateLockedError",
-    "StateStore",
-    "TaskStatus",
-    "utc_timestamp",
-]
+__all__ = ["StateStore"]
 
-STATE_VERSION = 1
-MIN_PREFIX = 6
-
-_HASH = re.compile(r"[0-9a-f]{64}")
-_HEX = re.compile(r"[0-9a-f]+")
-_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-_REQUIRED_FIELDS = frozenset({"name", "request", "source", "status", "updatedAt"})
-_ALLOWED_FIELDS = _REQUIRED_FIELDS | {"requestId", "submittedAt"}
 # A lockless reader (e.g. `plan`) can race a compaction; it re-reads, but not forever.
 _LOAD_ATTEMPTS = 20
 _TAIL_CHUNK = 8192
 _MAX_LINKS = 40  # as Linux's MAXSYMLINKS
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise turn "\n" into "\r\n"
-
-
-class TaskStatus(StrEnum):
-    """`pending`: sent or about to be sent, outcome unknown; `submitted`: the API accepted it."""
-
-    PENDING = "pending"
-    SUBMITTED = "submitted"
-
-
-class StateError(Exception):
-    """The state cannot be read or written; the message names the file (and line, if any)."""
-
-
-@dataclass(frozen=True)
-class LockHolder:
-    """Who holds the state lock, as the holder recorded it when it took the lock."""
-
-    host: str
-    pid: int
-    since: str
-
-    def __str__(self) -> str:
-        return f"pid {self.pid} on host {self.host} since {self.since}"
-
-
-class StateExistsError(StateError):
-    """`create` found a state (its snapshot or its journal) already there; it changed nothing."""
-
-
-class StateLockedError(StateError):
-    """Another process held the state lock for longer than the lock timeout."""
-
-    def __init__(self, message: str, holder: LockHolder | None) -> None:
-        super().__init__(message)
-        self.holder = holder
-
-
-def utc_timestamp(moment: datetime) -> str:
-    """`moment` in the state's time format, UTC `YYYY-MM-DDTHH:MM:SSZ`."""
-    if moment.tzinfo is None:
-        raise ValueError(
-            "a naive datetime is ambiguous; pass an aware one (e.g. datetime.now(UTC))"
-        )
-    utc = moment.astimezone(UTC)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}"
-        f"T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class StateEntry:
-    """What the state knows about one task, keyed by the sha256 of its canonical request.
-
-    Construction checks every field, so an entry that exists can always be written and read back.
-    That `hash` is request_hash(request) is checked where entries enter the files: by
-    `StateStore.append` and by every load (it would cost every plan a hash per task here).
-    """
-
-    hash: str
-    status: TaskStatus
-    name: str
-    source: str
-    request: Mapping[str, Any]
-    updated_at: str
-    request_id: str | None = None
-    submitted_at: str | None = None
-
-    def __post_init__(self) -> None:
-        # Read back as plain objects: entries are also built from JSON on disk. One combined
-        # test first, because this runs for every task on every load.
-        key: object = self.hash
-        status: object = self.status
-        request_id: object = self.request_id
-        submitted_at: object = self.submitted_at
-        if (
-            isinstance(key, str)
-            and _HASH.fullmatch(key)
-            and isinstance(status, str)
-            and status in _STATUSES
-            and isinstance(self.name, str)
-            and isinstance(self.source, str)
-            and isinstance(self.request, dict | Mapping)
-            and _is_timestamp(self.updated_at)
-            and (request_id is None or isinstance(request_id, str))
-            and (submitted_at is None or _is_timestamp(submitted_at))
-        ):
-            if status.__class__ is not TaskStatus:
-                object.__setattr__(self, "status", _STATUSES[status])
-            return
-        raise ValueError(_entry_problem({name: getattr(self, name) for name in self.__slots__}))
-
-
-def _is_timestamp(value: object) -> bool:
-    return isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None
-
-
-def _entry_problem(fields: Mapping[str, object]) -> str:
-    key, status = fields["hash"], fields["status"]
-    if not isinstance(key, str) or not _HASH.fullmatch(key):
-        return f"hash must be 64 lower-case hex digits (a sha256), not {key!r}"
-    if not isinstance(status, str) or status not in _STATUSES:
-        return f"unknown status {status!r} (known: {', '.join(_STATUSES)})"
-    for name in ("name", "source"):
-        if not isinstance(fields[name], str):
-            return f"{name} must be a string, not {fields[name]!r}"
-    if not isinstance(fields["request"], Mapping):
-        return f"request must be a JSON object, not {fields['request']!r}"
-    if not isinstance(fields["request_id"], str | None):
-        return f"request_id must be a string or None, not {fields['request_id']!r}"
-    for name in ("updated_at", "submitted_at"):
-        if not _is_timestamp(fields[name]) and (name == "updated_at" or fields[name] is not None):
-            return f"{name} must be UTC 'YYYY-MM-DDTHH:MM:SSZ', not {fields[name]!r}"
-    raise AssertionError("an entry that failed its check passed every single test")
-
-
-_STATUSES: dict[str, TaskStatus] = {status.value: status for status in TaskStatus}
-
-
-@dataclass(frozen=True)
-class State:
-    """Every task the state knows, by hash. A value: changes return a new State.
-
-    `sandbox`: the state records tasks sent to the local sandbox, never to JD Cloud (a real
-    apply must not trust it, and a sandbox apply must not write into a real one).
-    """
-
-    entries: Mapping[str, StateEntry] = field(default_factory=dict)
-    sandbox: bool = False
-
-    def __post_init__(self) -> None:
-        entries = dict(self.entries)
-        for key, entry in entries.items():
-            if key != entry.hash:
-                raise ValueError(f"entry for {entry.hash} is filed under {key!r}")
-        # Read-only, so a State shared between plan and apply cannot change under either.
-        object.__setattr__(self, "entries", MappingProxyType(entries))
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def requests(self) -> dict[str, Mapping[str, Any]]:
-        """Each task's recorded request by hash (for tasks.load_tasks to share, not copy)."""
-        return {key: entry.request for key, entry in self.entries.items()}
-
-    def get(self, hash: str) -> StateEntry | None:
-        return self.entries.get(hash)
-
-    def fingerprint(self) -> str:
-        """sha256 of the state's canonical compact JSON: equal states, equal fingerprints.
-
-        Hashed entry by entry (the same bytes as the whole document dumped with sorted keys),
-        so a large state is never held in memory a second time as one string.
-        """
-        digest = hashlib.sha256(b'{"sandbox":true,"tasks":{' if self.sandbox else b'{"tasks":{')
-        for number, key in enumerate(sorted(self.entries)):
-            chunk = _compact(key) + ":" + _compact(_entry_fields(self.entries[key]))
-            digest.update(("," + chunk if number else chunk).encode())
-        digest.update(f'}},"version":{STATE_VERSION}}}'.encode())
-        return digest.hexdigest()
-
-    def with_entries(self, entries: Iterable[StateEntry]) -> State:
-        merged = self._copy()
-        merged.update((entry.hash, entry) for entry in entries)
-        return State._adopt(merged, sandbox=self.sandbox)
-
-    def without(self, hash: str) -> State:
-        remaining = self._copy()
-        remaining.pop(hash, None)
-        return State._adopt(remaining, sandbox=self.sandbox)
-
-    # apply records outcomes one task at a time: a change must not cost a pass over every entry.
-    @classmethod
-    def _adopt(cls, entries: dict[str, StateEntry], *, sandbox: bool = False) -> State:
-        """A State of `entries`, a dict keyed by hash that nothing else holds."""
-        state = object.__new__(cls)
-        object.__setattr__(state, "entries", MappingProxyType(entries))
-        object.__setattr__(state, "sandbox", sandbox)
-        return state
-
-    def _copy(self) -> dict[str, StateEntry]:
-        return cast("MappingProxyType[str, StateEntry]", self.entries).copy()
-
-    def find(self, prefix: str) -> StateEntry:
-        """The entry whose hash is `prefix` or starts with it (at least 6 hex digits, unique)."""
-        wanted = prefix.strip().lower()
-        if not _HEX.fullmatch(wanted):
-            raise StateError(f"{prefix!r} is not a task hash (hexadecimal digits expected)")
-        if len(wanted) < MIN_PREFIX:
-            raise StateError(
-                f"hash prefix {wanted!r} is too short: give at least {MIN_PREFIX} hex digits"
-            )
-        exact = self.entries.get(wanted)
-        if exact is not None:
-            return exact
-        matches = [entry for key, entry in self.entries.items() if key.startswith(wanted)]
-        if not matches:
-            raise StateError(f"no task in the state has a hash starting with {wanted}")
-        if len(matches) > 1:
-            shown = ", ".join(f"{e.hash[:12]} ({e.name})" for e in sorted(matches, key=_by_hash))
-            raise StateError(
-                f"hash prefix {wanted} is ambiguous: it matches {len(matches)} tasks: {shown}; "
-                "give more digits"
-            )
-        return matches[0]
-
-
-def _by_hash(entry: StateEntry) -> str:
-    return entry.hash
 
 
 class _Unchecked:
@@ -360,16 +140,21 @@ class StateStore:
         if not isinstance(info, dict):
             return None
         host, pid, since = info.get("host"), info.get("pid"), info.get("since")
-        if isinstance(host, str) and isinstance(pid, int) and isinstance(since, str):
-            return LockHolder(host=host, pid=pid, since=since)
+        run_url = info.get("runUrl")
+        if (
+            isinstance(host, str)
+            and isinstance(pid, int)
+            and isinstance(since, str)
+            and isinstance(run_url, str | None)
+        ):
+            return LockHolder(host=host, pid=pid, since=since, run_url=run_url)
         return None
 
     def _write_lock_info(self) -> None:
-        info = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "since": utc_timestamp(datetime.now(UTC)),
-        }
+        holder = holder_of_this_process()
+        info: dict[str, object] = {"host": holder.host, "pid": holder.pid, "since": holder.since}
+        if holder.run_url:
+            info["runUrl"] = holder.run_url
         temporary = Path(f"{self.lock_info_path}.{secrets.token_hex(4)}.tmp")
         try:
             temporary.write_text(json.dumps(info, sort_keys=True) + "\n", encoding="utf-8")
@@ -498,7 +283,7 @@ class StateStore:
             raise StateError(f"{where}: 'tasks' must be a JSON object; {untouched}")
         entries: dict[str, StateEntry] = {}
         for key, fields in tasks.items():
-            entries[key] = _parse_entry(key, fields, where, untouched)
+            entries[key] = parse_entry(key, fields, where, untouched)
         return entries, sandbox is True
 
     def _parse_journal(self, data: bytes) -> Iterator[StateEntry | str]:
@@ -529,11 +314,32 @@ class StateStore:
             if fields == {"removed": True}:
                 yield key
                 continue
-            yield _parse_entry(key, fields, where, untouched, number)
+            yield parse_entry(key, fields, where, untouched, number)
 
     def exists(self) -> bool:
         """Whether there is a state here: its snapshot, or a journal (a first apply killed)."""
         return os.path.exists(self.target) or os.path.exists(self.journal_path)
+
+    def missing_reason(self) -> str:
+        """Why a state might not be here, for the message that refuses to apply without it."""
+        return (
+            f"(in {self.path.resolve().parent}). Either this is the wrong directory (or --state / "
+            "RECONCILER_STATE points elsewhere), or the state was not checked out (a state file "
+            "is committed beside the manifests)"
+        )
+
+    def created_hint(self) -> str:
+        """What to do with a state just created, for `reconciler init`."""
+        return "Commit it beside your manifests; every apply records what it submitted there."
+
+    def close(self) -> None:
+        """Nothing to release: the file is opened per operation."""
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- write ----------------------------------------------------------------------------------
 
@@ -558,6 +364,15 @@ class StateStore:
             state = State(sandbox=sandbox)
             self._replace_snapshot(_snapshot_bytes(state))
             return state
+
+    def claim(self, entries: Sequence[StateEntry], *, seen: State | None = None) -> frozenset[str]:
+        """Make the write-ahead marks `entries` durable; every one is claimed.
+
+        The caller holds the lock, and only lock holders write the file, so no other applier
+        can have claimed any of these tasks since the caller loaded the state.
+        """
+        self.append(entries)
+        return frozenset(entry.hash for entry in entries)
 
     def append(self, entries: Sequence[StateEntry], *, removed: Sequence[str] = ()) -> None:
         """Make `entries` durable in the journal: one write and one fsync for the whole batch.
@@ -735,89 +550,12 @@ def _version_message(where: str, version: object) -> str:
     )
 
 
-def _parse_entry(
-    key: str, fields: object, file: str, untouched: str, line: int | None = None
-) -> StateEntry:
-    """The entry `fields` describe, or a StateError naming the file and the line (or task)."""
-    if not isinstance(fields, dict):
-        raise StateError(f"{_where(file, line, key)}: must be a JSON object; {untouched}")
-    names = fields.keys()
-    if not (names >= _REQUIRED_FIELDS and names <= _ALLOWED_FIELDS):
-        missing = ", ".join(sorted(_REQUIRED_FIELDS - names))
-        unknown = ", ".join(sorted(names - _ALLOWED_FIELDS))
-        problems = [f"missing {missing}"] if missing else []
-        problems += [f"unknown field(s) {unknown}"] if unknown else []
-        raise StateError(f"{_where(file, line, key)}: {'; '.join(problems)}; {untouched}")
-    try:
-        # Positional: this runs once per task on every load, and keywords cost time.
-        entry = StateEntry(
-            key,
-            fields["status"],
-            fields["name"],
-            fields["source"],
-            fields["request"],
-            fields["updatedAt"],
-            fields.get("requestId"),
-            fields.get("submittedAt"),
-        )
-        # The hash is the task's identity: a request that no longer hashes to it would be
-        # trusted as the clip already sent (or re-sent as a new one). Hashing is most of the
-        # cost of a load after parsing (about 7 us per task); it is done once, here.
-        actual = request_hash(entry.request)
-    except ValueError as error:  # UnicodeEncodeError too: a lone surrogate cannot be hashed
-        raise StateError(f"{_where(file, line, key)}: {error}; {untouched}") from None
-    if actual != key:
-        raise StateError(
-            f"{_where(file, line, key)}: the request was edited by hand: its sha256 is "
-            f"{actual[:12]}..., not the task's hash (a task's hash is the sha256 of its "
-            f"request: change a clip in its manifest, never in the state); {untouched}"
-        )
-    return entry
-
-
-def _where(file: str, line: int | None, key: str) -> str:
-    return f"{file}: task {key}" if line is None else f"{file}:{line}"
-
-
-def _entry_fields(entry: StateEntry) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "name": entry.name,
-        "request": entry.request,
-        "source": entry.source,
-        "status": entry.status.value,
-        "updatedAt": entry.updated_at,
-    }
-    if entry.request_id is not None:
-        fields["requestId"] = entry.request_id
-    if entry.submitted_at is not None:
-        fields["submittedAt"] = entry.submitted_at
-    return fields
-
-
 def _document(state: State) -> dict[str, Any]:
-    tasks = {key: _entry_fields(entry) for key, entry in state.entries.items()}
+    tasks = {key: entry_fields(entry) for key, entry in state.entries.items()}
     document: dict[str, Any] = {"version": STATE_VERSION, "tasks": tasks}
     if state.sandbox:  # only then: a real state's file stays what it always was
         document["sandbox"] = True
     return document
-
-
-def _compact(value: object) -> str:
-    return json.dumps(
-        value,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-        default=_plain_json,
-    )
-
-
-def _plain_json(value: object) -> object:
-    # json only knows dict; a request may be any Mapping (e.g. a read-only view).
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} cannot be stored in the state (not JSON)")
 
 
 def _snapshot_bytes(state: State) -> bytes:
@@ -827,7 +565,7 @@ def _snapshot_bytes(state: State) -> bytes:
         indent=2,
         ensure_ascii=False,
         allow_nan=False,
-        default=_plain_json,
+        default=plain_json,
     )
     return (text + "\n").encode("utf-8")
 
@@ -835,33 +573,25 @@ def _snapshot_bytes(state: State) -> bytes:
 def _journal_line(entry: StateEntry) -> bytes:
     if not isinstance(entry, StateEntry):
         raise TypeError(f"append takes StateEntry values, not {type(entry).__name__}")
-    fields = _entry_fields(entry)
+    fields = entry_fields(entry)
     fields["hash"] = entry.hash
     try:
         # Serialised exactly as the snapshot will be (UTF-8, no NaN), so whatever the journal
         # accepts, a later compaction can write.
-        line = (_compact(fields) + "\n").encode("utf-8")
+        line = (compact_json(fields) + "\n").encode("utf-8")
     except (TypeError, ValueError) as error:
         raise ValueError(f"task {entry.hash}: request cannot be stored: {error}") from error
     # And whatever it accepts, a later load accepts: the hash is the request's.
-    if _recorded_hash(entry.request) != entry.hash:
+    if recorded_hash(entry.request) != entry.hash:
         raise ValueError(
             f"task {entry.hash}: the hash is not the sha256 of its request "
-            f"({_recorded_hash(entry.request)}); nothing was written"
+            f"({recorded_hash(entry.request)}); nothing was written"
         )
     return line
 
 
-def _recorded_hash(request: Mapping[str, Any]) -> str:
-    """request_hash of `request` as the state will read it back (any Mapping becomes a dict)."""
-    try:
-        return request_hash(request)
-    except TypeError:  # e.g. a read-only view, which json cannot dump without help
-        return request_hash(json.loads(_compact(request)))
-
-
 def _removal_line(hash: str) -> bytes:
-    if not _HASH.fullmatch(hash):
+    if not is_task_hash(hash):
         raise ValueError(f"not a task hash: {hash!r}")
     return (
         json.dumps({"hash": hash, "removed": True}, sort_keys=True, separators=(",", ":")).encode()

@@ -901,6 +901,38 @@ def state_mark_submitted(
     )
 
 
+@state_app.command("migrate", cls=_Command)
+def state_migrate(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="The state to copy: a file path or a postgresql:// URI.", metavar="FROM"
+        ),
+    ],
+    target: Annotated[
+        str,
+        typer.Argument(help="Where to copy it (new or empty): a file path or a URI.", metavar="TO"),
+    ],
+    lock_timeout: LockTimeout = 60.0,
+) -> None:
+    """Copy a state between a file and a database (either way), verified entry by entry."""
+    from reconciler.state.migrate import migrate
+
+    origin = _store(source, lock_timeout)
+    destination = _store(target, lock_timeout)
+    with _errors_reported():
+        done = migrate(origin, destination)
+    kind = "sandbox " if done.sandbox else ""
+    typer.echo(
+        f"Migrated {done.tasks} {kind}tasks ({done.submitted} submitted, {done.pending} pending) "
+        f"from {origin.shown} to {destination.shown}; verified entry by entry."
+    )
+    typer.echo(
+        f"note: {origin.shown} was left as it was: point every plan and apply at "
+        f"{destination.shown} now, and retire the old state so nothing applies against it."
+    )
+
+
 # --- sandbox --------------------------------------------------------------------------------
 
 

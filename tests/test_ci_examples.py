@@ -14,15 +14,18 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -921,6 +924,264 @@ def test_commit_step_commits_what_apply_leaves_and_nothing_else(tmp_path: Path, 
     result = shell(script, work, env)
     assert "The state did not change." in result.stdout
     assert int(git(remote, "rev-list", "--count", "main")) == commits
+
+
+# --- the database mode's steps, run for real against PostgreSQL -----------------------------------
+
+# A password that needs percent-encoding in the URI, as the examples' headers say.
+CI_PASSWORD = "s3cret/p@ss#1%"
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """A named state in a fresh database, as a team sets it up from the examples' headers."""
+
+    uri: str  # with the password: what goes into the RECONCILER_STATE secret
+    password: str
+
+    def never_shown_in(self, output: str) -> None:
+        assert self.password not in output and quote(self.password, safe="") not in output
+
+
+def database_state(server: Any, rights: str = "schema-by-dba") -> DatabaseState:
+    """A CI user that is not a superuser, its rights as the README says, then `reconciler init`.
+
+    `schema-by-dba`: a DBA created schema `reconciler`, owned by the CI user. `create-on-database`:
+    the CI user may CREATE in the database, so its first `init` creates the schema itself.
+    """
+    from psycopg import sql
+
+    database = server.create_database()
+    database = database.rsplit("/", 1)[1].split("?")[0]
+    user = f"ci_{uuid.uuid4().hex[:8]}"
+    server.create_user(user, CI_PASSWORD)
+    role = sql.Identifier(user)
+    if rights == "schema-by-dba":
+        server.execute(sql.SQL("CREATE SCHEMA reconciler AUTHORIZATION {}").format(role), database)
+    else:
+        grant = sql.SQL("GRANT CREATE ON DATABASE {} TO {}")
+        server.execute(grant.format(sql.Identifier(database), role), database)
+    uri = server.uri(database, user=user, password=CI_PASSWORD) + "#team-clips"
+    # The one-time set-up, from a person's machine: the URI without the password, which comes
+    # from PGPASSWORD.
+    without_password = server.uri(database, user=user, password="") + "#team-clips"
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "init", "--state", without_password],
+        capture_output=True,
+        text=True,
+        env=runner_env({"PGPASSWORD": CI_PASSWORD}),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = DatabaseState(uri, CI_PASSWORD)
+    state.never_shown_in(result.stdout + result.stderr)
+    return state
+
+
+@pytest.fixture
+def state_in_database(postgres_server: Any) -> DatabaseState:
+    return database_state(postgres_server)
+
+
+def database_tasks(state: DatabaseState) -> dict[str, str]:
+    """name -> status of every task in the database state, read with `state list`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "state", "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=runner_env({"RECONCILER_STATE": state.uri}),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    state.never_shown_in(result.stdout + result.stderr)
+    listing = json.loads(result.stdout)
+    assert listing["state"].endswith("#team-clips") and ":***@" in listing["state"]
+    return {task["name"]: task["status"] for task in listing["tasks"]}
+
+
+def left_in(work: Path) -> str:
+    """What a step left in the checkout besides what Git holds (nothing to push back: '')."""
+    return git(work, "status", "--porcelain", "--ignored", "--untracked-files=all")
+
+
+def database_apply_job(ci: str, variables: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """One database example's apply job: its script, and the environment its runner gives it."""
+    if ci == "github":
+        workflow = load(GITHUB_DATABASE)
+        step = steps_named(workflow["jobs"]["apply"])["Apply"]
+        secrets = {key: variables[key] for key in ("RECONCILER_STATE", *CREDENTIALS)}
+        env = github_env(workflow, step, secrets)
+        env["RECONCILER_ENDPOINT"] = variables["RECONCILER_ENDPOINT"]
+        return step["run"], env
+    pipeline = load(GITLAB_DATABASE)
+    job = pipeline["reconciler-apply"]
+    return "\n".join(job["script"]), {**gitlab_env(pipeline, job), **variables}
+
+
+CREDENTIALS = ("JDCLOUD_ACCESS_KEY", "JDCLOUD_SECRET_KEY")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("rights", ["schema-by-dba", "create-on-database"])
+def test_github_database_workflow_steps_run(
+    tmp_path: Path, postgres_server: Any, sandbox: dict[str, str], rights: str
+) -> None:
+    state = database_state(postgres_server, rights)
+    remote = make_remote(tmp_path, copy_manifests, initialised=False)  # no state in Git
+    workflow = load(GITHUB_DATABASE)
+    secrets = {"RECONCILER_STATE": state.uri, **{key: sandbox[key] for key in CREDENTIALS}}
+    outputs = []
+
+    # Pull request: validate, and the plan against the database state in the step summary.
+    work = clone(remote, tmp_path / "pr")
+    summary = tmp_path / "summary.md"
+    for step in workflow["jobs"]["check"]["steps"]:
+        if "run" in step and "pip install" not in step["run"]:
+            env = {**github_env(workflow, step, secrets), "GITHUB_STEP_SUMMARY": str(summary)}
+            result = shell(step["run"], work, env)
+            outputs.append(result.stdout + result.stderr)
+    assert "#### To submit (7)" in summary.read_text(encoding="utf-8")
+    assert left_in(work) == ""
+
+    # main: apply. Every outcome is in the database; nothing is left to push back.
+    script, env = database_apply_job("github", {**sandbox, "RECONCILER_STATE": state.uri})
+    work = clone(remote, tmp_path / "main")
+    result = shell(script, work, env)
+    outputs.append(result.stdout + result.stderr)
+    assert result.stdout.count("::notice file=clips/") == 7
+    assert left_in(work) == ""
+    assert Counter(database_tasks(state).values()) == {"submitted": 7}
+
+    # The next run, on another runner: nothing to submit.
+    work = clone(remote, tmp_path / "main-again")
+    result = shell(script, work, env)
+    outputs.append(result.stdout + result.stderr)
+    assert "::notice" not in result.stdout
+    for output in outputs:
+        state.never_shown_in(output)
+
+
+@pytest.mark.e2e
+def test_gitlab_database_pipeline_scripts_run(
+    tmp_path: Path, state_in_database: DatabaseState, sandbox: dict[str, str]
+) -> None:
+    state = state_in_database
+    remote = make_remote(tmp_path, copy_manifests, initialised=False)
+    pipeline = load(GITLAB_DATABASE)
+    outputs = []
+
+    # Merge request: validate (JUnit) and the plan as Markdown, against the database state.
+    work = clone(remote, tmp_path / "mr")
+    plan = pipeline["reconciler-plan"]
+    env = {**gitlab_env(pipeline, plan), "RECONCILER_STATE": state.uri}
+    result = shell("\n".join(plan["script"]), work, env)
+    outputs.append(result.stdout + result.stderr)
+    assert "#### To submit (7)" in (work / "plan.md").read_text(encoding="utf-8")
+    assert "<testsuites" in (work / "validate.xml").read_text(encoding="utf-8")
+
+    # Default branch: apply; nothing is left to push back.
+    script, env = database_apply_job("gitlab", {**sandbox, "RECONCILER_STATE": state.uri})
+    work = clone(remote, tmp_path / "main")
+    result = shell(script, work, env)
+    outputs.append(result.stdout + result.stderr)
+    assert "Apply complete: 7 submitted" in result.stdout
+    assert left_in(work) == ""
+    assert Counter(database_tasks(state).values()) == {"submitted": 7}
+
+    # A task left `pending` (the API answered 500) fails the job; the mark is in the database
+    # already, so the next run, from any runner, does not send it again.
+    from reconciler.sandbox import SandboxConfig, running_sandbox
+
+    git(work, "config", "user.name", "Editor")
+    git(work, "config", "user.email", "editor@example.com")
+    extra = (work / "clips" / "goal-1.yaml").read_text(encoding="utf-8")
+    (work / "clips" / "extra.yaml").write_text(
+        extra.replace("goal-1", "extra").replace("19:13:10Z", "19:13:20Z"), encoding="utf-8"
+    )
+    git(work, "add", "clips/extra.yaml")
+    git(work, "commit", "-q", "-m", "one more clip")
+    git(work, "push", "-q", "origin", "HEAD:main")
+    with running_sandbox(SandboxConfig(failures={500: 1.0})) as failing:
+        env.update(sandbox_env(failing))
+        result = shell(script, clone(remote, tmp_path / "failing"), env, check=False)
+    outputs.append(result.stdout + result.stderr)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 pending (outcome unknown)" in result.stdout
+    assert database_tasks(state)["cup-final-extra"] == "pending"
+    with running_sandbox() as box:
+        env.update(sandbox_env(box))
+        result = shell(script, clone(remote, tmp_path / "after"), env, check=False)
+        assert box.accepted() == []  # the pending clip waits for a person
+    outputs.append(result.stdout + result.stderr)
+    assert Counter(database_tasks(state).values()) == {"submitted": 7, "pending": 1}
+    for output in outputs:
+        state.never_shown_in(output)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("ci", ["github", "gitlab"])
+def test_a_lost_runner_with_the_database_state_sends_nothing_twice(
+    tmp_path: Path, state_in_database: DatabaseState, ci: str
+) -> None:
+    """Issue 12: kill -9 an apply mid-send and lose its runner's disk; the next run re-sends
+    nothing, loses nothing, and does not wait on the dead runner's lock."""
+    from reconciler.sandbox import SandboxConfig, running_sandbox
+
+    state = state_in_database
+    remote = make_remote(tmp_path, many_clips, initialised=False)
+    with running_sandbox(SandboxConfig(latency_ms=100)) as box:
+        script, env = database_apply_job(ci, {**sandbox_env(box), "RECONCILER_STATE": state.uri})
+        work = clone(remote, tmp_path / "first")
+        first, killed = run_killing_apply(script, work, env, box, after=CLIPS // 5)
+        sent_before_the_kill = len(box.accepted())
+        shutil.rmtree(work)  # the runner is gone, and its disk with it
+        second = shell(script, clone(remote, tmp_path / "second"), env, check=False)
+        sent = Counter(record["path"]["streamName"] for record in box.accepted())
+
+    output = first.stdout + second.stdout + second.stderr
+    assert killed and 0 < sent_before_the_kill < CLIPS, first.stdout  # killed mid-send
+    assert first.returncode != 0
+    assert [stream for stream, times in sent.items() if times > 1] == [], output
+    known = database_tasks(state)  # many_clips names each clip after its stream
+    assert set(sent) <= set(known), output  # every task the API accepted is in the state
+    assert len(known) == CLIPS, output  # each clip submitted, or pending for a person
+    # The second apply did not give up on a stale lock: it sent the clips the first never got
+    # to. The first left at most 2 x --concurrency (default 4) tasks claimed and unsent, and
+    # at most 4 in flight that may have landed after the count above.
+    assert sum(sent.values()) > sent_before_the_kill + 2 * 4 + 4, output
+    state.never_shown_in(output)
+
+
+@pytest.mark.e2e
+def test_two_pipelines_on_one_database_state_send_each_clip_once(
+    tmp_path: Path, state_in_database: DatabaseState
+) -> None:
+    """A GitHub and a GitLab pipeline (or two of either) applying at once: one waits its turn."""
+    from reconciler.sandbox import SandboxConfig, running_sandbox
+
+    state = state_in_database
+    remote = make_remote(tmp_path, many_clips, initialised=False)
+    with running_sandbox(SandboxConfig(latency_ms=20)) as box:
+        variables = {**sandbox_env(box), "RECONCILER_STATE": state.uri}
+        jobs = [database_apply_job(ci, variables) for ci in ("github", "gitlab")]
+        steps = [
+            subprocess.Popen(
+                ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+                cwd=clone(remote, tmp_path / f"runner-{n}"),
+                env=runner_env(env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for n, (script, env) in enumerate(jobs)
+        ]
+        results = [(step.communicate(timeout=300)[0], step.returncode) for step in steps]
+        sent = Counter(record["path"]["streamName"] for record in box.accepted())
+    output = "".join(text for text, _ in results)
+    assert [code for _, code in results] == [0, 0], output
+    assert len(sent) == CLIPS and set(sent.values()) == {1}, output
+    assert Counter(database_tasks(state).values()) == {"submitted": CLIPS}
+    state.never_shown_in(output)
 
 
 def test_ci_examples_never_initialise_the_state() -> None:

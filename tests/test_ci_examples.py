@@ -1184,6 +1184,52 @@ def test_two_pipelines_on_one_database_state_send_each_clip_once(
     state.never_shown_in(output)
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("ci", ["github", "gitlab"])
+def test_moving_from_the_git_file_to_the_database_sends_nothing_again(
+    tmp_path: Path, remote: Path, state_in_database: DatabaseState, ci: str
+) -> None:
+    """The README's migration: the Git-file example applied; `state migrate`; the file removed
+    from the repository; the database example then sends only what is new."""
+    from reconciler.sandbox import running_sandbox
+
+    state = state_in_database
+    with running_sandbox() as box:
+        job = apply_job(ci, sandbox_env(box))
+        work = job.clone(remote, tmp_path / "file-mode")
+        shell(job.apply, work, job.env, check=False)
+        shell(job.commit, work, job.env)
+        assert len(box.accepted()) == 7
+
+        # A person, in an up-to-date checkout of main.
+        work = clone(remote, tmp_path / "migrate")
+        git(work, "config", "user.name", "Person")
+        git(work, "config", "user.email", "person@example.com")
+        moved = shell(
+            f'reconciler state migrate {STATE} "$RECONCILER_STATE"',
+            work,
+            {"RECONCILER_STATE": state.uri},
+        )
+        assert "Migrated 7 tasks" in moved.stdout and "verified entry by entry" in moved.stdout
+        state.never_shown_in(moved.stdout + moved.stderr)
+        git(work, "rm", "-q", STATE)
+        extra = (work / "clips" / "goal-1.yaml").read_text(encoding="utf-8")
+        (work / "clips" / "extra.yaml").write_text(
+            extra.replace("goal-1", "extra").replace("19:13:10Z", "19:13:20Z"), encoding="utf-8"
+        )
+        git(work, "add", "clips/extra.yaml")
+        git(work, "commit", "-q", "-m", "reconciler: the state moves to PostgreSQL")
+        git(work, "push", "-q", "origin", "HEAD:main")
+        assert STATE not in files_on(remote)
+
+        script, env = database_apply_job(ci, {**sandbox_env(box), "RECONCILER_STATE": state.uri})
+        result = shell(script, clone(remote, tmp_path / "database-mode"), env)
+        names = [record["body"].get("taskExternalId") for record in box.accepted()[7:]]
+    assert len(names) == 1, result.stdout  # only the new clip
+    assert Counter(database_tasks(state).values()) == {"submitted": 8}
+    state.never_shown_in(result.stdout + result.stderr)
+
+
 def test_ci_examples_never_initialise_the_state() -> None:
     """`reconciler init` is a one-time step done by a person; in CI it would hide a lost state."""
     for path in EXAMPLES:

@@ -75,7 +75,7 @@ CREATE TABLE {SCHEMA}.tasks (
     status text NOT NULL CHECK (status IN ('pending', 'submitted')),
     name text NOT NULL,
     source text NOT NULL,
-    request jsonb NOT NULL,
+    request json NOT NULL,  -- json, not jsonb: kept as written (sorted keys, as the file)
     request_id text,
     updated_at text NOT NULL,
     submitted_at text,
@@ -601,17 +601,17 @@ class PostgresStore:
             entry.status.value,
             entry.name,
             entry.source,
-            _jsonb(fields["request"]),
+            _json(fields["request"]),
             entry.request_id,
             entry.updated_at,
             entry.submitted_at,
         )
 
 
-def _jsonb(value: Mapping[str, Any]) -> Any:
-    from psycopg.types.json import Jsonb
+def _json(value: Mapping[str, Any]) -> Any:
+    from psycopg.types.json import Json
 
     from reconciler.state.model import compact_json
 
-    # Dumped as the file dumps it (a read-only view included), then stored as jsonb.
-    return Jsonb(value, dumps=lambda obj: compact_json(obj))
+    # Dumped as the file dumps it (a read-only view included), then stored as json.
+    return Json(value, dumps=lambda obj: compact_json(obj))

@@ -251,7 +251,9 @@ def test_the_fingerprint_tells_a_sandbox_state_from_a_real_one(store: StateStore
     assert real != sandbox
     assert real.fingerprint() != sandbox.fingerprint()
     # Each is still the sha256 of its canonical compact JSON, the sandbox field included.
-    assert sandbox.fingerprint() == sha(state_module.compact_json(json.loads(store.path.read_bytes())))
+    assert sandbox.fingerprint() == sha(
+        state_module.compact_json(json.loads(store.path.read_bytes()))
+    )
     store.path.unlink()
     store.write(real)
     assert real.fingerprint() == sha(state_module.compact_json(json.loads(store.path.read_bytes())))

@@ -30,7 +30,7 @@ from reconciler.state.model import (
     is_task_hash,
     parse_entry,
     plain_json,
-    recorded_hash,
+    require_own_hash,
 )
 
 __all__ = ["StateStore"]
@@ -110,13 +110,11 @@ class StateStore:
         try:
             self._file_lock.acquire(timeout=self.lock_timeout)
         except filelock.Timeout:
-            holder = self.lock_holder()
-            who = str(holder) if holder else "an unknown process (it recorded no holder details)"
-            raise StateLockedError(
-                f"{self.shown} is locked by {who}; gave up after waiting "
-                f"{self.lock_timeout:g} s. Another reconciler is using this state: wait for it "
-                "to finish, or raise the lock timeout",
-                holder,
+            raise StateLockedError.timed_out(
+                self.shown,
+                self.lock_holder(),
+                self.lock_timeout,
+                "an unknown process (it recorded no holder details)",
             ) from None
         except OSError as error:
             raise StateError(f"{self.lock_path}: cannot take the state lock: {error}") from error
@@ -581,12 +579,7 @@ def _journal_line(entry: StateEntry) -> bytes:
         line = (compact_json(fields) + "\n").encode("utf-8")
     except (TypeError, ValueError) as error:
         raise ValueError(f"task {entry.hash}: request cannot be stored: {error}") from error
-    # And whatever it accepts, a later load accepts: the hash is the request's.
-    if recorded_hash(entry.request) != entry.hash:
-        raise ValueError(
-            f"task {entry.hash}: the hash is not the sha256 of its request "
-            f"({recorded_hash(entry.request)}); nothing was written"
-        )
+    require_own_hash(entry)  # and whatever it accepts, a later load accepts
     return line
 
 

@@ -32,13 +32,14 @@ def migrate(source: StateBackend, target: StateBackend) -> Migration:
             raise StateError(f"there is no state at {source.shown}; nothing was changed")
         state = source.compact()
         if target.exists():
-            held = len(target.load())
+            present = target.load()
+            held = len(present)
             if held:
                 raise StateError(
                     f"{target.shown} already holds {held} task(s); migrate only into a new or "
                     "empty state; nothing was changed"
                 )
-            kind = target.load().sandbox
+            kind = present.sandbox
             if kind != state.sandbox:
                 raise StateError(
                     f"{target.shown} is an empty {'sandbox' if kind else 'real'} state; the "

@@ -91,6 +91,18 @@ class StateLockedError(StateError):
         super().__init__(message)
         self.holder = holder
 
+    @classmethod
+    def timed_out(
+        cls, shown: str, holder: LockHolder | None, waited: float, unknown: str
+    ) -> StateLockedError:
+        """The error of a waiter that gave up; `unknown` stands for a holder with no record."""
+        return cls(
+            f"{shown} is locked by {holder or unknown}; gave up after waiting {waited:g} s. "
+            "Another reconciler is using this state: wait for it to finish, or raise the lock "
+            "timeout",
+            holder,
+        )
+
 
 def utc_timestamp(moment: datetime) -> str:
     """`moment` in the state's time format, UTC `YYYY-MM-DDTHH:MM:SSZ`."""
@@ -354,3 +366,13 @@ def recorded_hash(request: Mapping[str, Any]) -> str:
 def is_task_hash(value: object) -> bool:
     """Whether `value` is a task's hash: 64 lower-case hex digits (a sha256)."""
     return isinstance(value, str) and _HASH.fullmatch(value) is not None
+
+
+def require_own_hash(entry: StateEntry) -> None:
+    """Refuse an entry whose hash is not its request's: a later load would refuse the state."""
+    actual = recorded_hash(entry.request)
+    if actual != entry.hash:
+        raise ValueError(
+            f"task {entry.hash}: the hash is not the sha256 of its request ({actual}); "
+            "nothing was written"
+        )

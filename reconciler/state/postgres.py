@@ -36,10 +36,10 @@ from reconciler.state.model import (
     StateExistsError,
     StateLocationError,
     StateLockedError,
-    entry_fields,
+    compact_json,
     holder_of_this_process,
     parse_entry,
-    recorded_hash,
+    require_own_hash,
 )
 
 if TYPE_CHECKING:
@@ -441,13 +441,11 @@ class PostgresStore:
             if got is not None and got[0]:
                 break
             if time.monotonic() >= deadline:
-                holder = self.lock_holder()
-                who = str(holder) if holder else "another connection (it recorded no details)"
-                raise StateLockedError(
-                    f"{self.shown} is locked by {who}; gave up after waiting "
-                    f"{self.lock_timeout:g} s. Another reconciler is using this state: wait for "
-                    "it to finish, or raise the lock timeout",
-                    holder,
+                raise StateLockedError.timed_out(
+                    self.shown,
+                    self.lock_holder(),
+                    self.lock_timeout,
+                    "another connection (it recorded no details)",
                 )
             time.sleep(min(_LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         self._record_holder()
@@ -590,18 +588,14 @@ class PostgresStore:
     def _row(self, entry: StateEntry) -> tuple[Any, ...]:
         if not isinstance(entry, StateEntry):
             raise TypeError(f"the state takes StateEntry values, not {type(entry).__name__}")
-        if recorded_hash(entry.request) != entry.hash:
-            raise ValueError(
-                f"task {entry.hash}: the hash is not the sha256 of its request; nothing was written"
-            )
-        fields = entry_fields(entry)
+        require_own_hash(entry)
         return (
             self.name,
             entry.hash,
             entry.status.value,
             entry.name,
             entry.source,
-            _json(fields["request"]),
+            _json(entry.request),
             entry.request_id,
             entry.updated_at,
             entry.submitted_at,
@@ -611,7 +605,5 @@ class PostgresStore:
 def _json(value: Mapping[str, Any]) -> Any:
     from psycopg.types.json import Json
 
-    from reconciler.state.model import compact_json
-
     # Dumped as the file dumps it (a read-only view included), then stored as json.
-    return Json(value, dumps=lambda obj: compact_json(obj))
+    return Json(value, dumps=compact_json)

@@ -656,6 +656,14 @@ def state_on(remote: Path, branch: str = "main") -> dict[str, Any]:
     return document
 
 
+def add_extra_clip(work: Path) -> None:
+    """A new clip, cup-final-extra: goal-1 ten seconds longer, so it hashes differently."""
+    extra = (work / "clips" / "goal-1.yaml").read_text(encoding="utf-8")
+    (work / "clips" / "extra.yaml").write_text(
+        extra.replace("goal-1", "extra").replace("19:13:10Z", "19:13:20Z"), encoding="utf-8"
+    )
+
+
 def files_on(remote: Path, branch: str = "main") -> set[str]:
     return set(git(remote, "ls-tree", "--name-only", branch).splitlines())
 
@@ -775,10 +783,7 @@ def test_gitlab_pipeline_scripts_run(tmp_path: Path, remote: Path, sandbox: dict
     from reconciler.sandbox import SandboxConfig, running_sandbox
 
     work = gitlab_clone(remote, tmp_path / "failing")
-    extra = (work / "clips" / "goal-1.yaml").read_text(encoding="utf-8")
-    (work / "clips" / "extra.yaml").write_text(
-        extra.replace("goal-1", "extra").replace("19:13:10Z", "19:13:20Z"), encoding="utf-8"
-    )
+    add_extra_clip(work)
     with running_sandbox(SandboxConfig(failures={500: 1.0})) as failing:
         env.update(sandbox_env(failing))
         result = shell("\n".join(apply["script"]), work, env, check=False)
@@ -1094,10 +1099,7 @@ def test_gitlab_database_pipeline_scripts_run(
 
     git(work, "config", "user.name", "Editor")
     git(work, "config", "user.email", "editor@example.com")
-    extra = (work / "clips" / "goal-1.yaml").read_text(encoding="utf-8")
-    (work / "clips" / "extra.yaml").write_text(
-        extra.replace("goal-1", "extra").replace("19:13:10Z", "19:13:20Z"), encoding="utf-8"
-    )
+    add_extra_clip(work)
     git(work, "add", "clips/extra.yaml")
     git(work, "commit", "-q", "-m", "one more clip")
     git(work, "push", "-q", "origin", "HEAD:main")
@@ -1213,10 +1215,7 @@ def test_moving_from_the_git_file_to_the_database_sends_nothing_again(
         assert "Migrated 7 tasks" in moved.stdout and "verified entry by entry" in moved.stdout
         state.never_shown_in(moved.stdout + moved.stderr)
         git(work, "rm", "-q", STATE)
-        extra = (work / "clips" / "goal-1.yaml").read_text(encoding="utf-8")
-        (work / "clips" / "extra.yaml").write_text(
-            extra.replace("goal-1", "extra").replace("19:13:10Z", "19:13:20Z"), encoding="utf-8"
-        )
+        add_extra_clip(work)
         git(work, "add", "clips/extra.yaml")
         git(work, "commit", "-q", "-m", "reconciler: the state moves to PostgreSQL")
         git(work, "push", "-q", "origin", "HEAD:main")

@@ -337,12 +337,21 @@ def test_a_second_interrupt_returns_at_once_keeping_every_answer_received(
     tasks = [make_task(n) for n in range(10)]
     stop, abort = threading.Event(), threading.Event()
     answered = threading.Event()
-    # clip-0 and clip-1 answer; clip-2 and clip-3 hang until the test lets them go.
-    server = FakeServer(lambda stream, call: "ok" if stream in ("clip-0", "clip-1") else "block")
+
+    # clip-0 and clip-1 answer once the first interrupt has come (had they answered before,
+    # apply would already have sent clip-4 and clip-5 into their slots); clip-2 and clip-3
+    # hang until the test lets them go.
+    def behaviour(stream: str, call: int) -> str:
+        if stream in ("clip-0", "clip-1"):
+            stop.wait(10)
+            return "ok"
+        return "block"
+
+    server = FakeServer(behaviour)
 
     def interrupt_twice(call: int) -> None:
-        if call == 4:  # the first batch of four is out: two answered or answering, two hanging
-            threading.Thread(target=lambda: (answered.wait(5), stop.set(), abort.set())).start()
+        if call == 4:  # the first batch of four is out: stop, and abort once two answered
+            threading.Thread(target=lambda: (stop.set(), answered.wait(5), abort.set())).start()
 
     server.on_call = interrupt_twice
     outcomes: list[Any] = []

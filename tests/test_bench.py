@@ -20,6 +20,9 @@ ROWS = (
     "bookkeeping",
     "memory",
     "growth",
+    "apply-db",
+    "plan-noop-db",
+    "memory-db",
 )
 NUMBER = re.compile(r"\d+\.\d+")
 
@@ -67,6 +70,6 @@ def test_smoke_run_reports_every_case(tmp_path: Path) -> None:
     for case, cells in rows.items():
         assert NUMBER.search(cells[2]), f"{case}: no figure of ours in {cells}"
         assert cells[6] in ("pass", "MISS", "within noise"), f"{case}: {cells}"
-    for case in ("validate-small", "startup", "apply-vs-loop"):
+    for case in ("validate-small", "startup", "apply-vs-loop", "apply-db", "plan-noop-db"):
         assert NUMBER.search(rows[case][3]), f"{case}: no peer figure in {rows[case]}"
     assert (results.read_bytes() if results.exists() else None) == before

@@ -18,8 +18,11 @@ Also: exit codes are the documented ones, an apply exits 0 exactly when every ta
 to submit is `submitted`, a refused saved plan sends and writes nothing, and no run prints a
 traceback or the secret key.
 
-Default run (part of the suite; 8 sequences of 10 steps from a fixed seed, so CI replays the
-same ones; about 20 s on an idle 2-core machine):
+The same machine runs twice: with the state in a file, and with it in PostgreSQL (a named
+state per sequence in the test server's database; DESIGN §6).
+
+Default run (part of the suite; 8 sequences of 10 steps from a fixed seed per backend, so CI
+replays the same ones; about 20 s each on an idle 2-core machine):
 
     .venv-test/bin/python -m pytest tests/test_exactly_once.py -q
 
@@ -69,7 +72,7 @@ from hypothesis.stateful import (
 )
 
 from reconciler.sandbox import Sandbox, SandboxConfig
-from reconciler.state import State, StateStore
+from reconciler.state import State, StateBackend, StateStore, is_database_location, open_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -334,7 +337,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         super().__init__()
         self.root = Path(tempfile.mkdtemp(prefix="reconciler-exactly-once-"))
         self.folder = self.root / MANIFESTS
-        self.state_path = self.root / STATE
+        self.location = self.state_location()
         self.clips: list[Clip] = []
         self.serial = 0
         self.history: SandboxHistory | None = None
@@ -374,8 +377,22 @@ class ExactlyOnce(RuleBasedStateMachine):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(clip.text(), encoding="utf-8")
 
+    def state_location(self) -> str:
+        """The `--state` value of this sequence's state (relative to the root: a file)."""
+        return STATE
+
+    def missing_location(self) -> str:
+        """A state nobody created, for the apply that must refuse it."""
+        return "missing-state.json"
+
+    def open(self, location: str) -> StateBackend:
+        if is_database_location(location):
+            return open_state(location)
+        return StateStore(self.root / location)
+
     def state(self) -> State:
-        return StateStore(self.state_path).load()
+        with self.open(self.location) as store:
+            return store.load()
 
     def entries(self) -> dict[str, Any]:
         """The state's entries, comparable (to tell whether anything was written)."""
@@ -400,7 +417,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         return [sys.executable, "-m", "reconciler", *args]
 
     def apply_args(self, concurrency: int, retry_pending: bool) -> list[str]:
-        args = ["apply", MANIFESTS, "--state", STATE, "--concurrency", str(concurrency), "-q"]
+        args = ["apply", MANIFESTS, "--state", self.location, "-c", str(concurrency), "-q"]
         return [*args, "--retry-pending"] if retry_pending else args
 
     def check_output(self, result: subprocess.CompletedProcess[str] | Any) -> None:
@@ -488,15 +505,15 @@ class ExactlyOnce(RuleBasedStateMachine):
             self.clips.append(self.new_clip(future=True))
         self.write_manifests()
         if _has_init_command():
-            result = self.run("init", "--state", STATE)
+            result = self.run("init", "--state", self.location)
             assert result.returncode == 0, result.stdout + result.stderr
         else:  # until `reconciler init` lands: the file it writes
-            self.state_path.write_text('{"tasks": {}, "version": 1}\n', encoding="utf-8")
+            (self.root / STATE).write_text('{"tasks": {}, "version": 1}\n', encoding="utf-8")
         assert self.statuses() == {}
 
     @rule(fmt=st.sampled_from(["json", "json", "text"]), detailed=st.booleans())
     def plan(self, fmt: str, detailed: bool) -> None:
-        args = ["plan", MANIFESTS, "--state", STATE, "--format", fmt]
+        args = ["plan", MANIFESTS, "--state", self.location, "--format", fmt]
         requests = self.sandbox.requests()
         before = self.entries()
         result = self.run(*args, *(["--detailed-exitcode"] if detailed else []))
@@ -537,7 +554,7 @@ class ExactlyOnce(RuleBasedStateMachine):
     def save_plan(self) -> None:
         target = self.root / "plan.json"
         target.unlink(missing_ok=True)
-        result = self.run("plan", MANIFESTS, "--state", STATE, "--out", "plan.json")
+        result = self.run("plan", MANIFESTS, "--state", self.location, "--out", "plan.json")
         assert result.returncode == 0, result.stderr
         self.saved_plan = json.loads(target.read_text(encoding="utf-8"))
         self.saved_against = self.entries()
@@ -552,7 +569,8 @@ class ExactlyOnce(RuleBasedStateMachine):
         document, edit = edited_plan(self.saved_plan, edit)
         note(f"saved plan edit: {edit}")
         (self.root / "edited-plan.json").write_text(json.dumps(document, indent=2) + "\n")
-        args = ["apply", "edited-plan.json", "--state", STATE, "-c", str(concurrency), "-q"]
+        args = ["apply", "edited-plan.json", "--state", self.location, "-c", str(concurrency)]
+        args.append("-q")
         if edit == "selector-beside-plan":
             args += ["--selector", "batch=x"]
         elif edit == "paths-beside-plan":
@@ -672,7 +690,8 @@ class ExactlyOnce(RuleBasedStateMachine):
         elif case == "malformed-endpoint":
             args += ["--endpoint", f"127.0.0.1:{self.sandbox.box.port}"]
         elif case == "missing-state":
-            args[args.index(STATE)] = "missing-state.json"
+            missing = self.missing_location()
+            args[args.index(self.location)] = missing
         reached = self.sandbox.reached()
         before = self.entries()
         result = self.run(*args)
@@ -680,7 +699,8 @@ class ExactlyOnce(RuleBasedStateMachine):
         assert result.returncode == expected, f"{case}: exit {result.returncode}"
         assert self.sandbox.reached() == reached, f"{case}: a task reached the sandbox"
         if case == "missing-state":
-            assert not (self.root / "missing-state.json").exists(), "a missing state was created"
+            with self.open(missing) as store:
+                assert not store.exists(), "a missing state was created"
             assert self.entries() == before
         else:
             after = self.statuses()
@@ -819,10 +839,25 @@ def _has_init_command() -> bool:
     return "init" in names
 
 
-def test_every_task_is_sent_exactly_once() -> None:
-    machine = ExactlyOnce if RANDOM else fixed_seed(SEED)(ExactlyOnce)
+class ExactlyOnceInDatabase(ExactlyOnce):
+    """The same steps with the state in PostgreSQL (DESIGN §6): a named state per sequence."""
+
+    database = ""  # the test database's URI, set by the test from its fixture
+
+    def state_location(self) -> str:
+        return f"{self.database}#sequence-{secrets.token_hex(6)}"
+
+    def missing_location(self) -> str:
+        return f"{self.database}#never-created-{secrets.token_hex(6)}"
+
+    def state(self) -> State:
+        assert not (self.root / STATE).exists(), "a database-state run wrote a state file"
+        return super().state()
+
+
+def run_sequences(machine: type[ExactlyOnce]) -> None:
     run_state_machine_as_test(
-        machine,
+        machine if RANDOM else fixed_seed(SEED)(machine),
         settings=settings(
             max_examples=EXAMPLES,
             stateful_step_count=STEPS,
@@ -837,3 +872,14 @@ def test_every_task_is_sent_exactly_once() -> None:
             ],
         ),
     )
+
+
+def test_every_task_is_sent_exactly_once() -> None:
+    run_sequences(ExactlyOnce)
+
+
+def test_every_task_is_sent_exactly_once_with_the_state_in_postgresql(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ExactlyOnceInDatabase, "database", postgres_database)
+    run_sequences(ExactlyOnceInDatabase)

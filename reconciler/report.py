@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TextIO
 from xml.etree import ElementTree
@@ -340,9 +343,184 @@ def _md_table(items: Sequence[PlanItem]) -> list[str]:
     return rows
 
 
+# --- plan timeline: a Mermaid gantt chart per stream, for the Markdown plan ------------------
+
+# The actions drawn, in the order of the chart's sections, with their Mermaid task tag (colour).
+# `replaced` and `orphaned` tasks are not drawn: a replaced task's new content is the stream's
+# `create` (or `waiting`) bar, and an orphaned task has no manifest any more; both stay in the
+# tables below the charts.
+TIMELINE_SECTIONS = (
+    (PlanAction.CREATE, "To submit", ""),
+    (PlanAction.WAITING, "Waiting", "active"),
+    (PlanAction.PENDING, "Pending", "crit"),
+    (PlanAction.UNCHANGED, "Unchanged", "done"),
+)
+# More `unchanged` clips than this in one stream are drawn as one bar, first start to last end.
+TIMELINE_COLLAPSE_UNCHANGED_AFTER = 20
+# A chart with more bars than this is left out (with a sentence saying so): it would not be
+# readable, and Mermaid refuses sources over 50,000 characters.
+TIMELINE_MAX_BARS = 200
+# Times are written without a zone and read by Mermaid as the viewer's local time, so every
+# viewer sees the UTC clock times the manifests hold (a zone in the data would shift the axis
+# into each viewer's own zone). Only a bar inside a viewer's daylight-saving jump could move.
+TIMELINE_DATE_FORMAT = "YYYY-MM-DD HH:mm:ss"
+# Words that start a statement in Mermaid's gantt grammar: a task name that begins with one
+# (a clip called `gantt-intro`, `topaxis` or `click-bait`) is read as that statement. So are
+# names that begin with a date. Such a name gets its first character written as an entity.
+_MERMAID_GANTT_WORDS = (
+    "acc",
+    "axisformat",
+    "call",
+    "click",
+    "dateformat",
+    "excludes",
+    "gantt",
+    "href",
+    "inclusiveenddates",
+    "includes",
+    "section",
+    "tickinterval",
+    "title",
+    "todaymarker",
+    "topaxis",
+    "weekday",
+    "weekend",
+)
+_MERMAID_DATE_START = re.compile(r"\d{4}-\d\d-\d\d")
+_MERMAID_PLAIN = frozenset(" ._/()-")
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineBar:
+    """One bar of a timeline: a clip's segment, or a stream's collapsed `unchanged` clips."""
+
+    section: str
+    label: str
+    start: str  # UTC, yyyy-MM-ddTHH:mm:ssZ as in the manifests
+    end: str
+    tag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """The chart of one stream; `mermaid` is None when it has too many bars to draw."""
+
+    stream: str
+    bars: tuple[TimelineBar, ...]
+
+    @property
+    def mermaid(self) -> str | None:
+        return timeline_gantt(self) if len(self.bars) <= TIMELINE_MAX_BARS else None
+
+
+def mermaid_text(text: str, *, label: bool = True) -> str:
+    """`text` safe in a Mermaid gantt line: every character but letters, digits, space and
+    `._/()-` as Mermaid's entity escape (`#58;` for `:`), which it turns back into the
+    character in the SVG; `#`, `;`, `:`, `%` and newlines would otherwise end the name or start
+    a comment. A task `label` that begins like a statement has its first character escaped."""
+    text = "".join(
+        ch if (ch.isalnum() or ch in _MERMAID_PLAIN) and ch.isprintable() else f"#{ord(ch)};"
+        for ch in text
+    )
+    if label:
+        lowered = text.lower()
+        if lowered.startswith(_MERMAID_GANTT_WORDS) or _MERMAID_DATE_START.match(lowered):
+            text = f"#{ord(text[0])};{text[1:]}"
+    return text
+
+
+def _segments(item: PlanItem) -> list[tuple[str, str]]:
+    times = item.request.get("body", {}).get("recordTimes", [])
+    return [(str(segment["startTime"]), str(segment["endTime"])) for segment in times]
+
+
+def plan_timelines(plan: Plan) -> list[Timeline]:
+    """One timeline per stream that has clips to draw, streams in sorted order: a bar per
+    segment, sections in TIMELINE_SECTIONS order, bars in each by start time."""
+    by_stream: dict[str, list[TimelineBar]] = {}
+    for action, section, tag in TIMELINE_SECTIONS:
+        per_stream: dict[str, list[PlanItem]] = {}
+        for item in plan.of(action):
+            per_stream.setdefault(item.stream, []).append(item)
+        for stream, items in per_stream.items():
+            bars = by_stream.setdefault(stream, [])
+            if action is PlanAction.UNCHANGED and len(items) > TIMELINE_COLLAPSE_UNCHANGED_AFTER:
+                segments = [segment for item in items for segment in _segments(item)]
+                start = min(start for start, _ in segments)
+                end = max(end for _, end in segments)
+                bars.append(TimelineBar(section, f"{len(items)} unchanged clips", start, end, tag))
+                continue
+            drawn = []
+            for item in items:
+                segments = _segments(item)
+                for number, (start, end) in enumerate(segments, 1):
+                    label = item.name
+                    if len(segments) > 1:
+                        label += f" {number}/{len(segments)}"
+                    drawn.append(TimelineBar(section, label, start, end, tag))
+            bars += sorted(drawn, key=lambda bar: (bar.start, bar.end, bar.label))
+    return [Timeline(stream, tuple(by_stream[stream])) for stream in sorted(by_stream)]
+
+
+def _mermaid_time(moment: str) -> str:
+    return moment.removesuffix("Z").replace("T", " ")
+
+
+def timeline_gantt(timeline: Timeline) -> str:
+    """The Mermaid `gantt` source of one stream's timeline (without the Markdown fence)."""
+    first = min(bar.start for bar in timeline.bars)
+    last = max(bar.end for bar in timeline.bars)
+    span = _parse_utc(last) - _parse_utc(first)
+    if span <= timedelta(minutes=15):
+        axis = "%H:%M:%S"
+    elif first[:10] == last[:10]:
+        axis = "%H:%M"
+    else:
+        axis = "%m-%d %H:%M"
+    days = first[:10] if first[:10] == last[:10] else f"{first[:10]} to {last[:10]}"
+    lines = [
+        "gantt",
+        f"    title {mermaid_text(timeline.stream, label=False)}, {days} (UTC)",
+        f"    dateFormat {TIMELINE_DATE_FORMAT}",
+        f"    axisFormat {axis}",
+        "    todayMarker off",
+    ]
+    section = None
+    for bar in timeline.bars:
+        if bar.section != section:
+            section = bar.section
+            lines.append(f"    section {mermaid_text(section, label=False)}")
+        when = f"{_mermaid_time(bar.start)}, {_mermaid_time(bar.end)}"
+        data = f"{bar.tag}, {when}" if bar.tag else when
+        lines.append(f"    {mermaid_text(bar.label)} :{data}")
+    return "\n".join(lines)
+
+
+def _parse_utc(moment: str) -> datetime:
+    return datetime.strptime(moment, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def timeline_markdown(plan: Plan) -> list[str]:
+    """A ```mermaid block per stream (or a sentence, for a chart too large to draw)."""
+    lines: list[str] = []
+    for timeline in plan_timelines(plan):
+        source = timeline.mermaid
+        if source is None:
+            lines += [
+                f"Timeline of {_md_cell(timeline.stream)} not drawn: {len(timeline.bars)} bars "
+                f"are more than the {TIMELINE_MAX_BARS} a chart can show; the tables below "
+                "list every clip.",
+                "",
+            ]
+        else:
+            lines += ["```mermaid", source, "```", ""]
+    return lines
+
+
 def plan_markdown(plan: Plan, out: TextIO, *, title: str = "reconciler plan") -> None:
-    """A PR comment / $GITHUB_STEP_SUMMARY table per action; long lists collapse."""
-    lines = [f"### {title}", "", f"**{plan.summary()}**", ""]
+    """A PR comment / $GITHUB_STEP_SUMMARY: the summary, a timeline per stream, then a table per
+    action; long lists collapse."""
+    lines = [f"### {title}", "", f"**{plan.summary()}**", "", *timeline_markdown(plan)]
     for action, (_, heading, _) in _PLAN_HEADINGS.items():
         items = plan.of(PlanAction(action))
         if not items:

@@ -5,6 +5,7 @@ escapes outside a terminal (and none with NO_COLOR)."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import re
@@ -16,8 +17,18 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from reconciler.plan import Plan, PlanAction, PlanItem
+from reconciler.report import (
+    TIMELINE_COLLAPSE_UNCHANGED_AFTER,
+    TIMELINE_MAX_BARS,
+    mermaid_text,
+    plan_markdown,
+    plan_timelines,
+)
 from reconciler.state import State, StateEntry, StateStore, TaskStatus
 from reconciler.tasks import load_tasks, request_hash
 
@@ -540,6 +551,153 @@ def test_plan_markdown_short_list_is_not_collapsed(workspace: Path) -> None:
     (block,) = markdown_blocks(result.stdout)
     assert block[1][0] == MARKDOWN_TABLE_HEADER
     assert len(block[1]) == 2 + 7
+
+
+# --- plan --format markdown: the timeline ----------------------------------------------------
+# (tests/test_timeline.py renders these charts in a real browser; these read the source.)
+
+MERMAID_ENTITY = re.compile(r"#(\d+);")
+
+
+def unescape(text: str) -> str:
+    """Mermaid's entity escapes (`#58;`) decoded, as Mermaid decodes them in the SVG."""
+    return MERMAID_ENTITY.sub(lambda match: chr(int(match.group(1))), text)
+
+
+def gantt_charts(markdown: str) -> dict[str, dict[str, list[str]]]:
+    """Every ```mermaid chart by the stream its title names: bar labels per section, with
+    Mermaid's entity escapes decoded."""
+    charts: dict[str, dict[str, list[str]]] = {}
+    for source in re.findall(r"^```mermaid\n(.*?)\n```$", markdown, re.MULTILINE | re.DOTALL):
+        lines = source.splitlines()
+        assert lines[0] == "gantt"
+        sections: dict[str, list[str]] = {}
+        stream = None
+        for line in lines[1:]:
+            assert line.startswith("    "), line
+            if line.startswith("    title "):
+                stream = unescape(line.removeprefix("    title ")).split(", ")[0]
+            elif line.startswith("    section "):
+                section = sections.setdefault(unescape(line.removeprefix("    section ")), [])
+            elif " :" in line:
+                label, _times = line.strip().split(" :")
+                section.append(unescape(label))
+        assert stream is not None and stream not in charts
+        charts[stream] = sections
+    return charts
+
+
+def test_plan_markdown_draws_a_timeline_per_stream(workspace: Path) -> None:
+    result = run(workspace, "plan", "clips/season", "--format", "markdown")
+    assert result.returncode == 0, result.stderr
+    charts = gantt_charts(result.stdout)
+    # One chart per stream with a clip drawn; the replaced task's old stream (match-4-old) and
+    # the orphaned one's (gone) have none: their manifests no longer ask for them.
+    streams = {f"push.example.com/live/match-{n}" for n in range(1, 15)}
+    streams |= {"push.example.com/live/cam|15", "push.example.com/live/final-2099"}
+    assert set(charts) == streams
+    assert charts["push.example.com/live/match-1"] == {"Unchanged": ["clip-01"]}
+    assert charts["push.example.com/live/match-2"] == {"Unchanged": ["clip-02"]}
+    assert charts["push.example.com/live/match-3"] == {"Pending": ["clip-03"]}
+    assert charts["push.example.com/live/match-4"] == {"To submit": ["clip-04"]}
+    assert charts["push.example.com/live/cam|15"] == {"To submit": ["clip-15"]}
+    assert charts["push.example.com/live/final-2099"] == {"Waiting": ["clip-later"]}
+    # The timelines come before the tables, which are as they were.
+    assert result.stdout.index("```mermaid") < result.stdout.index("#### ")
+    assert "```mermaid\ngantt\n    title push.example.com/live/cam#124;15, 2020-03-15 (UTC)\n" in (
+        result.stdout
+    )
+
+
+def test_plan_markdown_timeline_draws_each_segment(tmp_path: Path) -> None:
+    write_manifest(
+        tmp_path / "goal.yaml", "goal", "final", "2020-06-01T19:10:00Z", "2020-06-01T19:11:00Z"
+    )
+    reel = MANIFEST.format(name="reel", event="final", stream="final", start="", end="")
+    segments = "".join(
+        f'    - {{startTime: "2020-06-01T19:{minute}:00Z", endTime: "2020-06-01T19:{minute}:30Z"}}\n'
+        for minute in ("05", "20", "40")
+    )
+    reel = re.sub(r"  recordTimes:\n.*\n.*\n", f"  recordTimes:\n{segments}", reel)
+    (tmp_path / "reel.yaml").write_text(reel, encoding="utf-8")
+    result = run(tmp_path, "plan", ".", "--format", "markdown", "--state", "none.json")
+    assert result.returncode == 0, result.stderr
+    # Each segment is a bar, and the bars are in the order they start.
+    assert gantt_charts(result.stdout) == {
+        "push.example.com/live/final": {"To submit": ["reel 1/3", "goal", "reel 2/3", "reel 3/3"]}
+    }
+
+
+def plan_of(*items: tuple[str, PlanAction, int]) -> Plan:
+    """A Plan of (name, action, stream number) items, each clip five minutes long."""
+
+    def item(n: int, name: str, action: PlanAction, stream: int) -> PlanItem:
+        start = f"2020-05-{1 + n // 24:02d}T{n % 24:02d}:00:00Z"
+        request = {
+            "path": {
+                "publishDomain": "push.example.com",
+                "appName": "live",
+                "streamName": f"s{stream}",
+            },
+            "body": {"recordTimes": [{"startTime": start, "endTime": start[:-6] + "05:00Z"}]},
+        }
+        return PlanItem(action, f"{n:064x}", name, "clips.yaml", request)
+
+    return Plan(
+        items=tuple(item(n, *spec) for n, spec in enumerate(items)),
+        created_at="2020-06-01T00:00:00Z",
+    )
+
+
+def test_plan_markdown_timeline_collapses_more_than_twenty_unchanged() -> None:
+    assert TIMELINE_COLLAPSE_UNCHANGED_AFTER == 20  # the README says so
+    plan = plan_of(
+        *[(f"a-{n}", PlanAction.UNCHANGED, 1) for n in range(20)],
+        *[(f"b-{n}", PlanAction.UNCHANGED, 2) for n in range(21)],
+        *[(f"b-new-{n}", PlanAction.CREATE, 2) for n in range(2)],
+    )
+    first, second = plan_timelines(plan)
+    assert [bar.label for bar in first.bars] == [f"a-{n}" for n in range(20)]
+    assert [(bar.section, bar.label) for bar in second.bars] == [
+        ("To submit", "b-new-0"),
+        ("To submit", "b-new-1"),
+        ("Unchanged", "21 unchanged clips"),
+    ]
+    collapsed = second.bars[-1]
+    # From the first unchanged clip's start to the last one's end.
+    assert (collapsed.start, collapsed.end) == ("2020-05-01T20:00:00Z", "2020-05-02T16:05:00Z")
+
+
+def test_plan_markdown_timeline_too_large_to_draw_is_said() -> None:
+    plan = plan_of(
+        *[(f"a-{n}", PlanAction.CREATE, 1) for n in range(TIMELINE_MAX_BARS + 1)],
+        ("b", PlanAction.CREATE, 2),
+    )
+    out = io.StringIO()
+    plan_markdown(plan, out)
+    assert out.getvalue().count("```mermaid") == 1  # the second stream's
+    assert (
+        f"Timeline of push.example.com/live/s1 not drawn: {TIMELINE_MAX_BARS + 1} bars"
+        in out.getvalue()
+    )
+
+
+@given(st.text(max_size=40))
+@example("gantt-intro")  # valid clip names that begin like a gantt statement, or a date
+@example("Click-here")
+@example("2020-06-01-final")
+@example("a:b#c;d%%e\n")
+def test_mermaid_text_is_plain_and_decodes_back(text: str) -> None:
+    for escaped in (mermaid_text(text), mermaid_text(text, label=False)):
+        # Nothing left that Mermaid's gantt grammar reads: only letters, digits, ` ._/()-`, and
+        # entity escapes, which Mermaid turns back into the characters.
+        plain = MERMAID_ENTITY.sub("", escaped)
+        assert all(ch.isalnum() or ch in " ._/()-" for ch in plain), escaped
+        assert "\n" not in plain and ":" not in plain and ";" not in plain
+        assert unescape(escaped) == text
+    assert not re.match(
+        r"(?i)(gantt|section|title|click|topaxis|\d{4}-\d\d-\d\d)", mermaid_text(text)
+    )
 
 
 # --- state list / show ---------------------------------------------------------------------------

@@ -1,0 +1,326 @@
+"""The plan's timeline as a reader sees it: `reconciler plan --format markdown`'s ```mermaid
+blocks rendered by the real `mermaid` npm package (tests/browser/package-lock.json) in headless
+Chromium (Debian's package), counting the bars of the SVG it draws.
+
+Without Chromium or tests/browser/node_modules this module is skipped, saying what to install;
+with CI set (as in .ci/run, which installs both) it fails instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.report import Timeline, TimelineBar, timeline_gantt
+from reconciler.state import State, StateEntry, StateStore, TaskStatus
+from reconciler.tasks import load_tasks
+from tests.browser.render import Bar, RenderedChart, mermaid_blocks, missing, render
+
+MISSING = missing()
+if MISSING:
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        raise RuntimeError(
+            f"CI is set, so the timeline must be rendered in a real browser, but this machine "
+            f"{MISSING} (.ci/run installs both)"
+        )
+    pytest.skip(f"rendering the timeline {MISSING}", allow_module_level=True)
+
+STAMP = "2020-07-01T10:00:00Z"
+DOCUMENT = """\
+apiVersion: reconciler/v1
+kind: RecordTask
+metadata:
+  name: {name}
+spec:
+  publishDomain: push.example.com
+  appName: live
+  streamName: {stream}
+  recordTimes:
+{times}
+  saveBucket: highlights
+  saveEndpoint: s3.cn-north-1.jdcloud-oss.com
+  recordFileType: mp4
+"""
+
+
+def manifest(name: str, stream: str, *segments: tuple[str, str]) -> str:
+    times = "\n".join(
+        f'    - {{startTime: "{start}", endTime: "{end}"}}' for start, end in segments
+    )
+    return DOCUMENT.format(name=name, stream=json.dumps(stream), times=times)
+
+
+def write_clips(root: Path, documents: Sequence[str]) -> None:
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    (root / "clips" / "timeline.yaml").write_text("---\n".join(documents), encoding="utf-8")
+
+
+def write_state(root: Path, statuses: dict[str, TaskStatus]) -> None:
+    """A state in which each named clip (as the manifests now ask for it) has that status."""
+    loaded = load_tasks([str(root / "clips")])
+    assert loaded.ok, loaded.problems
+    entries = []
+    for task in loaded.tasks:
+        status = statuses.get(task.name)
+        if status is None:
+            continue
+        submitted = status is TaskStatus.SUBMITTED
+        entries.append(
+            StateEntry(
+                task.hash,
+                status,
+                task.name,
+                task.source,
+                task.request,
+                STAMP,
+                "r" * 32 if submitted else None,
+                STAMP if submitted else None,
+            )
+        )
+    assert len(entries) == len(statuses)
+    store = StateStore(root / "reconciler-state.json")
+    with store.lock():
+        store.write(State().with_entries(entries))
+
+
+def plan_markdown(root: Path, *args: str) -> str:
+    """`reconciler plan clips --format markdown` run in `root`, as CI would run it."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("RECONCILER_", "JDCLOUD_"))
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "plan", "clips", "--format", "markdown", *args],
+        cwd=root,
+        env={**env, "PYTHONIOENCODING": "utf-8"},
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def rendered(markdown: str) -> dict[str, RenderedChart]:
+    """Every chart of the plan, rendered, by the stream its title names; none failed."""
+    charts = render(mermaid_blocks(markdown))
+    for chart in charts:
+        assert chart.error is None, chart.error
+    by_stream = {chart.title.split(", ")[0]: chart for chart in charts}
+    assert len(by_stream) == len(charts)
+    return by_stream
+
+
+def kind(bar: Bar) -> str:
+    """The action a bar was drawn as, from mermaid's classes (`done0`, `crit1`, `task0`...)."""
+    tags = {re.sub(r"\d+$", "", cls) for cls in bar.classes} - {"task"}
+    assert len(tags) <= 1, bar
+    return {"done": "unchanged", "active": "waiting", "crit": "pending", "": "create"}[
+        tags.pop() if tags else ""
+    ]
+
+
+def bars_by_kind(chart: RenderedChart) -> dict[str, list[str]]:
+    drawn: dict[str, list[str]] = {}
+    for bar in chart.bars:
+        drawn.setdefault(kind(bar), []).append(bar.label)
+    return drawn
+
+
+# --- a match: to submit, waiting, pending, unchanged ---------------------------------------------
+
+
+def test_one_bar_per_segment_grouped_by_action(tmp_path: Path) -> None:
+    write_clips(
+        tmp_path,
+        [
+            manifest("goal-1", "final", ("2020-06-01T19:11:40Z", "2020-06-01T19:13:10Z")),
+            manifest("goal-2", "final", ("2020-06-01T19:37:30Z", "2020-06-01T19:39:00Z")),
+            manifest("goal-3", "final", ("2020-06-01T20:38:15Z", "2020-06-01T20:40:00Z")),
+            manifest(
+                "reel",
+                "final",
+                ("2020-06-01T19:11:50Z", "2020-06-01T19:12:40Z"),
+                ("2020-06-01T19:37:40Z", "2020-06-01T19:38:30Z"),
+                ("2020-06-01T20:38:25Z", "2020-06-01T20:39:15Z"),
+            ),
+            manifest("trophy", "final", ("2020-06-01T21:04:30Z", "2020-06-01T21:08:00Z")),
+            # Far in the future: the recordings are not complete, whatever today is.
+            manifest("press-home", "press", ("2099-06-01T21:40:00Z", "2099-06-01T21:55:00Z")),
+            manifest(
+                "press-away",
+                "press",
+                ("2099-06-01T22:00:00Z", "2099-06-01T22:05:00Z"),
+                ("2099-06-01T22:10:00Z", "2099-06-01T22:12:30Z"),
+            ),
+        ],
+    )
+    write_state(
+        tmp_path,
+        {
+            "goal-1": TaskStatus.SUBMITTED,
+            "goal-2": TaskStatus.SUBMITTED,
+            "goal-3": TaskStatus.PENDING,
+        },
+    )
+    markdown = plan_markdown(tmp_path)
+    assert "**Plan: 2 to submit, 2 unchanged, 2 waiting, 1 pending.**" in markdown
+    charts = rendered(markdown)
+    assert set(charts) == {"push.example.com/live/final", "push.example.com/live/press"}
+
+    final = charts["push.example.com/live/final"]
+    assert final.title == "push.example.com/live/final, 2020-06-01 (UTC)"
+    assert final.sections == ["To submit", "Pending", "Unchanged"]
+    assert len(final.bars) == 3 + 1 + 1 + 1 + 1  # the reel's three segments, and one per clip
+    assert bars_by_kind(final) == {
+        "create": ["reel 1/3", "reel 2/3", "reel 3/3", "trophy"],
+        "pending": ["goal-3"],
+        "unchanged": ["goal-1", "goal-2"],
+    }
+
+    press = charts["push.example.com/live/press"]
+    assert press.sections == ["Waiting"]
+    assert bars_by_kind(press) == {"waiting": ["press-home", "press-away 1/2", "press-away 2/2"]}
+
+
+def test_settle_makes_recent_clips_wait(tmp_path: Path) -> None:
+    # `--settle` longer than the time since 2020: every clip not in the state waits.
+    write_clips(
+        tmp_path,
+        [
+            manifest("goal-1", "final", ("2020-06-01T19:11:40Z", "2020-06-01T19:13:10Z")),
+            manifest("goal-2", "final", ("2020-06-01T19:37:30Z", "2020-06-01T19:39:00Z")),
+        ],
+    )
+    write_state(tmp_path, {"goal-1": TaskStatus.SUBMITTED})
+    charts = rendered(plan_markdown(tmp_path, "--settle", str(200 * 365 * 86400)))
+    assert bars_by_kind(charts["push.example.com/live/final"]) == {
+        "waiting": ["goal-2"],
+        "unchanged": ["goal-1"],
+    }
+
+
+# --- 100 clips: more than 20 unchanged in a stream are one bar -----------------------------------
+
+
+def season_clip(n: int, stream: str) -> str:
+    start = f"2020-05-{1 + n // 24:02d}T{n % 24:02d}:00:00Z"
+    return manifest(f"{stream}-{n:03d}", stream, (start, start[:-6] + "05:00Z"))
+
+
+def test_hundred_clips_collapse_unchanged_beyond_twenty(tmp_path: Path) -> None:
+    season = [season_clip(n, "season") for n in range(80)]  # 37 unchanged, 43 to submit
+    cup = [season_clip(n, "cup") for n in range(20)]  # 20 unchanged: not collapsed
+    write_clips(tmp_path, season + cup)
+    unchanged = [f"season-{n:03d}" for n in range(10, 47)] + [f"cup-{n:03d}" for n in range(20)]
+    write_state(tmp_path, dict.fromkeys(unchanged, TaskStatus.SUBMITTED))
+    markdown = plan_markdown(tmp_path)
+    assert "**Plan: 43 to submit, 57 unchanged.**" in markdown
+    charts = rendered(markdown)
+
+    season_chart = charts["push.example.com/live/season"]
+    assert len(season_chart.bars) == 43 + 1
+    assert bars_by_kind(season_chart)["unchanged"] == ["37 unchanged clips"]
+    assert len(bars_by_kind(season_chart)["create"]) == 43
+    assert season_chart.title == "push.example.com/live/season, 2020-05-01 to 2020-05-04 (UTC)"
+
+    cup_chart = charts["push.example.com/live/cup"]
+    assert bars_by_kind(cup_chart) == {"unchanged": [f"cup-{n:03d}" for n in range(20)]}
+
+
+# --- names that are Mermaid syntax ---------------------------------------------------------------
+
+# Valid clip names that begin like a statement of Mermaid's gantt grammar, or like a date.
+STATEMENT_NAMES = [
+    "gantt",
+    "gantt-intro",
+    "topaxis",
+    "click-bait",
+    "call-back",
+    "section-7",
+    "title",
+    "accdescr",
+    "acctitle",
+    "includes",
+    "excludes-b",
+    "todaymarker",
+    "weekend-friday",
+    "dateformat",
+    "axisformat",
+    "tickinterval",
+    "inclusiveenddates",
+    "2020-06-01-final",
+]
+# A stream name may hold any of these (no `/ ? # %`, no spaces): each is Mermaid syntax.
+NASTY_STREAM = "cam:1;x\"y<b>&amp;z'{}|[]=+*~!@$^`,"
+
+
+def test_names_that_are_mermaid_syntax_render_as_written(tmp_path: Path) -> None:
+    write_clips(
+        tmp_path,
+        [
+            manifest(
+                name, NASTY_STREAM, (f"2020-06-01T19:{n:02d}:00Z", f"2020-06-01T19:{n:02d}:30Z")
+            )
+            for n, name in enumerate(STATEMENT_NAMES)
+        ],
+    )
+    (chart,) = rendered(plan_markdown(tmp_path)).values()
+    assert chart.title == f"push.example.com/live/{NASTY_STREAM}, 2020-06-01 (UTC)"
+    assert [bar.label for bar in chart.bars] == STATEMENT_NAMES
+
+
+# Labels no manifest name can hold, for timeline_gantt itself: every character Mermaid reads
+# as syntax, its own entity escapes and their placeholders, markup, and other scripts.
+NASTY_LABELS = [
+    "a:b",
+    "x#y",
+    "p;q",
+    "%% comment",
+    "%%{init: {'theme': 'dark'}}%%",
+    "#35; literal",
+    "ﬂ°°58¶ß placeholder",
+    "<script>alert(1)</script>",
+    "&amp; &lt;",
+    "```",
+    "after goal-1",
+    "crit, done",
+    "進球 1",
+    "tab\there",
+]
+
+
+def test_any_label_renders_as_written() -> None:
+    bars = tuple(
+        TimelineBar("To submit", label, f"2020-06-01T19:{n:02d}:00Z", f"2020-06-01T19:{n:02d}:30Z")
+        for n, label in enumerate(NASTY_LABELS)
+    )
+    source = timeline_gantt(Timeline("push.example.com/live/final", bars))
+    (chart,) = render([source])
+    assert chart.error is None, chart.error
+    assert len(chart.bars) == len(NASTY_LABELS)
+    shown = [re.sub(r"\s+", " ", bar.label) for bar in chart.bars]
+    assert shown == [re.sub(r"\s+", " ", label) for label in NASTY_LABELS]
+
+
+def test_the_renderer_sees_what_mermaid_gets_wrong() -> None:
+    # The check itself: an unescaped name that is a statement is an error or a wrong chart.
+    broken: dict[str, Any] = {
+        "unescaped statement": "gantt\n    section S\n    gantt-intro :2020-06-01 19:00:00, 2020-06-01 19:01:00",
+        "unescaped colon": "gantt\n    dateFormat YYYY-MM-DD HH:mm:ss\n    section S\n    a:b :2020-06-01 19:00:00, 2020-06-01 19:01:00",
+    }
+    charts = dict(zip(broken, render(list(broken.values())), strict=True))
+    assert charts["unescaped statement"].error
+    colon = charts["unescaped colon"]
+    assert colon.error or [bar.label for bar in colon.bars] != ["a:b"]

@@ -3,7 +3,7 @@
 Used by tests/test_timeline.py (the SVG's bars and labels) and to make docs/timeline.png:
 
     reconciler plan examples/ --format markdown > plan.md
-    python tests/browser/render.py plan.md docs/timeline.png [--chart N] [--width PX]
+    python tests/browser/render.py plan.md docs/timeline.png [--chart N] [--width PX] [--scale 2]
 
 Chromium opens tests/browser/render.html from disk with the sources in its URL fragment; every
 host name resolves to nothing, so the page loads nothing but its own files.
@@ -185,14 +185,16 @@ def render(sources: Sequence[str], *, width: int = 1200) -> list[RenderedChart]:
     return _read(sources, width).result()
 
 
-def screenshot(source: str, png: Path, *, width: int = 1000) -> None:
-    """A PNG of one rendered chart, the page's width and exactly as tall as it is."""
+def screenshot(source: str, png: Path, *, width: int = 1000, scale: float = 1) -> None:
+    """A PNG of one rendered chart, the page's width and exactly as tall as it is (times
+    `scale` pixels per CSS pixel: 2 stays sharp on a high-density screen)."""
     reader = _read([source], width)
     (chart,) = reader.result()
     if chart.error:
         raise RuntimeError(f"mermaid could not render the chart: {chart.error}")
     size = f"--window-size={width},{max(reader.height, 100)}"
-    _run_chromium([source], size, f"--screenshot={png.resolve()}")
+    scaled = f"--force-device-scale-factor={scale}"
+    _run_chromium([source], size, scaled, f"--screenshot={png.resolve()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,13 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("markdown", type=Path, help="`reconciler plan --format markdown` output")
     parser.add_argument("png", type=Path)
     parser.add_argument("--chart", type=int, default=1, help="which mermaid block, from 1")
-    parser.add_argument("--width", type=int, default=1000)
+    parser.add_argument("--width", type=int, default=1000, help="in CSS pixels")
+    parser.add_argument("--scale", type=float, default=1, help="device pixels per CSS pixel")
     options = parser.parse_args(argv)
     blocks = mermaid_blocks(options.markdown.read_text(encoding="utf-8"))
     if not 1 <= options.chart <= len(blocks):
         print(f"{options.markdown} has {len(blocks)} mermaid blocks", file=sys.stderr)
         return 1
-    screenshot(blocks[options.chart - 1], options.png, width=options.width)
+    screenshot(blocks[options.chart - 1], options.png, width=options.width, scale=options.scale)
     print(f"wrote {options.png}")
     return 0
 

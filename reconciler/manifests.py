@@ -39,6 +39,13 @@ MAX_FILE_BYTES = 5 * 1024 * 1024
 # has about 30 values and is 4 levels deep.
 MAX_VALUES_PER_DOCUMENT = 10_000
 MAX_DEPTH = 32
+# A RecordTaskSet writes many clips in one document (about 15 values each): 10,000 clips fit, and
+# the 5 MiB file limit binds first. It gets the larger budget once its `kind` has been read; what
+# aliases repeat keeps the small one, so an alias bomb costs no more inside a set.
+MAX_VALUES_PER_SET = 500_000
+SET_KIND = "RecordTaskSet"
+# What a clip of a set writes besides spec fields: the rest of a clip entry is merged into spec.
+CLIP_OWN_KEYS = ("name", "labels")
 
 DocPath = tuple[str | int, ...]
 
@@ -107,21 +114,30 @@ WITH_LIBYAML = _Parser is not None
 
 @dataclass(frozen=True)
 class Manifest:
-    """One YAML document: its value, and where in the file each value and key starts."""
+    """One YAML document: its value, and where in the file each value and key starts.
+
+    A clip of a RecordTaskSet is a Manifest too: its `doc` is the RecordTask the set stands for
+    (template and clip merged), and `clip` says where each of its values is written in the set.
+    """
 
     doc: Any
     location: Location
     index: int = 0
     values: Mapping[DocPath, tuple[int, int]] = field(default_factory=dict, repr=False)
     keys: Mapping[DocPath, tuple[int, int]] = field(default_factory=dict, repr=False)
+    clip: Clip | None = field(default=None, repr=False)
 
     @property
     def file(self) -> str:
         return self.location.file
 
+    def written(self, path: DocPath) -> DocPath:
+        """The path in the file's document of the value at `path` (a clip's: in its set)."""
+        return path if self.clip is None else self.clip.written(path)
+
     def where(self, path: DocPath, *, key: bool = False) -> Location:
         """Where the value at `path` starts (its key, with key=True), or its nearest ancestor."""
-        probe = tuple(path)
+        probe = self.written(path)
         while probe:
             spot = (self.keys if key else self.values).get(probe) or self.values.get(probe)
             if spot is not None:
@@ -130,7 +146,104 @@ class Manifest:
         return self.location
 
     def problem(self, path: DocPath, message: str, *, key: bool = False) -> Problem:
-        return Problem(self.where(path, key=key), field_path(path), message)
+        return Problem(self.where(path, key=key), field_path(self.written(path)), message)
+
+
+@dataclass(frozen=True, eq=False)
+class ClipSet:
+    """A RecordTaskSet as written, shared by the clips expanded from it."""
+
+    manifest: Manifest
+    template: frozenset[str]  # the spec fields the template writes
+
+
+@dataclass(frozen=True, slots=True)
+class Clip:
+    """Where one clip of a set writes each value of the RecordTask it stands for."""
+
+    set: ClipSet
+    index: int  # in spec.clips
+    name: str | None  # as the clip writes it (the task is named <set>-<clip>)
+    fields: frozenset[str]  # the spec fields the clip writes itself
+    labels: frozenset[str]  # the label keys the clip writes itself
+
+    @property
+    def entry(self) -> DocPath:
+        return ("spec", "clips", self.index)
+
+    @property
+    def title(self) -> str:
+        """How messages name the clip: its name, or its entry when it has none."""
+        return self.name if self.name is not None else f"spec.clips[{self.index}]"
+
+    def written(self, path: DocPath) -> DocPath:
+        """Where the merged RecordTask's value at `path` is written in the set's document: the
+        clip's entry, the template, or the set's metadata. A value neither writes (a missing
+        field) is the clip's to write."""
+        head, rest = path[:1], path[1:]
+        if head == ("spec",) and rest:
+            if rest[0] in self.fields or rest[0] not in self.set.template:
+                return (*self.entry, *rest)
+            return ("spec", "template", *rest)
+        if head == ("metadata",) and rest[:1] == ("name",):
+            return (*self.entry, "name", *rest[1:])
+        if head == ("metadata",) and rest[:1] == ("labels",):
+            if rest[1:2] and rest[1] in self.labels:
+                return (*self.entry, *rest)
+            return path
+        if head in (("spec",), ()):
+            return self.entry
+        return path  # apiVersion, kind and the rest of metadata: the set's own
+
+
+def expand_set(manifest: Manifest) -> list[Manifest]:
+    """A RecordTaskSet's clips, each as the RecordTask manifest it stands for: the set's labels
+    then the clip's, the template's spec fields then the clip's, named `<set>-<clip>`.
+
+    Nothing is checked here (schema.py checks the set as written and every merged clip). A set
+    whose clips cannot be read (a template that is no mapping, clips that are no list, no clip
+    that is a mapping) stays as written, for the checks to explain.
+    """
+    doc = manifest.doc
+    spec = doc.get("spec")
+    template = spec.get("template") if isinstance(spec, dict) else None
+    clips = spec.get("clips") if isinstance(spec, dict) else None
+    if not isinstance(template, dict) or not isinstance(clips, list):
+        return [manifest]
+    metadata = doc.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    set_name = metadata.get("name")
+    set_labels = metadata.get("labels")
+    shared = ClipSet(manifest, frozenset(template))
+    expanded = []
+    for index, clip in enumerate(clips):
+        if not isinstance(clip, dict):
+            continue
+        name = clip.get("name")
+        own = {key: value for key, value in clip.items() if key not in CLIP_OWN_KEYS}
+        labels = clip.get("labels")
+        clip_metadata: dict[str, Any] = {}
+        if isinstance(set_name, str) and isinstance(name, str):
+            clip_metadata["name"] = f"{set_name}-{name}"
+        if "labels" in metadata or "labels" in clip:
+            clip_metadata["labels"] = {
+                **(set_labels if isinstance(set_labels, dict) else {}),
+                **(labels if isinstance(labels, dict) else {}),
+            }
+        merged = {key: doc[key] for key in ("apiVersion",) if key in doc}
+        merged.update(kind="RecordTask", metadata=clip_metadata, spec={**template, **own})
+        origin = Clip(
+            shared,
+            index,
+            name if isinstance(name, str) else None,
+            frozenset(own),
+            frozenset(labels) if isinstance(labels, dict) else frozenset(),
+        )
+        location = manifest.where(origin.entry)
+        expanded.append(
+            Manifest(merged, location, manifest.index, manifest.values, manifest.keys, origin)
+        )
+    return expanded or [manifest]
 
 
 @dataclass(frozen=True)
@@ -582,7 +695,9 @@ def parse_text(path: str, text: str) -> FileResult:
                 while not parser.check_event(DocumentEndEvent):
                     parser.get_event()  # skip the rest of this document, then read the next
             parser.get_event()  # DocumentEnd
-            if manifest is not None:
+            if manifest is not None and manifest.doc.get("kind") == SET_KIND:
+                manifests.extend(expand_set(manifest))
+            elif manifest is not None:
                 manifests.append(manifest)
             index += 1
     except yaml.reader.ReaderError as exc:
@@ -661,6 +776,8 @@ class _Builder:
         self.keys: dict[DocPath, tuple[int, int]] = {}
         self.anchors: dict[str, tuple[Any, int]] = {}  # name -> (value, how many values)
         self.count = 0
+        self.repeated = 0  # of `count`, the values aliases repeated
+        self.budget = MAX_VALUES_PER_DOCUMENT
 
     def document(self, path: str, index: int) -> Manifest | None:
         start = self.parser.peek_event()
@@ -679,17 +796,28 @@ class _Builder:
             )
         return Manifest(doc, Location(path, line, column), index, self.values, self.keys)
 
-    def _spend(self, amount: int, line: int, column: int, path: DocPath) -> None:
+    def _spend(
+        self, amount: int, line: int, column: int, path: DocPath, *, repeated: bool = False
+    ) -> None:
         self.count += amount
-        if self.count > MAX_VALUES_PER_DOCUMENT:
-            raise _DocumentError(
-                line,
-                column,
-                (),
-                f"document holds more than {MAX_VALUES_PER_DOCUMENT} values (counting what "
-                "aliases repeat); a manifest has about 30: refused",
-                fatal=True,
-            )
+        self.repeated += amount if repeated else 0
+        if self.count > self.budget or self.repeated > MAX_VALUES_PER_DOCUMENT:
+            if self.budget == MAX_VALUES_PER_SET and self.repeated <= MAX_VALUES_PER_DOCUMENT:
+                message = (
+                    f"RecordTaskSet holds more than {MAX_VALUES_PER_SET} values; split its "
+                    "clips into several sets: refused"
+                )
+            else:
+                message = (
+                    f"document holds more than {MAX_VALUES_PER_DOCUMENT} values (counting what "
+                    "aliases repeat); a manifest has about 30: refused"
+                )
+                if not self.repeated:
+                    message += (
+                        f" (a {SET_KIND} may hold up to {MAX_VALUES_PER_SET} when its "
+                        "`kind` is written before its clips)"
+                    )
+            raise _DocumentError(line, column, (), message, fatal=True)
 
     def value(self, path: DocPath, depth: int) -> Any:
         event = self.parser.get_event()
@@ -712,7 +840,7 @@ class _Builder:
                     f"alias *{event.anchor} refers to a value that contains it (a loop); refused",
                 )
             value, size = self.anchors[event.anchor]
-            self._spend(size, line, column, path)
+            self._spend(size, line, column, path, repeated=True)
             return copy.deepcopy(value) if size > 1 else value
         before = self.count
         self._spend(1, line, column, path)
@@ -768,6 +896,8 @@ class _Builder:
             first_seen[key] = line
             self.keys[(*path, key)] = (line, column)
             result[key] = self.value((*path, key), depth + 1)
+            if not path and key == "kind" and result[key] == SET_KIND:
+                self.budget = MAX_VALUES_PER_SET
         self.parser.get_event()
         return result
 

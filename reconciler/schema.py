@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -17,8 +19,8 @@ import regress
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.protocols import Validator
 
-from reconciler.manifests import DocPath, Manifest
-from reconciler.problems import Problem, field_path
+from reconciler.manifests import ClipSet, DocPath, Manifest, expand_set
+from reconciler.problems import Location, Problem, field_path
 
 SCHEMA_RESOURCE = "schemas/record-task.schema.json"
 # Matched with fullmatch: `$` in a Python pattern also matches before a final newline.
@@ -247,6 +249,73 @@ def _placeholders(
         )
 
 
+class _SeeAlso(ValidationError):
+    """An error about one value that names another (its first use): `{at}` in the message
+    becomes where that other value is written."""
+
+    def __init__(self, message: str, *, path: DocPath, other: DocPath) -> None:
+        super().__init__(message, path=path)
+        self.depth = len(path)
+        self.other = other  # relative to the same instance as `path`
+
+
+def _unique_clip_names(
+    validator: Validator, enabled: bool, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not (enabled and isinstance(instance, list)):
+        return
+    first: dict[str, int] = {}
+    for index, clip in enumerate(instance):
+        name = clip.get("name") if isinstance(clip, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            yield _SeeAlso(
+                f"clip name '{name}' is already used in this set at {{at}}; clip names must be "
+                "unique within a set",
+                path=(index, "name"),
+                other=(first[name], "name"),
+            )
+        else:
+            first[name] = index
+
+
+def _full_names(
+    validator: Validator, rules: Mapping[str, int], instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    """Each clip is named <set>-<clip>; that name obeys the length rule of every name."""
+    if not isinstance(instance, dict):
+        return
+    metadata, spec = instance.get("metadata"), instance.get("spec")
+    set_name = metadata.get("name") if isinstance(metadata, dict) else None
+    clips = spec.get("clips") if isinstance(spec, dict) else None
+    maximum = rules["maxLength"]
+    if not (isinstance(set_name, str) and isinstance(clips, list)) or len(set_name) > maximum:
+        return  # the name rule itself reports a set name that is too long
+    named = [
+        (index, clip["name"])
+        for index, clip in enumerate(clips)
+        if isinstance(clip, dict) and isinstance(clip.get("name"), str)
+    ]
+    full_names = [(index, f"{set_name}-{name}") for index, name in named]
+    too_long = [(index, full) for index, full in full_names if len(full) > maximum]
+    if len(named) > 1 and len(too_long) == len(named):
+        longest = max((full for _, full in too_long), key=len)
+        yield ValidationError(
+            f"with this name ({len(set_name)} characters) every clip's full name "
+            f"<set>-<clip> is over {maximum} characters (the longest: '{longest}', "
+            f"{len(longest)}); shorten the set's name",
+            path=("metadata", "name"),
+        )
+        return
+    for index, full in too_long:
+        yield ValidationError(
+            f"the clip's full name '{full}' is {len(full)} characters long; at most {maximum} "
+            "allowed (the set's name, '-', the clip's name)",
+            path=("spec", "clips", index, "name"),
+        )
+
+
 # --- standard keywords, re-stated so each error names the field it is about ----------------
 
 _STANDARD = Draft202012Validator.VALIDATORS
@@ -288,6 +357,8 @@ RecordTaskValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-c
         "x-reconciler-segments": _segments,
         "x-reconciler-uniqueFileTypes": _unique_file_types,
         "x-reconciler-placeholders": _placeholders,
+        "x-reconciler-uniqueClipNames": _unique_clip_names,
+        "x-reconciler-fullNames": _full_names,
     },
 )
 
@@ -298,6 +369,19 @@ def _validator() -> Validator:
     # The schema file is checked against the Draft 2020-12 meta-schema by the tests, not on
     # every start. Resolving `$ref`s on every validation is a third of its cost; the schema's
     # references are local and not recursive, so they are resolved once here.
+    return RecordTaskValidator(_inline_refs(schema, schema))  # type: ignore[no-any-return]
+
+
+@cache
+def _set_validator() -> Validator:
+    """The schema with a clip's spec fields left open: a set's clips are checked merged with
+    the template, as RecordTasks (so each problem is found once, and named for its clips)."""
+    schema = copy.deepcopy(load_schema())
+    fields = schema["$defs"]["spec"]["properties"]
+    clip = schema["$defs"]["clip"]
+    clip["properties"] = {
+        name: True if name in fields else rule for name, rule in clip["properties"].items()
+    }
     return RecordTaskValidator(_inline_refs(schema, schema))  # type: ignore[no-any-return]
 
 
@@ -395,11 +479,20 @@ def _errors(doc: Any) -> list[ValidationError]:
     return list(_validator().iter_errors(doc))
 
 
-def check_manifest(manifest: Manifest) -> list[Problem]:
-    """Every rule the manifest breaks, each with its position and field path (empty when valid)."""
-    problems = []
-    for error in _errors(manifest.doc):
+@dataclass(frozen=True, slots=True)
+class _Finding:
+    path: DocPath  # in the manifest's doc
+    message: str
+    key: bool  # point at the key (a whole mapping or list, a missing or unknown field)
+    keyword: str
+
+
+def _findings(manifest: Manifest, validator: Validator) -> Iterator[_Finding]:
+    for error in validator.iter_errors(manifest.doc):
         path, message = _describe(error)
+        if isinstance(error, _SeeAlso):
+            other = (*path[: len(path) - error.depth], *error.other)
+            message = message.replace("{at}", str(manifest.where(other)))
         # Point at the key when the error is about a key or a whole mapping or list (or a field
         # that is missing); at the value itself when a scalar is wrong.
         target = _lookup(manifest.doc, path)
@@ -409,8 +502,191 @@ def check_manifest(manifest: Manifest) -> list[Problem]:
             or target is _MISSING
             or isinstance(target, dict | list)
         )
-        problems.append(manifest.problem(path, message, key=about_key))
-    return sorted(problems)
+        yield _Finding(path, message, about_key, str(error.validator))
+
+
+def check_manifest(manifest: Manifest) -> list[Problem]:
+    """Every rule the manifest breaks, each with its position and field path (empty when valid).
+
+    A clip of a RecordTaskSet is checked with its whole set (whether the template's values are
+    used depends on the other clips): check_manifests checks a file's clips at once.
+    """
+    if manifest.clip is not None:
+        siblings = expand_set(manifest.clip.set.manifest)
+        verdicts = check_manifests(siblings)
+        index = manifest.clip.index
+        return next(
+            list(found)
+            for clip, found in zip(siblings, verdicts.per_manifest, strict=True)
+            if clip.clip is not None and clip.clip.index == index
+        )
+    found = _findings(manifest, _validator())
+    return sorted(manifest.problem(item.path, item.message, key=item.key) for item in found)
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """What check_manifests found: every problem once, and each manifest's own problems."""
+
+    problems: list[Problem]
+    per_manifest: list[tuple[Problem, ...]]  # in the order the manifests were given
+
+
+def check_manifests(manifests: Sequence[Manifest]) -> Verdicts:
+    """Check manifests as one file gives them; the clips of a set are checked together, so a
+    problem of the template is reported once, naming the clips it affects."""
+    problems: list[Problem] = []
+    per_manifest: list[tuple[Problem, ...]] = []
+    start = 0
+    while start < len(manifests):
+        first = manifests[start]
+        end = start + 1
+        if first.clip is None:
+            own = tuple(check_manifest(first))
+            problems.extend(own)
+            per_manifest.append(own)
+        else:
+            while end < len(manifests) and _same_set(manifests[end], first.clip.set):
+                end += 1
+            found, each = _check_clips(manifests[start:end], first.clip.set)
+            problems.extend(found)
+            per_manifest.extend(each)
+        start = end
+    return Verdicts(problems, per_manifest)
+
+
+def _same_set(manifest: Manifest, clip_set: ClipSet) -> bool:
+    return manifest.clip is not None and manifest.clip.set is clip_set
+
+
+# How many clip names one problem lists before it says how many more.
+_NAMES_SHOWN = 10
+
+
+class _Affected:
+    """One problem found in a set, and the clips it affects (each once, in order)."""
+
+    __slots__ = ("clips", "final", "location", "message", "path")
+
+    def __init__(self, path: DocPath, location: Location, message: str, *, final: bool = False):
+        self.path, self.location, self.message, self.final = path, location, message, final
+        self.clips: dict[int, Manifest] = {}
+
+    def add(self, clip: Manifest) -> None:
+        assert clip.clip is not None
+        self.clips.setdefault(clip.clip.index, clip)
+
+    def text(self, total: int) -> str:
+        """The message; a template's value names the clips it affects (or says none uses it)."""
+        if self.final or self.path[:2] != ("spec", "template") or len(self.path) < 3:
+            return self.message
+        if not self.clips:
+            return f"{self.message} (no clip uses it: each sets its own)"
+        titles = [clip.clip.title for clip in self.clips.values() if clip.clip is not None]
+        return f"{self.message} ({_affects(titles, total)})"
+
+
+def _affects(titles: list[str], total: int) -> str:
+    shown = titles[:_NAMES_SHOWN]
+    if len(titles) > len(shown):
+        listed = f"{', '.join(shown)} and {len(titles) - len(shown)} more"
+    elif len(shown) > 1:
+        listed = f"{', '.join(shown[:-1])} and {shown[-1]}"
+    else:
+        listed = shown[0]
+    if len(titles) == total == 2:
+        return f"affects both clips: {listed}"
+    if len(titles) == total > 2:
+        return f"affects all {total} clips: {listed}"
+    return f"affects clip{'s' if len(titles) > 1 else ''} {listed}"
+
+
+def _entry_of(path: DocPath) -> int | None:
+    """The clip entry a path in a set's document is inside, if any."""
+    if len(path) >= 3 and path[:2] == ("spec", "clips") and isinstance(path[2], int):
+        return path[2]
+    return None
+
+
+def _check_clips(
+    clips: Sequence[Manifest], clip_set: ClipSet
+) -> tuple[list[Problem], list[tuple[Problem, ...]]]:
+    """The problems of one set's clips: the set as written, then every clip merged with the
+    template and checked as the RecordTask it stands for (so every rule holds for every clip).
+
+    A problem is reported where the offending value is written: in a clip's entry, or in the
+    template, once, naming the clips that use the value. A field neither writes is missing
+    from the clip (or from the template, when no clip writes it).
+    """
+    written = clip_set.manifest
+    found: dict[tuple[DocPath, str], _Affected] = {}
+    at_path: dict[DocPath, list[_Affected]] = {}
+    for item in _findings(written, _set_validator()):
+        if (item.path, item.message) not in found:
+            location = written.where(item.path, key=item.key)
+            affected = found[(item.path, item.message)] = _Affected(
+                item.path, location, item.message
+            )
+            at_path.setdefault(item.path, []).append(affected)
+
+    missing: dict[str, list[Manifest]] = {}
+    for clip in clips:
+        for item in _findings(clip, _validator()):
+            if item.path[:2] == ("metadata", "name"):
+                continue  # the set's name, the clip's and their length are checked as written
+            if item.keyword == "required" and len(item.path) == 2 and item.path[0] == "spec":
+                missing.setdefault(str(item.path[1]), []).append(clip)
+                continue
+            source = clip.written(item.path)
+            same = at_path.get(source)
+            if same is None:  # a rule only the merged clip breaks
+                known = found.get((source, item.message))
+                if known is None:
+                    location = clip.where(item.path, key=item.key)
+                    known = found[(source, item.message)] = _Affected(
+                        source, location, item.message
+                    )
+                same = [known]
+            for affected in same:
+                affected.add(clip)
+
+    for name, lacking in missing.items():
+        if len(lacking) == len(clips) > 1:
+            path: DocPath = ("spec", "template", name)
+            affected = _Affected(
+                path,
+                written.where(path, key=True),
+                "required field is missing: neither the template nor any clip sets it",
+                final=True,
+            )
+            found[(path, affected.message)] = affected
+            for clip in lacking:
+                affected.add(clip)
+            continue
+        for clip in lacking:
+            path = clip.written(("spec", name))
+            message = "required field is missing (neither this clip nor the template sets it)"
+            affected = found[(path, message)] = _Affected(
+                path, clip.where(("spec", name), key=True), message
+            )
+            affected.add(clip)
+
+    positions = {clip.clip.index: at for at, clip in enumerate(clips) if clip.clip is not None}
+    problems: list[Problem] = []
+    own: list[list[Problem]] = [[] for _ in clips]
+    for affected in found.values():
+        problem = Problem(affected.location, field_path(affected.path), affected.text(len(clips)))
+        problems.append(problem)
+        entry = _entry_of(affected.path)
+        if entry is not None:
+            targets = [positions[entry]] if entry in positions else []
+        elif affected.clips:
+            targets = [positions[index] for index in affected.clips]
+        else:  # the set's own part (its name, labels, a template value no clip uses)
+            targets = list(range(len(clips)))
+        for target in targets:
+            own[target].append(problem)
+    return problems, [tuple(sorted(each)) for each in own]
 
 
 def check_spec(spec: Any) -> list[tuple[str, str]]:

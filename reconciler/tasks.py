@@ -11,8 +11,8 @@ from typing import Any
 
 from reconciler.collector import collector_paused
 from reconciler.manifests import Ignored, Manifest, find_manifests, iter_found
-from reconciler.problems import Location, Problem
-from reconciler.schema import check_manifest, parse_record_time
+from reconciler.problems import Location, Problem, field_path
+from reconciler.schema import check_manifests, parse_record_time
 
 PATH_FIELDS = ("publishDomain", "appName", "streamName")
 BODY_FIELDS = (
@@ -100,7 +100,7 @@ class Task:
 def task_from_manifest(
     manifest: Manifest, known: Mapping[str, Mapping[str, Any]] | None = None
 ) -> Task:
-    """The Task of a manifest that passed check_manifest.
+    """The Task of a manifest that passed check_manifest (a set's clip: the RecordTask it is).
 
     `known` maps hashes to requests already in memory (the state's): an equal hash means an
     equal request, so the task shares that object instead of keeping a copy.
@@ -172,23 +172,32 @@ def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | N
     results: list[ManifestResult] = []
     files = 0
     unread: set[str] = set()
+    # Where each task's name and request are written, for the set-level problems below: a
+    # clip of a set writes them in its entry of the set (spec.clips[N]), not at metadata.name.
+    fields: dict[Location, tuple[str, str]] = {}
     walked = find_manifests(paths)
     for loaded in iter_found(walked):
         files += loaded.read
         if not loaded.read:
             unread.add(loaded.file)
         problems.extend(loaded.problems)
-        for manifest in loaded.manifests:
-            found = check_manifest(manifest)
+        # One file at a time: a set's clips are checked together (see check_manifests).
+        verdicts = check_manifests(loaded.manifests)
+        problems.extend(verdicts.problems)
+        for manifest, found in zip(loaded.manifests, verdicts.per_manifest, strict=True):
             task = None if found else task_from_manifest(manifest, known)
             if task is not None:
                 tasks.append(task)
-            problems.extend(found)
+                if manifest.clip is not None:
+                    fields[task.location] = (
+                        field_path(manifest.written(("metadata", "name"))),
+                        field_path(manifest.written(("spec",))),
+                    )
             name = _name_of(manifest.doc)
             results.append(
                 ManifestResult(manifest.location, name, task.hash if task else None, tuple(found))
             )
-    duplicates = find_duplicates(tasks)
+    duplicates = find_duplicates(tasks, fields)
     if duplicates:
         extra: dict[Location, list[Problem]] = {}
         for task, problem in duplicates:
@@ -211,27 +220,32 @@ def _name_of(doc: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def find_duplicates(tasks: Sequence[Task]) -> list[tuple[Task, Problem]]:
+def find_duplicates(
+    tasks: Sequence[Task], fields: Mapping[Location, tuple[str, str]] | None = None
+) -> list[tuple[Task, Problem]]:
     """Names are unique in a manifest set, and so is content: a second copy would never be sent.
 
-    Each problem is reported on the later manifest and names the earlier one.
+    Each problem is reported on the later manifest and names the earlier one. `fields` gives,
+    by task location, the field paths of the name and the request where they are not
+    `metadata.name` and `spec` (a clip of a set).
     """
     found: list[tuple[Task, Problem]] = []
     by_name: dict[str, Task] = {}
     by_hash: dict[str, Task] = {}
     for task in tasks:
+        name_field, spec_field = (fields or {}).get(task.location, ("metadata.name", "spec"))
         first = by_name.setdefault(task.name, task)
         if first is not task:
             message = (
                 f"name '{task.name}' is already used at {first.name_location}; "
                 "names must be unique across all manifests"
             )
-            found.append((task, Problem(task.name_location, "metadata.name", message)))
+            found.append((task, Problem(task.name_location, name_field, message)))
         twin = by_hash.setdefault(task.hash, task)
         if twin is not task:
             message = (
                 f"same request as '{twin.name}' at {twin.location} (task {task.short_hash}); "
                 "the second copy would never be sent: remove one, or change what it asks for"
             )
-            found.append((task, Problem(task.location, "spec", message)))
+            found.append((task, Problem(task.location, spec_field, message)))
     return found

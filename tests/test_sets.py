@@ -532,13 +532,12 @@ def test_the_schema_offers_both_kinds_and_keeps_ecma_patterns() -> None:
 # --- the bench's corpora: one set, and the same tasks as single files ----------------------------
 
 
-def test_the_bench_set_corpus_is_its_single_corpus(tmp_path: Path) -> None:
-    import importlib.util
+def test_the_bench_set_corpus_is_its_single_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as bench/run.py imports its modules
+    import sets_corpus as corpus
 
-    spec = importlib.util.spec_from_file_location("sets_corpus", ROOT / "bench" / "sets_corpus.py")
-    assert spec is not None and spec.loader is not None
-    corpus = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(corpus)
     set_file = corpus.write_set_corpus(tmp_path / "set", clips=60)
     singles = corpus.write_single_corpus(tmp_path / "single", clips=60)
     assert len(singles) == 60 and [p.name for p in (tmp_path / "set").iterdir()] == [set_file.name]

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SETS = Path(__file__).parent / "fixtures" / "sets"
 BAD = SETS / "bad"
 SCHEMA = ROOT / "schemas" / "record-task.schema.json"
+CUP_FINAL = ROOT / "examples" / "cup-final"
+SINGLES = SETS / "cup-final-singles"  # the cup final's clips as they were before the set
 
 
 def run(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -487,7 +489,9 @@ def check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
     return run(ROOT, "check_jsonschema", "--color", "never", "--schemafile", SCHEMA, path)
 
 
-@pytest.mark.parametrize("path", [SETS / "valid" / "design-example.yaml"], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [CUP_FINAL / "clips.yaml", SETS / "valid" / "design-example.yaml"], ids=lambda p: p.name
+)
 def test_check_jsonschema_accepts_a_valid_set(path: Path) -> None:
     result = check_jsonschema(path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -527,6 +531,42 @@ def test_the_schema_offers_both_kinds_and_keeps_ecma_patterns() -> None:
         "labels": schema["$defs"]["clip"]["properties"]["labels"],
         **spec,
     }
+
+
+# --- the examples: the cup final as one set keeps every hash --------------------------------------
+
+
+def test_the_cup_final_set_is_the_clips_it_replaced() -> None:
+    converted = load_tasks([str(CUP_FINAL / "clips.yaml")])
+    before = load_tasks([str(SINGLES)])
+    assert converted.ok and before.ok, converted.problems + before.problems
+    assert by_name(converted) == by_name(before)
+    assert len(converted.tasks) == 5
+
+
+@pytest.mark.e2e
+def test_a_second_sandbox_apply_after_the_conversion_sends_nothing(tmp_path: Path) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for path in [*SINGLES.glob("*.yaml"), CUP_FINAL / "press-conference.yaml"]:
+        shutil.copy(path, clips)
+    first = reconciler(tmp_path, "apply", "clips", "--sandbox")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "SANDBOX apply complete: 7 submitted." in first.stdout
+    state = tmp_path / "reconciler-state.sandbox.json"
+    request_ids = {
+        e["name"]: e["requestId"] for e in json.loads(state.read_text())["tasks"].values()
+    }
+
+    shutil.rmtree(clips)
+    shutil.copytree(CUP_FINAL, clips)
+    second = reconciler(tmp_path, "apply", "clips", "--sandbox")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "SANDBOX apply complete: 0 submitted, 7 unchanged." in second.stdout
+    after = json.loads(state.read_text())["tasks"].values()
+    assert {e["name"]: e["requestId"] for e in after} == request_ids
+    # The state follows the move: the clips now come from the set's file.
+    assert {e["source"] for e in after if "press" not in e["name"]} == {"clips/clips.yaml"}
 
 
 # --- the bench's corpora: one set, and the same tasks as single files ----------------------------

@@ -50,6 +50,8 @@ EXAMPLES = {
 RECORD_TASK_SCHEMA = ROOT / "schemas" / "record-task.schema.json"
 OUTPUT_SCHEMA = ROOT / "schemas" / "output.schema.json"
 CUP_FINAL = ROOT / "examples" / "cup-final"
+# goal-1 as a single RecordTask (the examples hold it in a clip set, clips.yaml), same task.
+SINGLE_GOAL = ROOT / "tests" / "fixtures" / "sets" / "cup-final-singles" / "goal-1.yaml"
 BIN = Path(sys.executable).parent  # where `reconciler` and the test tools are installed
 
 
@@ -527,8 +529,7 @@ CLIPS = 40
 def many_clips(target: Path) -> None:
     """CLIPS manifests, one stream each (`match-00`...), none `waiting`."""
     target.mkdir(parents=True)
-    goal = (CUP_FINAL / "goal-1.yaml").read_text(encoding="utf-8")
-    goal = goal.replace("2026-11-20T", "2020-11-20T")
+    goal = SINGLE_GOAL.read_text(encoding="utf-8").replace("2026-11-20T", "2020-11-20T")
     for n in range(CLIPS):
         name = f"match-{n:02d}"
         text = goal.replace("cup-final-goal-1", name).replace(
@@ -658,7 +659,7 @@ def state_on(remote: Path, branch: str = "main") -> dict[str, Any]:
 
 def add_extra_clip(work: Path) -> None:
     """A new clip, cup-final-extra: goal-1 ten seconds longer, so it hashes differently."""
-    extra = (work / "clips" / "goal-1.yaml").read_text(encoding="utf-8")
+    extra = SINGLE_GOAL.read_text(encoding="utf-8").replace("2026-11-20T", "2020-11-20T")
     (work / "clips" / "extra.yaml").write_text(
         extra.replace("goal-1", "extra").replace("19:13:10Z", "19:13:20Z"), encoding="utf-8"
     )
@@ -1271,7 +1272,8 @@ def test_example_manifests_pass_a_standard_validator(tmp_path: Path) -> None:
         for path in sorted(CUP_FINAL.glob("*.yaml"))
         for part in split_documents(path, tmp_path)
     ]
-    assert len(documents) == 7
+    assert len(documents) == 3  # the set of five clips, and press-conference.yaml's two
+    assert any("kind: RecordTaskSet" in path.read_text(encoding="utf-8") for path in documents)
     result = check_jsonschema("--schemafile", RECORD_TASK_SCHEMA, *documents)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -1286,10 +1288,11 @@ def test_example_manifests_pass_a_standard_validator(tmp_path: Path) -> None:
     ],
     ids=["typo", "file-type", "time", "api-version"],
 )
+@pytest.mark.parametrize("source", [SINGLE_GOAL, CUP_FINAL / "clips.yaml"], ids=["task", "set"])
 def test_broken_manifest_is_rejected_by_a_standard_validator(
-    tmp_path: Path, change: tuple[str, str], expected: str
+    tmp_path: Path, change: tuple[str, str], expected: str, source: Path
 ) -> None:
-    original = (CUP_FINAL / "goal-1.yaml").read_text(encoding="utf-8")
+    original = source.read_text(encoding="utf-8")
     assert change[0] in original
     broken = tmp_path / "broken.yaml"
     broken.write_text(original.replace(*change), encoding="utf-8")

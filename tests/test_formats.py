@@ -34,6 +34,8 @@ from reconciler.tasks import load_tasks, request_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 CUP_FINAL = ROOT / "examples" / "cup-final"
+# goal-1 as a single RecordTask (the examples hold it in a clip set), same task.
+SINGLE_GOAL = ROOT / "tests" / "fixtures" / "sets" / "cup-final-singles" / "goal-1.yaml"
 OUTPUT_SCHEMA = ROOT / "schemas" / "output.schema.json"
 
 ANNOTATION = re.compile(
@@ -157,7 +159,7 @@ def make_workspace(root: Path) -> Path:
     )
     broken = root / "broken"
     broken.mkdir()
-    goal = (root / "clips" / "cup-final" / "goal-1.yaml").read_text(encoding="utf-8")
+    goal = SINGLE_GOAL.read_text(encoding="utf-8").replace("2026-11-20T", "2020-11-20T")
     (broken / "goal-1.yaml").write_text(goal, encoding="utf-8")  # stays valid
     (broken / "typo.yaml").write_text(
         goal.replace("saveBucket:", "saveBuckte:").replace("goal-1", "typo"), encoding="utf-8"
@@ -253,7 +255,7 @@ def test_validate_json_valid_manifests(
     assert document["command"] == "validate"
     assert document["valid"] is True
     assert document["summary"] == {
-        "files": 6 + SEASON_CLIPS + 1,
+        "files": 2 + SEASON_CLIPS + 1,  # the examples: a set of five clips and a file of two
         "manifests": 7 + SEASON_CLIPS + 1,
         "invalidManifests": 0,
         "problems": 0,
@@ -360,7 +362,7 @@ def test_validate_github_all_valid_prints_only_the_summary(workspace: Path) -> N
     result = run(workspace, "validate", "clips", "--format", "github")
     assert result.returncode == 0
     assert result.stdout.splitlines() == [
-        f"Checked {7 + SEASON_CLIPS + 1} manifests in {6 + SEASON_CLIPS + 1} files: all valid."
+        f"Checked {7 + SEASON_CLIPS + 1} manifests in {2 + SEASON_CLIPS + 1} files: all valid."
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -783,11 +784,14 @@ def test_missing_path_and_empty_directory(tmp_path: Path) -> None:
 
 def test_load_manifests_reads_every_document_of_every_file() -> None:
     folder = ROOT / "examples" / "cup-final"
-    documents = sum(path.read_text().count("kind: RecordTask") for path in folder.glob("*.yaml"))
+    texts = [path.read_text() for path in folder.glob("*.yaml")]
+    singles = sum(len(re.findall(r"^kind: RecordTask$", text, re.M)) for text in texts)
+    clips = sum(text.count("\n    - name: ") for text in texts if "kind: RecordTaskSet" in text)
+    assert singles > 1 and clips > 1, "the examples hold single tasks and a clip set"
     loaded, problems = load_manifests([str(folder)])
     assert problems == []
-    assert len(loaded) == documents > 1
-    assert len({m.doc["metadata"]["name"] for m in loaded}) == documents
+    assert len(loaded) == singles + clips  # each clip of a set is a manifest of its own
+    assert len({m.doc["metadata"]["name"] for m in loaded}) == singles + clips
 
 
 # --- the C parser and the pure-Python fallback agree --------------------------------------------

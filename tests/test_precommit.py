@@ -21,7 +21,10 @@ import yaml
 from tests.conftest import git
 
 ROOT = Path(__file__).resolve().parent.parent
-GOAL = (ROOT / "examples" / "cup-final" / "goal-1.yaml").read_text(encoding="utf-8")
+# goal-1 as a single RecordTask (the examples hold it in a clip set).
+GOAL = (ROOT / "tests" / "fixtures" / "sets" / "cup-final-singles" / "goal-1.yaml").read_text(
+    encoding="utf-8"
+)
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,8 @@ bench/RESULTS.md with the date, the machine and the versions:
 
 Cases (ids for --only):
   validate-small, validate-large  reconciler validate vs check-jsonschema --schemafile, same files
+  validate-set    validate one file holding a 3,000-clip RecordTaskSet vs the same 3,000 clips
+                  as single RecordTask files (same names and hashes)
   startup         validate one file, reconciler vs check-jsonschema
   plan-noop       plan with nothing to do (every manifest in state) vs our own validate
   apply           apply against `reconciler sandbox --latency-ms 40`, concurrency 8, vs the
@@ -71,6 +73,7 @@ from results import (
     write_results,
 )
 from sandbox_process import SandboxProcess, listen_overflows
+from sets_corpus import write_set_corpus, write_single_corpus
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -80,6 +83,7 @@ RESULTS = BENCH / "RESULTS.md"
 CASES = (
     "validate-small",
     "validate-large",
+    "validate-set",
     "startup",
     "plan-noop",
     "apply",
@@ -103,6 +107,7 @@ class Sizes:
 
     validate_small: int
     validate_large: int
+    validate_set: int
     plan: int
     apply: int
     memory: int
@@ -122,6 +127,7 @@ class Sizes:
 FULL = Sizes(
     validate_small=3000,
     validate_large=30000,
+    validate_set=3000,
     plan=10000,
     apply=1000,
     memory=30000,
@@ -134,6 +140,7 @@ QUICK = replace(
     FULL,
     validate_small=300,
     validate_large=3000,
+    validate_set=300,
     plan=1000,
     apply=200,
     memory=3000,
@@ -145,6 +152,7 @@ QUICK = replace(
 SMOKE = Sizes(
     validate_small=10,
     validate_large=30,
+    validate_set=10,
     plan=30,
     apply=20,
     memory=30,
@@ -342,6 +350,40 @@ class Bench:
         return self.validate_vs_checker(
             "validate-large", self.sizes.validate_large, self.sizes.heavy_repeats
         )
+
+    def case_validate_set(self) -> list[Row]:
+        count, repeats = self.sizes.validate_set, self.sizes.repeats
+        one_file = write_set_corpus(self.workdir / "clip-set", count)
+        singles = write_single_corpus(self.workdir / "clip-singles", count)
+
+        def validate(files: list[str]) -> Callable[[], Run]:
+            def side() -> Run:
+                run = self.measured(ours("validate"), files)
+                if f"{count} manifests" not in run.output or "all valid" not in run.output:
+                    raise BenchError(f"validate did not find {count} valid: {run.output[-500:]}")
+                return run
+
+            return side
+
+        as_set = validate([str(one_file.relative_to(self.workdir))])
+        as_files = validate([str(path.relative_to(self.workdir)) for path in singles])
+        log(f"validate-set: one {count}-clip set vs {count} single-clip files, {repeats} runs each")
+        mine, theirs = alternate([as_set, as_files], repeats)
+        ratio = mine.median / theirs.median
+        return [
+            Row(
+                "validate-set",
+                f"validate one {count:,}-clip RecordTaskSet",
+                seconds(mine.median),
+                f"{seconds(theirs.median)} ({count:,} single files)",
+                ratio,
+                "<= 1.00",
+                verdict_at_most(ratio, 1.0),
+                f"same {count:,} tasks (names and hashes) either way; runs {mine.spread} vs "
+                f"{theirs.spread}; peak RSS {megabytes(mine.max_rss_mb)} vs "
+                f"{megabytes(theirs.max_rss_mb)}",
+            )
+        ]
 
     def case_startup(self) -> list[Row]:
         repeats = self.sizes.startup_repeats

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROWS = (
     "validate-small",
     "validate-large",
+    "validate-set",
     "startup",
     "plan-noop",
     "apply-floor",

@@ -175,6 +175,24 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def compared_row(
+    case: str, what: str, mine: Samples, theirs: Samples, peer: str, limit: float, note: str
+) -> Row:
+    """A row of our median against a peer's (`peer` names it), at most `limit` times it."""
+    ratio = mine.median / theirs.median
+    return Row(
+        case,
+        what,
+        seconds(mine.median),
+        f"{seconds(theirs.median)} ({peer})",
+        ratio,
+        f"<= {limit:.2f}",
+        verdict_at_most(ratio, limit),
+        f"{note}; runs {mine.spread} vs {theirs.spread}; peak RSS "
+        f"{megabytes(mine.max_rss_mb)} vs {megabytes(theirs.max_rss_mb)}",
+    )
+
+
 def ours(*args: str) -> list[str]:
     return [sys.executable, "-m", "reconciler", *args]
 
@@ -369,21 +387,9 @@ class Bench:
         as_files = validate([str(path.relative_to(self.workdir)) for path in singles])
         log(f"validate-set: one {count}-clip set vs {count} single-clip files, {repeats} runs each")
         mine, theirs = alternate([as_set, as_files], repeats)
-        ratio = mine.median / theirs.median
-        return [
-            Row(
-                "validate-set",
-                f"validate one {count:,}-clip RecordTaskSet",
-                seconds(mine.median),
-                f"{seconds(theirs.median)} ({count:,} single files)",
-                ratio,
-                "<= 1.00",
-                verdict_at_most(ratio, 1.0),
-                f"same {count:,} tasks (names and hashes) either way; runs {mine.spread} vs "
-                f"{theirs.spread}; peak RSS {megabytes(mine.max_rss_mb)} vs "
-                f"{megabytes(theirs.max_rss_mb)}",
-            )
-        ]
+        same = f"same {count:,} tasks (names and hashes) either way"
+        what = f"validate one {count:,}-clip RecordTaskSet"
+        return [compared_row("validate-set", what, mine, theirs, f"{count:,} files", 1.0, same)]
 
     def case_startup(self) -> list[Row]:
         repeats = self.sizes.startup_repeats
@@ -670,23 +676,15 @@ class Bench:
         log(f"apply-db: {count} tasks, latency {LATENCY_MS} ms, database vs file state")
         mine, theirs = alternate([database, file], repeats, warmup=False)
         ratio = mine.median / theirs.median
-        return [
-            Row(
-                "apply-db",
-                f"apply {count:,} tasks, 40 ms latency, concurrency {CONCURRENCY}, state in "
-                "PostgreSQL",
-                seconds(mine.median),
-                f"{seconds(theirs.median)} (file state)",
-                ratio,
-                "<= 1.15",
-                verdict_at_most(ratio, 1.15),
-                f"database costs {ratio - 1:+.1%} over the file; runs {mine.spread} vs "
-                f"{theirs.spread}; peak RSS {megabytes(mine.max_rss_mb)} vs "
-                f"{megabytes(theirs.max_rss_mb)}; sandbox count checked after every run"
-                + self.overflow_note("apply, database state")
-                + self.overflow_note("apply, file state"),
-            )
-        ]
+        note = (
+            f"database costs {ratio - 1:+.1%} over the file; sandbox count checked after every run"
+        )
+        note += self.overflow_note("apply, database state")
+        note += self.overflow_note("apply, file state")
+        what = (
+            f"apply {count:,} tasks, 40 ms latency, concurrency {CONCURRENCY}, state in PostgreSQL"
+        )
+        return [compared_row("apply-db", what, mine, theirs, "file state", 1.15, note)]
 
     def case_plan_noop_db(self) -> list[Row]:
         count, repeats = self.sizes.plan, self.sizes.repeats
@@ -695,20 +693,9 @@ class Bench:
         log(f"plan-noop-db: plan of {count} manifests all in state, database vs file")
         mine, theirs = alternate([database, file], repeats)
         ratio = mine.median / theirs.median
-        return [
-            Row(
-                "plan-noop-db",
-                f"plan, nothing to do, {count:,} tasks read from PostgreSQL",
-                seconds(mine.median),
-                f"{seconds(theirs.median)} (file state)",
-                ratio,
-                "<= 1.30",
-                verdict_at_most(ratio, 1.30),
-                f"database costs {ratio - 1:+.1%} over the file; runs {mine.spread} vs "
-                f"{theirs.spread}; peak RSS {megabytes(mine.max_rss_mb)} vs "
-                f"{megabytes(theirs.max_rss_mb)}",
-            )
-        ]
+        note = f"database costs {ratio - 1:+.1%} over the file"
+        what = f"plan, nothing to do, {count:,} tasks read from PostgreSQL"
+        return [compared_row("plan-noop-db", what, mine, theirs, "file state", 1.3, note)]
 
     def case_memory_db(self) -> list[Row]:
         count, repeats = self.sizes.memory, self.sizes.heavy_repeats

@@ -3,8 +3,8 @@
 A hypothesis RuleBasedStateMachine runs random sequences of what users and CI do to one state:
 plan, apply, `plan --out` then `apply PLAN.json` (sometimes with the plan edited by hand),
 kill -9 of an apply mid-send, Ctrl-C and double Ctrl-C, changed fault rates (503/500/drops),
-manifest edits (new clips, renames, moved files, reformatting, new content, reverts, deletions)
-and `--retry-pending`. Every command is `python -m reconciler ...` in a subprocess, over real
+manifest edits (new clips, renames, moved files, reformatting, new content, reverts, deletions,
+clips moved into a RecordTaskSet and out of it) and `--retry-pending`. Every command is `python -m reconciler ...` in a subprocess, over real
 sockets, against a `reconciler.sandbox.Sandbox` started here on 127.0.0.1 (port 0). After every
 step the invariant of DESIGN §3 is checked from the sandbox's record and the state file:
 
@@ -12,7 +12,9 @@ step the invariant of DESIGN §3 is checked from the sandbox's record and the st
   (b) no task is accepted twice, unless `--retry-pending` was given while it was pending;
   (c) nothing is `pending` that never reached the sandbox, except the write-ahead window a
       kill -9 may leave (at most 2 x --concurrency per kill) or the requests in flight a double
-      Ctrl-C abandons (at most --concurrency per abort).
+      Ctrl-C abandons (at most --concurrency per abort);
+  (d) nothing is accepted that no version of the manifests asked for (hashes computed here,
+      independently: a clip written in a set must send exactly what its single form sends).
 
 Also: exit codes are the documented ones, an apply exits 0 exactly when every task it was asked
 to submit is `submitted`, a refused saved plan sends and writes nothing, and no run prints a
@@ -115,7 +117,9 @@ def identity(request: dict[str, Any]) -> str:
 @dataclass
 class Clip:
     """One clip manifest. `version` is its content (each value another identity); `style`,
-    `name` and `file` are how and where it is written (none of them changes its identity)."""
+    `name` and `file` are how and where it is written (none of them changes its identity).
+    Style IN_SET writes it as a clip of a RecordTaskSet (DESIGN §2), with the other clips whose
+    names share its first word, in `sets/<word>.yaml`: the set `clip` holds `clip-3` as `3`."""
 
     name: str
     stream: str
@@ -128,6 +132,22 @@ class Clip:
     @property
     def start(self) -> datetime:
         return FUTURE if self.future else PAST
+
+    @property
+    def set_name(self) -> str:
+        return self.name.split("-", 1)[0]
+
+    def set_entry(self) -> str:
+        """This clip as an entry of its set's `clips` (the template holds the rest)."""
+        start, end = _stamp(self.start), _stamp(self.end)
+        lines = [
+            f"    - name: '{self.name.split('-', 1)[1]}'",  # `3` alone would be a number
+            f"      streamName: {self.stream}",
+            f'      recordTimes: [{{startTime: "{start}", endTime: "{end}"}}]',
+        ]
+        if self.types != ("mp4",):  # overrides the template's
+            lines.append(f"      recordFileType: {';'.join(self.types)}")
+        return "\n".join(lines) + "\n"
 
     @property
     def end(self) -> datetime:
@@ -185,6 +205,24 @@ class Clip:
             f"  appName: '{APP}'\n"
             f"  publishDomain: {DOMAIN}\n"
         )
+
+
+def set_text(name: str, clips: list[Clip]) -> str:
+    """A RecordTaskSet holding `clips`: what they share written once, in the template."""
+    head = (
+        "apiVersion: reconciler/v1\n"
+        "kind: RecordTaskSet\n"
+        f"metadata: {{name: {name}, labels: {{written-as: set}}}}\n"
+        "spec:\n"
+        "  template:\n"
+        f"    publishDomain: {DOMAIN}\n"
+        f"    appName: {APP}\n"
+        f"    saveBucket: {BUCKET}\n"
+        f"    saveEndpoint: {SAVE_ENDPOINT}\n"
+        "    recordFileType: mp4\n"
+        "  clips:\n"
+    )
+    return head + "".join(clip.set_entry() for clip in clips)
 
 
 def _faults(
@@ -329,7 +367,10 @@ MANIFEST_EDITS = (
     "new-content",
     "revert-content",
     "delete",
+    "into-set",
+    "out-of-set",
 )
+IN_SET = 2  # Clip.style: written as a clip of a RecordTaskSet
 
 
 class ExactlyOnce(RuleBasedStateMachine):
@@ -350,6 +391,8 @@ class ExactlyOnce(RuleBasedStateMachine):
         self.unsent_budget_total = 0
         self.saved_plan: dict[str, Any] | None = None
         self.saved_against: dict[str, Any] | None = None
+        # (d): every request any version of the manifests asked for, by this test's own hash
+        self.asked_ever: set[str] = set()
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -372,10 +415,20 @@ class ExactlyOnce(RuleBasedStateMachine):
     def write_manifests(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir()
+        sets: dict[str, list[Clip]] = {}
+        self.asked_ever.update(clip.hash for clip in self.clips)
         for clip in self.clips:
+            if clip.style == IN_SET:
+                clip.file = f"sets/{clip.set_name}.yaml"
+                sets.setdefault(clip.set_name, []).append(clip)
+                continue
             target = self.folder / clip.file
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(clip.text(), encoding="utf-8")
+        for name, members in sets.items():
+            target = self.folder / "sets" / f"{name}.yaml"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(set_text(name, members), encoding="utf-8")
 
     def state_location(self) -> str:
         """The `--state` value of this sequence's state (relative to the root: a file)."""
@@ -496,11 +549,16 @@ class ExactlyOnce(RuleBasedStateMachine):
         count=st.integers(5, 12),
         future=st.booleans(),
         faults=FAULTS,
+        in_set=st.booleans(),
     )
-    def begin(self, count: int, future: bool, faults: dict[str, Any]) -> None:
+    def begin(self, count: int, future: bool, faults: dict[str, Any], in_set: bool) -> None:
         self.history = SandboxHistory(faults)
         note(f"sandbox faults: {faults}")
         self.clips = [self.new_clip() for _ in range(count)]
+        if in_set:  # every other clip written in a RecordTaskSet from the start
+            for clip in self.clips[::2]:
+                clip.style = IN_SET
+            note("every other clip is in a clip set")
         if future:
             self.clips.append(self.new_clip(future=True))
         self.write_manifests()
@@ -725,8 +783,12 @@ class ExactlyOnce(RuleBasedStateMachine):
             clip.name = f"renamed-{self.serial}"
         elif edit == "move":
             clip.file = f"moved-{self.serial}/{clip.name}.yaml"
-        elif edit == "reformat":
+        elif edit == "reformat" and clip.style != IN_SET:
             clip.style = 1 - clip.style
+        elif edit == "into-set":
+            clip.style = IN_SET  # the same task: plan sees a move at most
+        elif edit == "out-of-set" and clip.style == IN_SET:
+            clip.style, clip.file = 0, f"{clip.name}.yaml"
         elif edit == "new-content":
             clip.version += 1
         elif edit == "revert-content":
@@ -744,6 +806,9 @@ class ExactlyOnce(RuleBasedStateMachine):
             return
         statuses = self.statuses()
         accepted = self.sandbox.accepted()
+        # (d) nothing sent that no manifest asked for (a set's clip is the task it stands for)
+        unasked = [key[:12] for key in accepted if key not in self.asked_ever]
+        assert not unasked, f"accepted by the sandbox but asked for by no manifest: {unasked}"
         # (a) none lost
         lost = [key[:12] for key in accepted if statuses.get(key) not in ("submitted", "pending")]
         assert not lost, f"accepted by the sandbox but not submitted/pending in the state: {lost}"

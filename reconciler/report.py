@@ -628,7 +628,9 @@ def apply_json(
         "state": state_path,
         "exitCode": result.exit_code,
         "interrupted": result.interrupted,
+        "aborted": result.aborted,
         "authenticationFailed": result.auth_failed,
+        "endpointUnreachable": result.unreachable,
         "plan": plan.to_json()["summary"],
         "summary": {
             kind: sum(1 for o in result.outcomes if o.kind == kind) for kind in OUTCOME_KINDS

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -985,6 +986,8 @@ def test_apply_sandbox_json(sandbox_workspace: Path, output_schema: Draft202012V
     assert document["sandbox"] is True
     assert document["state"] == "reconciler-state.sandbox.json"
     assert document["exitCode"] == 0
+    assert (document["interrupted"], document["aborted"]) == (False, False)
+    assert (document["authenticationFailed"], document["endpointUnreachable"]) == (False, False)
     assert document["summary"] == {
         "submitted": SEASON_CLIPS,
         "failed": 0,
@@ -1003,6 +1006,26 @@ def test_apply_sandbox_json(sandbox_workspace: Path, output_schema: Draft202012V
     listed = run_json(root, "state", "list", "--state", "reconciler-state.sandbox.json")
     assert_valid(output_schema, listed)
     assert {t["status"] for t in listed["tasks"]} == {"submitted"}
+
+
+@pytest.mark.e2e
+def test_apply_json_says_the_endpoint_was_unreachable(
+    workspace: Path, output_schema: Draft202012Validator
+) -> None:
+    assert run(workspace, "init", "--state", "unreachable.json").returncode == 0
+    with socket.socket() as probe:  # bound, then closed: connecting to it is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = clean_env(JDCLOUD_ACCESS_KEY="ak-test", JDCLOUD_SECRET_KEY="sk-test-secret")
+    args = ["apply", "clips/season", "--state", "unreachable.json", "--format", "json"]
+    result = run(workspace, *args, "--endpoint", f"http://127.0.0.1:{port}", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert_valid(output_schema, document)
+    assert document["endpointUnreachable"] is True
+    assert (document["interrupted"], document["aborted"]) == (False, False)
+    assert document["summary"]["submitted"] == 0
+    assert "sk-test-secret" not in result.stdout + result.stderr
 
 
 @pytest.mark.e2e

@@ -75,12 +75,18 @@ class PlanItem:
         )
 
     @property
+    def segments(self) -> list[tuple[str, str]]:
+        """The recordTimes segments, (startTime, endTime), as the request sends them."""
+        times = self.request.get("body", {}).get("recordTimes", [])
+        return [(str(segment["startTime"]), str(segment["endTime"])) for segment in times]
+
+    @property
     def times(self) -> str:
         """`19:11:40Z..19:13:10Z on 2026-11-20` style summary of the segments."""
-        segments = self.request.get("body", {}).get("recordTimes", [])
+        segments = self.segments
         if not segments:
             return ""
-        first, last = segments[0]["startTime"], segments[-1]["endTime"]
+        first, last = segments[0][0], segments[-1][1]
         text = f"{first} .. {last}"
         if len(segments) > 1:
             text += f" ({len(segments)} segments)"

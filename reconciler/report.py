@@ -6,13 +6,14 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TextIO
 from xml.etree import ElementTree
 
 from reconciler.plan import Plan, PlanAction, PlanItem
 from reconciler.problems import Problem
+from reconciler.schema import parse_record_time
 from reconciler.tasks import TaskSet
 
 if TYPE_CHECKING:  # Rich and the apply machinery load only for the commands that print them
@@ -429,11 +430,6 @@ def mermaid_text(text: str, *, label: bool = True) -> str:
     return text
 
 
-def _segments(item: PlanItem) -> list[tuple[str, str]]:
-    times = item.request.get("body", {}).get("recordTimes", [])
-    return [(str(segment["startTime"]), str(segment["endTime"])) for segment in times]
-
-
 def plan_timelines(plan: Plan) -> list[Timeline]:
     """One timeline per stream that has clips to draw, streams in sorted order: a bar per
     segment, sections in TIMELINE_SECTIONS order, bars in each by start time."""
@@ -445,14 +441,14 @@ def plan_timelines(plan: Plan) -> list[Timeline]:
         for stream, items in per_stream.items():
             bars = by_stream.setdefault(stream, [])
             if action is PlanAction.UNCHANGED and len(items) > TIMELINE_COLLAPSE_UNCHANGED_AFTER:
-                segments = [segment for item in items for segment in _segments(item)]
+                segments = [segment for item in items for segment in item.segments]
                 start = min(start for start, _ in segments)
                 end = max(end for _, end in segments)
                 bars.append(TimelineBar(section, f"{len(items)} unchanged clips", start, end, tag))
                 continue
             drawn = []
             for item in items:
-                segments = _segments(item)
+                segments = item.segments
                 for number, (start, end) in enumerate(segments, 1):
                     label = item.name
                     if len(segments) > 1:
@@ -497,7 +493,9 @@ def timeline_gantt(timeline: Timeline) -> str:
 
 
 def _parse_utc(moment: str) -> datetime:
-    return datetime.strptime(moment, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    parsed = parse_record_time(moment)
+    assert parsed is not None, "plans hold validated requests only"
+    return parsed
 
 
 def timeline_markdown(plan: Plan) -> list[str]:

@@ -309,12 +309,21 @@ class Bench:
         )
 
     def our_validate(self, count: int) -> Callable[[], Run]:
-        files = self.files[:count]
+        return self.validate_side(self.files[:count])
+
+    def validate_side(
+        self, files: Sequence[str], manifests: int | None = None
+    ) -> Callable[[], Run]:
+        """`reconciler validate FILE...`, which must find all valid (and `manifests` of them)."""
 
         def side() -> Run:
             run = self.measured(ours("validate"), files)
-            if "all valid" not in run.output:
-                raise BenchError(f"reconciler validate did not find all valid: {run.output[-500:]}")
+            counted = manifests is None or f"{manifests} manifests" in run.output
+            if "all valid" not in run.output or not counted:
+                expected = "all valid" if manifests is None else f"{manifests} valid manifests"
+                raise BenchError(
+                    f"reconciler validate did not find {expected}: {run.output[-500:]}"
+                )
             return run
 
         return side
@@ -374,17 +383,9 @@ class Bench:
         one_file = write_set_corpus(self.workdir / "clip-set", count)
         singles = write_single_corpus(self.workdir / "clip-singles", count)
 
-        def validate(files: list[str]) -> Callable[[], Run]:
-            def side() -> Run:
-                run = self.measured(ours("validate"), files)
-                if f"{count} manifests" not in run.output or "all valid" not in run.output:
-                    raise BenchError(f"validate did not find {count} valid: {run.output[-500:]}")
-                return run
-
-            return side
-
-        as_set = validate([str(one_file.relative_to(self.workdir))])
-        as_files = validate([str(path.relative_to(self.workdir)) for path in singles])
+        as_set = self.validate_side([str(one_file.relative_to(self.workdir))], count)
+        relative = [str(path.relative_to(self.workdir)) for path in singles]
+        as_files = self.validate_side(relative, count)
         log(f"validate-set: one {count}-clip set vs {count} single-clip files, {repeats} runs each")
         mine, theirs = alternate([as_set, as_files], repeats)
         same = f"same {count:,} tasks (names and hashes) either way"

@@ -1,0 +1,41 @@
+"""The command line: parses arguments, calls the core, hands results to the reporters.
+
+One module per command group: `manifests` (validate, schema, plan, apply), `state` (init and
+`state ...`), `services` (sandbox). What they share (the Typer apps, common options, error and
+console plumbing) is in `common`. Importing a group registers its commands on `app`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from reconciler.cli import manifests, services, state
+from reconciler.cli.common import abandoned_senders, app, exiting_after_apply
+
+__all__ = ["app", "main", "manifests", "services", "state"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    exiting_after_apply.set()
+    try:
+        app(prog_name="reconciler")
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        code: object = 130
+    except SystemExit as exit_:
+        if not abandoned_senders.is_set():
+            raise
+        code = exit_.code
+    else:
+        return
+    if abandoned_senders.is_set():
+        # The state and the summary are written; the senders still waiting for an answer
+        # would hold the interpreter's exit for up to the read timeout.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    sys.exit(130)

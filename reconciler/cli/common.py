@@ -1,0 +1,206 @@
+"""What every command group shares: the Typer apps, the common options, and the plumbing
+for errors, consoles and the state's location."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+import typer.core
+
+from reconciler import __version__
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from reconciler.state import StateBackend
+
+DEFAULT_STATE = "reconciler-state.json"
+SANDBOX_STATE = "reconciler-state.sandbox.json"
+
+
+class Command(typer.core.TyperCommand):
+    """Usage lines that show an argument's metavar as written (`PATH...`), where Typer would
+    wrap a required one in braces (`{PATH...}`)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument) and param.metavar:
+                pieces.append(param.metavar)
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+app = typer.Typer(
+    name="reconciler",
+    help=(
+        "Keep JD Cloud Live clip-recording tasks (addLiveRecordTask) declared in YAML and "
+        "submit each exactly once."
+    ),
+    no_args_is_help=True,
+    # Tracebacks with local variables could show credentials; errors are reported by us.
+    pretty_exceptions_enable=False,
+    # Help texts say `[default: ...]`; as Rich markup those brackets would vanish.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+state_app = typer.Typer(
+    help="Inspect and repair the state file.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(state_app, name="state")
+
+Paths = Annotated[
+    list[str],
+    typer.Argument(
+        help="Manifest files or directories (walked recursively, hidden entries skipped).",
+        show_default=False,
+        metavar="PATH...",
+    ),
+]
+TaskHash = Annotated[
+    str, typer.Argument(help="Task hash or a unique prefix (6+ characters).", metavar="HASH")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only problems and the summary.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print more detail.")]
+NoColor = Annotated[
+    bool, typer.Option("--no-color", help="No colours (also when NO_COLOR is set).")
+]
+StatePath = Annotated[
+    str | None,
+    typer.Option(
+        "--state",
+        help=f"State file [default: $RECONCILER_STATE or {DEFAULT_STATE}; "
+        f"{SANDBOX_STATE} with --sandbox].",
+        show_default=False,
+    ),
+]
+Selector = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--selector", "-l", help="Only manifests with this label (key=value; repeatable)."
+    ),
+]
+SETTLE_HELP = (
+    "Seconds after a clip's last endTime before it is submitted (the recording must exist first)."
+)
+Settle = Annotated[int, typer.Option("--settle", min=0, help=SETTLE_HELP)]
+LockTimeout = Annotated[
+    float,
+    typer.Option("--lock-timeout", min=0, help="Seconds to wait for another apply's lock."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"reconciler {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """Keep JD Cloud Live clip-recording tasks declared in YAML; submit each exactly once."""
+
+
+# --- shared plumbing ------------------------------------------------------------------------
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def make_console(no_color: bool, *, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    plain = no_color or bool(os.environ.get("NO_COLOR"))
+    return Console(
+        no_color=plain,
+        # no_color alone still writes bold and dim; no colour system writes no escapes at all.
+        color_system=None if plain else "auto",
+        soft_wrap=True,
+        highlight=False,
+        stderr=stderr,
+        # In a pipe or a CI log there is no screen to fit: never cut a hash or a name short.
+        width=None if stream.isatty() else 4096,
+    )
+
+
+def state_location(given: str | None, *, sandbox: bool = False) -> str:
+    if given:
+        return given
+    if sandbox:
+        # A sandbox run never reads $RECONCILER_STATE: it must not mark real tasks submitted.
+        return SANDBOX_STATE
+    return os.environ.get("RECONCILER_STATE") or DEFAULT_STATE
+
+
+def open_store(location: str, lock_timeout: float = 60.0) -> StateBackend:
+    """The state `location` names (a file path or a postgresql:// URI); exit 2 if it names none."""
+    from reconciler.state import StateError, StateLocationError, open_state
+
+    try:
+        return open_state(location, lock_timeout=lock_timeout)
+    except StateLocationError as error:
+        raise typer.BadParameter(str(error), param_hint="'--state' (or RECONCILER_STATE)") from None
+    except StateError as error:
+        fail(str(error))
+
+
+def warn_if_missing(store: StateBackend) -> None:
+    if not store.exists():
+        typer.echo(
+            f"warning: there is no state at {store.shown}, so every clip is planned as `create`. "
+            "If these manifests were applied before, this is the wrong directory or the state "
+            "was not checked out (apply would refuse to run); if they never were, create the "
+            "state with `reconciler init`.",
+            err=True,
+        )
+
+
+def checked_endpoint(endpoint: str | None) -> str | None:
+    """A usage error (exit 2) for an endpoint that is not an http(s) URL, before anything runs."""
+    from reconciler.client import check_endpoint
+
+    if endpoint is None:
+        return None
+    try:
+        return check_endpoint(endpoint)
+    except ValueError as error:
+        raise typer.BadParameter(
+            str(error), param_hint="'--endpoint' (or RECONCILER_ENDPOINT)"
+        ) from None
+
+
+@contextlib.contextmanager
+def errors_reported() -> Iterator[None]:
+    """Known failures become `error: ...` and exit 1, never a traceback."""
+    from reconciler.plan import PlanError
+    from reconciler.state import StateError
+
+    try:
+        yield
+    except (StateError, PlanError) as error:
+        fail(str(error))
+
+
+# Set when an abort left sender threads waiting for answers: main() then exits without
+# waiting for them (the interpreter would otherwise join them, for up to the read timeout).
+abandoned_senders = threading.Event()
+# Set by main(): the process ends when the command returns (not so under a test runner).
+exiting_after_apply = threading.Event()

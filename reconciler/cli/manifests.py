@@ -1,0 +1,524 @@
+"""validate, schema, plan and apply: the commands that read manifests."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+import typer.core
+
+from reconciler.cli.common import (
+    SETTLE_HELP,
+    Command,
+    LockTimeout,
+    NoColor,
+    Paths,
+    Quiet,
+    Selector,
+    Settle,
+    StatePath,
+    Verbose,
+    abandoned_senders,
+    app,
+    checked_endpoint,
+    errors_reported,
+    exiting_after_apply,
+    fail,
+    make_console,
+    open_store,
+    state_location,
+    warn_if_missing,
+)
+from reconciler.report import OutputFormat
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from reconciler.apply import ApplyOptions
+    from reconciler.plan import Plan
+    from reconciler.state import State, StateBackend
+    from reconciler.tasks import TaskSet
+
+
+class ValidateFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    GITHUB = "github"
+    JUNIT = "junit"
+
+
+class PlanFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    GITHUB = "github"
+    MARKDOWN = "markdown"
+
+
+def _load_tasks_or_exit(
+    paths: list[str], fmt: OutputFormat, command: str, current: State
+) -> TaskSet:
+    """Manifests for plan/apply; any invalid one stops the run before anything is planned.
+
+    Loaded after the state, so tasks already recorded share the state's request objects.
+    """
+    from reconciler.report import problem_annotation, validate_json, validate_summary
+    from reconciler.tasks import load_tasks
+
+    result = load_tasks(paths, known=current.requests())
+    # The state and the tasks live until the process ends; leaving them out of the cyclic
+    # collector's scans saves a full pass over a large heap (~0.2 s for 30,000 manifests).
+    gc.freeze()
+    if result.ok:
+        return result
+    if fmt is OutputFormat.JSON:
+        document = validate_json(result)
+        document["command"] = command
+        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        for problem in result.problems:
+            if fmt is OutputFormat.GITHUB:
+                typer.echo(problem_annotation(problem, f"reconciler {command}"))
+            else:
+                typer.echo(str(problem))
+        typer.echo(validate_summary(result))
+    fail(f"the manifests have problems; nothing was {'planned' if command == 'plan' else 'sent'}")
+
+
+def _print_ignored(tasks: TaskSet, fmt: OutputFormat, verbose: bool) -> None:
+    """With --verbose, what a .reconcilerignore left out, and by which pattern."""
+    from reconciler.report import ignored_lines
+
+    if verbose and fmt is OutputFormat.TEXT:
+        for line in ignored_lines(tasks):
+            typer.echo(line)
+
+
+def _parse_selector(expressions: list[str] | None) -> dict[str, str]:
+    from reconciler.plan import parse_selector
+
+    try:
+        return parse_selector(expressions or [])
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--selector'") from None
+
+
+def _print_plan(plan: Plan, fmt: OutputFormat, no_color: bool, verbose: bool, quiet: bool) -> None:
+    from reconciler.report import plan_github, plan_markdown, plan_text
+
+    if fmt is OutputFormat.JSON:
+        sys.stdout.write(plan.dumps())
+    elif fmt is OutputFormat.GITHUB:
+        plan_github(plan, sys.stdout)
+    elif fmt is OutputFormat.MARKDOWN:
+        plan_markdown(plan, sys.stdout)
+    else:
+        plan_text(plan, make_console(no_color), verbose=verbose, quiet=quiet)
+
+
+# --- validate / schema ----------------------------------------------------------------------
+
+
+@app.command(cls=Command)
+def validate(
+    paths: Paths,
+    choice: Annotated[
+        ValidateFormat,
+        typer.Option("--format", "-f", help="text, json, github (annotations) or junit."),
+    ] = ValidateFormat.TEXT,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    no_color: NoColor = False,
+) -> None:
+    """Check manifests against the rules; no network, no state. Exit 1 if any is invalid."""
+    fmt = OutputFormat(choice)
+    from reconciler.report import validate_report
+    from reconciler.tasks import load_tasks
+
+    result = load_tasks(paths)
+    validate_report(result, fmt, sys.stdout, verbose=verbose and not quiet)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command(cls=Command)
+def schema() -> None:
+    """Print the manifest JSON Schema (Draft 2020-12)."""
+    from reconciler.schema import schema_text
+
+    sys.stdout.write(schema_text())
+
+
+# --- plan -----------------------------------------------------------------------------------
+
+PlanFormatOption = Annotated[
+    PlanFormat,
+    typer.Option("--format", "-f", help="text, json, github (annotations) or markdown."),
+]
+
+
+@app.command(cls=Command)
+def plan(
+    paths: Paths,
+    state: StatePath = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Save the plan; `reconciler apply FILE` applies exactly it."
+        ),
+    ] = None,
+    selector: Selector = None,
+    detailed_exitcode: Annotated[
+        bool,
+        typer.Option("--detailed-exitcode", help="Exit 2 when there is something to submit."),
+    ] = False,
+    settle: Settle = 300,
+    choice: PlanFormatOption = PlanFormat.TEXT,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    no_color: NoColor = False,
+) -> None:
+    """Compare manifests with the state: what apply would submit. Sends nothing."""
+    fmt = OutputFormat(choice)
+    from reconciler.plan import make_plan
+
+    chosen = _parse_selector(selector)
+    if out is not None:
+        _check_plan_out(out)
+    store = open_store(state_location(state))
+    with errors_reported():
+        current = store.load()
+        warn_if_missing(store)
+    tasks = _load_tasks_or_exit(paths, fmt, "plan", current)
+    _print_ignored(tasks, fmt, verbose and not quiet)
+    _warn_if_selector_matches_nothing(tasks, chosen)
+    the_plan = make_plan(
+        tasks.tasks, current, now=datetime.now(UTC), settle_seconds=settle, selector=chosen
+    )
+    _print_plan(the_plan, fmt, no_color, verbose, quiet)
+    if out is not None:
+        _save_plan(the_plan, out)
+        if fmt is OutputFormat.TEXT:
+            typer.echo(f"Saved the plan to {out}; apply it with: reconciler apply {out}")
+    raise typer.Exit(2 if detailed_exitcode and the_plan.has_changes else 0)
+
+
+def _check_plan_out(out: Path) -> None:
+    """Refuse a --out that cannot be written before planning, not after."""
+    folder = out.parent
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        fail(f"cannot save the plan to {out}: the folder {folder} {what}; nothing was planned")
+    if out.is_dir():
+        fail(f"cannot save the plan to {out}: it is a folder; nothing was planned")
+
+
+def _save_plan(the_plan: Plan, out: Path) -> None:
+    try:
+        out.write_text(the_plan.dumps(), encoding="utf-8")
+    except OSError as error:
+        fail(f"cannot save the plan to {out}: {error.strerror or error}")
+
+
+def _warn_if_selector_matches_nothing(tasks: TaskSet, chosen: dict[str, str]) -> None:
+    from reconciler.plan import matches
+
+    if chosen and not any(matches(task, chosen) for task in tasks.tasks):
+        wanted = ", ".join(f"{key}={value}" for key, value in chosen.items())
+        typer.echo(
+            f"warning: no manifest has the label(s) {wanted} (of {len(tasks.tasks)} "
+            "manifests): the plan is empty. Check the selector's spelling.",
+            err=True,
+        )
+
+
+# --- apply ----------------------------------------------------------------------------------
+
+
+class _Interrupts:
+    """What Ctrl-C / SIGTERM asked for: `stop` after the first, `abort` after the second."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.abort = threading.Event()
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_Interrupts]:
+    """Ctrl-C / SIGTERM: stop sending new requests, let in-flight ones finish and be recorded.
+
+    The second aborts: apply records the answers already received and returns within a
+    second, leaving what is still in flight `pending`. The handler only sets flags, so it can
+    never interrupt a journal write halfway; a third raises KeyboardInterrupt.
+    """
+    interrupts = _Interrupts()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if interrupts.abort.is_set():
+            raise KeyboardInterrupt
+        if interrupts.stop.is_set():
+            interrupts.abort.set()
+            typer.echo(
+                "Aborting: recording the answers received; requests in flight stay pending.",
+                err=True,
+            )
+            return
+        interrupts.stop.set()
+        typer.echo(
+            "Stopping: no new requests; waiting for those in flight (Ctrl-C again to abort).",
+            err=True,
+        )
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield interrupts
+    finally:
+        for sig, old in previous.items():
+            # In the console command, apply has written everything by now and the process
+            # only exits: an interrupt now would only turn into a traceback at shutdown.
+            signal.signal(sig, signal.SIG_IGN if exiting_after_apply.is_set() else old)
+
+
+def _read_plan_file(path: Path) -> Plan:
+    from reconciler.plan import Plan, PlanError
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        fail(f"{path}: cannot read the plan: {error}")
+    except json.JSONDecodeError as error:
+        fail(f"{path}:{error.lineno}:{error.colno}: the plan is not valid JSON: {error.msg}")
+    try:
+        return Plan.from_json(document)
+    except PlanError as error:
+        fail(f"{path}: {error}")
+
+
+def _plan_file_argument(
+    paths: list[str], selector: list[str] | None, settle: int | None
+) -> Path | None:
+    """The saved plan among apply's paths, if one is given; options that change planning
+    beside it are usage errors (the plan was made with its own)."""
+    plans = [path for path in paths if path.endswith(".json") and os.path.isfile(path)]
+    if not plans:
+        return None
+    if len(paths) > 1:
+        raise typer.BadParameter(
+            f"a saved plan ({plans[0]}) must be the only path: it lists its own manifests",
+            param_hint="'PATH...'",
+        )
+    for given, option in ((bool(selector), "--selector"), (settle is not None, "--settle")):
+        if given:
+            raise typer.BadParameter(
+                f"cannot be used with a saved plan ({plans[0]}): the plan was made with its own; "
+                f"make a new plan with `reconciler plan ... {option} ... --out FILE`",
+                param_hint=f"'{option}'",
+            )
+    return Path(plans[0])
+
+
+@app.command(cls=Command)
+def apply(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Manifest files or directories, or one plan file saved by `plan --out`.",
+            show_default=False,
+            metavar="PATH...",
+        ),
+    ],
+    state: StatePath = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            envvar="RECONCILER_ENDPOINT",
+            help="API endpoint [default: https://live.jdcloud-api.com].",
+            show_default=False,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, max=64, help="Requests in flight.")
+    ] = 4,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; send nothing, write nothing.")
+    ] = False,
+    retry_pending: Annotated[
+        bool,
+        typer.Option(
+            "--retry-pending",
+            help="Also re-send tasks whose earlier outcome is unknown (this may duplicate them).",
+        ),
+    ] = False,
+    sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--sandbox",
+            help="Run against a local stand-in of the API (no account; own state file).",
+        ),
+    ] = False,
+    selector: Selector = None,
+    settle: Annotated[
+        int | None,
+        typer.Option("--settle", min=0, help=f"{SETTLE_HELP} [default: 300]", show_default=False),
+    ] = None,
+    lock_timeout: LockTimeout = 60.0,
+    choice: PlanFormatOption = PlanFormat.TEXT,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    no_color: NoColor = False,
+) -> None:
+    """Submit every task the plan creates and record each outcome in the state file."""
+    fmt = OutputFormat(choice)
+    from reconciler.apply import ApplyOptions, refuse_missing_state, state_for_apply
+    from reconciler.client import CredentialsError, credentials_from_env
+    from reconciler.plan import DEFAULT_SETTLE_SECONDS, replan_saved
+
+    # Usage errors first: before credentials, the state or the lock are touched.
+    plan_file = _plan_file_argument(paths, selector, settle)
+    chosen = _parse_selector(selector)
+    if not sandbox:
+        endpoint = checked_endpoint(endpoint)
+    credentials = None
+    if not sandbox and not dry_run:
+        try:
+            credentials = credentials_from_env()
+        except CredentialsError as error:
+            fail(
+                f"{error}: apply needs JD Cloud credentials in JDCLOUD_ACCESS_KEY and "
+                "JDCLOUD_SECRET_KEY (plus JDCLOUD_SESSION_TOKEN for temporary ones). To try the "
+                "whole flow without an account: reconciler apply --sandbox ..."
+            )
+    saved = _read_plan_file(plan_file) if plan_file is not None else None
+    store = open_store(state_location(state, sandbox=sandbox), lock_timeout)
+    console = make_console(no_color)
+    if sandbox and fmt is OutputFormat.TEXT and not quiet:
+        console.print(
+            f"[bold yellow]SANDBOX[/]: a local stand-in of the Live API, not JD Cloud; "
+            f"state goes to {store.shown}."
+        )
+
+    def planned(current_state: State) -> Plan:
+        from reconciler.plan import make_plan
+
+        now = datetime.now(UTC)
+        if saved is not None:
+            return replan_saved(saved, current_state, now=now)
+        tasks = _load_tasks_or_exit(paths, fmt, "apply", current_state)
+        _print_ignored(tasks, fmt, verbose and not quiet)
+        _warn_if_selector_matches_nothing(tasks, chosen)
+        return make_plan(
+            tasks.tasks,
+            current_state,
+            now=now,
+            settle_seconds=DEFAULT_SETTLE_SECONDS if settle is None else settle,
+            selector=chosen,
+        )
+
+    with errors_reported():
+        if dry_run:
+            if not sandbox:
+                warn_if_missing(store)
+            the_plan = planned(state_for_apply(store, sandbox=sandbox, dry_run=True))
+            _print_plan(the_plan, fmt, no_color, verbose, quiet)
+            if fmt is OutputFormat.TEXT:
+                console.print("Dry run: nothing was sent and the state was not changed.")
+            raise typer.Exit(0)
+        refuse_missing_state(store, sandbox=sandbox)
+        with store.lock():
+            current = state_for_apply(store, sandbox=sandbox)
+            the_plan = planned(current)
+            if fmt is OutputFormat.TEXT:
+                _print_plan(the_plan, fmt, no_color, verbose, quiet)
+            options = ApplyOptions(
+                credentials=credentials,
+                endpoint=endpoint,
+                concurrency=concurrency,
+                retry_pending=retry_pending,
+                sandbox=sandbox,
+            )
+            code = _apply_and_report(the_plan, current, store, options, fmt, console, quiet)
+    raise typer.Exit(code)
+
+
+def _apply_and_report(
+    the_plan: Plan,
+    current: State,
+    store: StateBackend,
+    options: ApplyOptions,
+    fmt: OutputFormat,
+    console: Console,
+    quiet: bool,
+) -> int:
+    """Run apply with the progress bar and outcome lines, then print its report; the exit code."""
+    from reconciler.apply import run_apply, to_send
+    from reconciler.report import (
+        apply_github,
+        apply_hints,
+        apply_json,
+        apply_markdown,
+        apply_summary,
+        outcome_line,
+    )
+
+    text = fmt is OutputFormat.TEXT
+    if options.retry_pending and the_plan.pending_count and text:
+        console.print(
+            "[yellow]warning[/]: --retry-pending re-sends tasks whose earlier outcome is "
+            "unknown; if JD Cloud did create them, the clip is made twice."
+        )
+    sending = to_send(the_plan, retry_pending=options.retry_pending)
+    # Interrupts are handled until the summary is out: a Ctrl-C during the compaction or
+    # the printing would otherwise cut them short with a KeyboardInterrupt.
+    with _stop_on_signals() as interrupts:
+        with contextlib.ExitStack() as stack:
+            progress = None
+            if text and sending and console.is_terminal and not quiet:
+                from rich.progress import Progress
+
+                progress = stack.enter_context(Progress(console=console, transient=True))
+                bar = progress.add_task("Submitting", total=len(sending))
+
+            def on_outcome(outcome: Any) -> None:
+                if progress is not None:
+                    progress.advance(bar)
+                if text and (not quiet or outcome.kind != "submitted"):
+                    console.print(outcome_line(outcome), markup=False)
+
+            result = run_apply(
+                the_plan,
+                current,
+                store,
+                options,
+                stop=interrupts.stop,
+                abort=interrupts.abort,
+                on_outcome=on_outcome,
+            )
+            if result.aborted:
+                # Senders still wait for an answer: the process exits without them (main()).
+                abandoned_senders.set()
+        sandbox = options.sandbox
+        if fmt is OutputFormat.JSON:
+            document = apply_json(result, the_plan, sandbox=sandbox, state_path=store.shown)
+            sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        elif fmt is OutputFormat.GITHUB:
+            apply_github(result, the_plan, sys.stdout, sandbox=sandbox)
+        elif fmt is OutputFormat.MARKDOWN:
+            apply_markdown(result, the_plan, sys.stdout, sandbox=sandbox)
+        else:
+            if not sending:
+                console.print("Nothing to submit.")
+            console.print(f"[bold]{apply_summary(result, the_plan, sandbox=sandbox)}[/]")
+            for hint in apply_hints(result, the_plan, store.shown):
+                console.print(f"[yellow]note[/]: {hint}", markup=True)
+    return result.exit_code

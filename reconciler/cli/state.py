@@ -1,0 +1,252 @@
+"""init and the state commands: create, inspect, repair and migrate a state."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+import typer.core
+
+from reconciler.cli.common import (
+    DEFAULT_STATE,
+    Command,
+    LockTimeout,
+    NoColor,
+    StatePath,
+    TaskHash,
+    app,
+    errors_reported,
+    fail,
+    make_console,
+    open_store,
+    state_app,
+    state_location,
+)
+from reconciler.report import OutputFormat
+
+if TYPE_CHECKING:
+    pass
+
+
+class StateFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+# --- init -----------------------------------------------------------------------------------
+
+
+@app.command(cls=Command)
+def init(
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            help=f"Where to create the state [default: $RECONCILER_STATE or {DEFAULT_STATE}].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Create an empty state file to commit beside the manifests (once, before the first apply)."""
+    store = open_store(state_location(state))
+    with errors_reported(), store.lock():
+        store.create()
+    typer.echo(f"Created an empty state at {store.shown}. {store.created_hint()}")
+
+
+# --- state ----------------------------------------------------------------------------------
+
+StateFormatOption = Annotated[StateFormat, typer.Option("--format", "-f", help="text or json.")]
+
+
+def _entry_json(entry: Any) -> dict[str, Any]:
+    return {
+        "hash": entry.hash,
+        "status": entry.status.value,
+        "name": entry.name,
+        "source": entry.source,
+        "requestId": entry.request_id,
+        "updatedAt": entry.updated_at,
+        "submittedAt": entry.submitted_at,
+        "request": entry.request,
+    }
+
+
+@state_app.command("list", cls=Command)
+def state_list(
+    state: StatePath = None,
+    choice: StateFormatOption = StateFormat.TEXT,
+    no_color: NoColor = False,
+) -> None:
+    """List every task in the state file."""
+    fmt = OutputFormat(choice)
+    store = open_store(state_location(state))
+    with errors_reported():
+        current = store.load()
+    entries = sorted(current.entries.values(), key=lambda e: (e.source, e.name, e.hash))
+    if fmt is OutputFormat.JSON:
+        document = {
+            "formatVersion": 1,
+            "command": "state list",
+            "state": store.shown,
+            "tasks": [_entry_json(entry) for entry in entries],
+        }
+        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("task", "status", "name", "requestId", "updated", "source"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(
+            entry.hash[:12],
+            entry.status.value,
+            entry.name,
+            entry.request_id or "-",
+            entry.updated_at,
+            entry.source,
+        )
+    console = make_console(no_color)
+    if entries:
+        console.print(table)
+    pending = sum(1 for entry in entries if entry.status.value == "pending")
+    console.print(
+        f"{len(entries)} tasks in {store.shown}" + (f", {pending} pending." if pending else ".")
+    )
+
+
+@state_app.command("show", cls=Command)
+def state_show(
+    task: TaskHash,
+    state: StatePath = None,
+    choice: StateFormatOption = StateFormat.TEXT,
+) -> None:
+    """Show one task: status, requestId, and the exact request it sends."""
+    fmt = OutputFormat(choice)
+    store = open_store(state_location(state))
+    with errors_reported():
+        entry = store.load().find(task)
+    document = _entry_json(entry)
+    if fmt is OutputFormat.JSON:
+        wrapped = {
+            "formatVersion": 1,
+            "command": "state show",
+            "state": store.shown,
+            "task": document,
+        }
+        typer.echo(json.dumps(wrapped, indent=2, ensure_ascii=False))
+        return
+    for key in ("hash", "status", "name", "source", "requestId", "updatedAt", "submittedAt"):
+        typer.echo(f"{key + ':':13} {document[key] if document[key] is not None else '-'}")
+    typer.echo("request:")
+    typer.echo(json.dumps(entry.request, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+@state_app.command("rm", cls=Command)
+def state_rm(
+    task: TaskHash,
+    state: StatePath = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    lock_timeout: LockTimeout = 60.0,
+) -> None:
+    """Forget a task. The next apply submits it again if a manifest still asks for it."""
+    store = open_store(state_location(state), lock_timeout)
+    with errors_reported(), store.lock():
+        current = store.load()
+        entry = current.find(task)
+        warning = (
+            f"{entry.name} ({entry.hash[:12]}) is {entry.status.value}: once forgotten, the next "
+            "apply submits it again if a manifest still asks for it."
+        )
+        if not yes:
+            if not sys.stdin.isatty():
+                fail(f"{warning} Pass --yes to confirm.")
+            typer.confirm(f"{warning} Forget it?", abort=True)
+        store.write(current.without(entry.hash))
+    typer.echo(f"Removed {entry.name} ({entry.hash[:12]}) from {store.shown}.")
+
+
+@state_app.command("mark-submitted", cls=Command)
+def state_mark_submitted(
+    task: TaskHash,
+    request_id: Annotated[
+        str, typer.Option("--request-id", help="The requestId JD Cloud gave (from its console).")
+    ],
+    state: StatePath = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace the requestId of a task already recorded submitted."),
+    ] = False,
+    lock_timeout: LockTimeout = 60.0,
+) -> None:
+    """Record a pending task as submitted, after checking at JD Cloud that it exists."""
+    from reconciler.state import StateEntry, TaskStatus, utc_timestamp
+
+    if not request_id.strip():
+        raise typer.BadParameter("must not be empty", param_hint="'--request-id'")
+    store = open_store(state_location(state), lock_timeout)
+    with errors_reported(), store.lock():
+        current = store.load()
+        entry = current.find(task)
+        if (
+            entry.status is TaskStatus.SUBMITTED
+            and entry.request_id != request_id.strip()
+            and not force
+        ):
+            fail(
+                f"{entry.name} ({entry.hash[:12]}) is already submitted with requestId "
+                f"{entry.request_id}; the state was not changed. If {request_id.strip()} is "
+                "the right one, pass --force"
+            )
+        stamp = utc_timestamp(datetime.now(UTC))
+        marked = StateEntry(
+            entry.hash,
+            TaskStatus.SUBMITTED,
+            entry.name,
+            entry.source,
+            entry.request,
+            stamp,
+            request_id.strip(),
+            stamp,
+        )
+        store.write(current.with_entries([marked]))
+    typer.echo(
+        f"Marked {entry.name} ({entry.hash[:12]}) submitted, requestId {request_id.strip()}."
+    )
+
+
+@state_app.command("migrate", cls=Command)
+def state_migrate(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="The state to copy: a file path or a postgresql:// URI.", metavar="FROM"
+        ),
+    ],
+    target: Annotated[
+        str,
+        typer.Argument(help="Where to copy it (new or empty): a file path or a URI.", metavar="TO"),
+    ],
+    lock_timeout: LockTimeout = 60.0,
+) -> None:
+    """Copy a state between a file and a database (either way), verified entry by entry."""
+    from reconciler.state.migrate import migrate
+
+    origin = open_store(source, lock_timeout)
+    destination = open_store(target, lock_timeout)
+    with errors_reported():
+        done = migrate(origin, destination)
+    kind = "sandbox " if done.sandbox else ""
+    typer.echo(
+        f"Migrated {done.tasks} {kind}tasks ({done.submitted} submitted, {done.pending} pending) "
+        f"from {origin.shown} to {destination.shown}; verified entry by entry."
+    )
+    typer.echo(
+        f"note: {origin.shown} was left as it was: point every plan and apply at "
+        f"{destination.shown} now, and retire the old state so nothing applies against it."
+    )

@@ -834,6 +834,8 @@ class _Builder:
                 f" counting what aliases repeat ({written} written, {self.repeated} repeated by "
                 "aliases: each alias counts its anchor's values again, as if written out)"
             )
+        if self.repeated > written:
+            advice = "most of them repeated by aliases, as in an alias bomb"
         message += f"; {advice}: refused"
         if not self.kind_read:
             message += (

@@ -433,6 +433,9 @@ def test_a_clip_in_the_year_9999_validates_plans_and_applies(tmp_path: Path) -> 
     assert "1 submitted" in applied.stdout and "1 waiting" in applied.stdout
     again = run_cli("apply", "plan.json", "--sandbox", cwd=tmp_path)
     assert "Traceback" not in again.stdout + again.stderr
+    # Were the far-future clip ever due, the sandbox would take it as it takes the year-1 one.
+    last = next(task for task in load_tasks([manifests]).tasks if task.name == "last-second")
+    assert check_spec({**last.path, **last.body}) == []
 
 
 # --- times with an offset are the same clip as their UTC form -----------------------------------
@@ -693,3 +696,4 @@ def test_an_alias_bomb_in_a_set_is_still_refused_and_blamed_on_its_aliases() -> 
     (problem,) = result.problems
     assert problem.message.startswith(f"RecordTaskSet holds more than {MAX_VALUES_PER_SET} values")
     assert "repeated by aliases" in problem.message
+    assert "as in an alias bomb" in problem.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import errno
 import os
 import re
@@ -40,10 +41,15 @@ MAX_FILE_BYTES = 5 * 1024 * 1024
 MAX_VALUES_PER_DOCUMENT = 10_000
 MAX_DEPTH = 32
 # A RecordTaskSet writes many clips in one document (about 15 values each): 10,000 clips fit, and
-# the 5 MiB file limit binds first. It gets the larger budget once its `kind` has been read; what
-# aliases repeat keeps the small one, so an alias bomb costs no more inside a set.
+# the 5 MiB file limit binds first. It gets the larger budget once its `kind` has been read.
+# Every budget counts what aliases repeat as if it were written out (a clip that shares an
+# anchor costs what it would cost written in full), so an alias bomb is refused as soon as it
+# has cost what the largest set written out costs, and never more.
 MAX_VALUES_PER_SET = 500_000
 SET_KIND = "RecordTaskSet"
+# The kinds there are, and those this version reads (RecordNotifyConfig is planned).
+KINDS = ("RecordTask", SET_KIND, "RecordNotifyConfig")
+SUPPORTED_KINDS = ("RecordTask", SET_KIND)
 # What a clip of a set writes besides spec fields: the rest of a clip entry is merged into spec.
 CLIP_OWN_KEYS = ("name", "labels")
 
@@ -758,6 +764,15 @@ def _tab_near(text: str, line: int, column: int) -> bool:
     return "\t" in row[: column + 1] or (row[:column].strip() == "" and "\t" in row)
 
 
+def _set_like(kind: Any) -> bool:
+    """A set's kind, or a mistyped one (`recordtaskset`): the set's budget lets the document be
+    read, so the kind itself is what is reported."""
+    if not isinstance(kind, str):
+        return False
+    closest = difflib.get_close_matches(kind.lower(), [name.lower() for name in KINDS], n=1)
+    return closest == [SET_KIND.lower()]
+
+
 def _mark(event: Any) -> tuple[int, int]:
     return event.start_mark.line + 1, event.start_mark.column + 1
 
@@ -778,6 +793,7 @@ class _Builder:
         self.count = 0
         self.repeated = 0  # of `count`, the values aliases repeated
         self.budget = MAX_VALUES_PER_DOCUMENT
+        self.kind_read = False  # whether the document's `kind` (which sets the budget) was read
 
     def document(self, path: str, index: int) -> Manifest | None:
         start = self.parser.peek_event()
@@ -801,23 +817,32 @@ class _Builder:
     ) -> None:
         self.count += amount
         self.repeated += amount if repeated else 0
-        if self.count > self.budget or self.repeated > MAX_VALUES_PER_DOCUMENT:
-            if self.budget == MAX_VALUES_PER_SET and self.repeated <= MAX_VALUES_PER_DOCUMENT:
-                message = (
-                    f"RecordTaskSet holds more than {MAX_VALUES_PER_SET} values; split its "
-                    "clips into several sets: refused"
-                )
-            else:
-                message = (
-                    f"document holds more than {MAX_VALUES_PER_DOCUMENT} values (counting what "
-                    "aliases repeat); a manifest has about 30: refused"
-                )
-                if not self.repeated:
-                    message += (
-                        f" (a {SET_KIND} may hold up to {MAX_VALUES_PER_SET} when its "
-                        "`kind` is written before its clips)"
-                    )
-            raise _DocumentError(line, column, (), message, fatal=True)
+        if self.count > self.budget:
+            raise _DocumentError(line, column, (), self._too_many(), fatal=True)
+
+    def _too_many(self) -> str:
+        """Which limit was hit, and how the values add up to it."""
+        written = self.count - self.repeated
+        if self.budget == MAX_VALUES_PER_SET:
+            message = f"{SET_KIND} holds more than {MAX_VALUES_PER_SET} values"
+            advice = "split its clips into several sets"
+        else:
+            message = f"document holds more than {MAX_VALUES_PER_DOCUMENT} values"
+            advice = "a manifest has about 30"
+        if self.repeated:
+            message += (
+                f" counting what aliases repeat ({written} written, {self.repeated} repeated by "
+                "aliases: each alias counts its anchor's values again, as if written out)"
+            )
+        if self.repeated > written:
+            advice = "most of them repeated by aliases, as in an alias bomb"
+        message += f"; {advice}: refused"
+        if not self.kind_read:
+            message += (
+                f" (a {SET_KIND} may hold up to {MAX_VALUES_PER_SET} when its `kind` is "
+                "written before its clips)"
+            )
+        return message
 
     def value(self, path: DocPath, depth: int) -> Any:
         event = self.parser.get_event()
@@ -896,8 +921,10 @@ class _Builder:
             first_seen[key] = line
             self.keys[(*path, key)] = (line, column)
             result[key] = self.value((*path, key), depth + 1)
-            if not path and key == "kind" and result[key] == SET_KIND:
-                self.budget = MAX_VALUES_PER_SET
+            if not path and key == "kind":
+                self.kind_read = True
+                if _set_like(result[key]):
+                    self.budget = MAX_VALUES_PER_SET
         self.parser.get_event()
         return result
 

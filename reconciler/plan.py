@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from reconciler.problems import Location
+from reconciler.schema import LAST_TIME
 from reconciler.tasks import SHORT_HASH, Task, canonical_request, request_hash
 
 if TYPE_CHECKING:  # the state module (and filelock) load only when a state is read
@@ -17,6 +18,9 @@ if TYPE_CHECKING:  # the state module (and filelock) load only when a state is r
 
 PLAN_FORMAT_VERSION = 1
 DEFAULT_SETTLE_SECONDS = 300
+# The largest --settle (ten years): planning is safe for any settle up to it, and the CLI refuses
+# more as a usage error.
+MAX_SETTLE_SECONDS = 10 * 366 * 24 * 3600
 
 
 class PlanAction(StrEnum):
@@ -45,7 +49,8 @@ class PlanError(Exception):
 
 
 def utc_text(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Not strftime: its %Y writes the year 999 as "999" on some platforms.
+    return f"{moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec='seconds')}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,15 +215,21 @@ class Plan:
             )
         try:
             items = tuple(PlanItem.from_json(item) for item in document["items"])
+            settle = int(document.get("settleSeconds", DEFAULT_SETTLE_SECONDS))
             plan = cls(
                 items=items,
                 fingerprint=str(document["stateFingerprint"]),
                 created_at=str(document["createdAt"]),
-                settle_seconds=int(document.get("settleSeconds", DEFAULT_SETTLE_SECONDS)),
+                settle_seconds=settle,
                 selector=dict(document.get("selector") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"plan file is incomplete or malformed ({exc})") from exc
+        if not 0 <= settle <= MAX_SETTLE_SECONDS:
+            raise PlanError(
+                f"plan file's settleSeconds {settle} is not between 0 and {MAX_SETTLE_SECONDS} "
+                "(what `plan --settle` allows): edited by hand?"
+            )
         return plan
 
     def dumps(self) -> str:
@@ -313,6 +324,14 @@ def _task_of(item: PlanItem) -> Task:
     return Task(item.name, item.request, item.hash, where, where)
 
 
+def ready_time(last_end: datetime, settle: timedelta) -> datetime | None:
+    """When a clip's recording is complete and settled; None when that is after the last time
+    a datetime holds (a clip ending in the year 9999): it waits, and its readyAt is LAST_TIME."""
+    if settle > LAST_TIME - last_end:
+        return None
+    return last_end + settle
+
+
 def parse_selector(expressions: Iterable[str]) -> dict[str, str]:
     """`key=value` strings into a mapping; ValueError with the offending text otherwise."""
     selector: dict[str, str] = {}
@@ -339,6 +358,10 @@ def make_plan(
     """Compare the manifests' tasks with the state. Pure: the clock is passed in."""
     selector = dict(selector or {})
     items: list[PlanItem] = []
+    if not 0 <= settle_seconds <= MAX_SETTLE_SECONDS:
+        raise ValueError(
+            f"settle_seconds {settle_seconds} is not between 0 and {MAX_SETTLE_SECONDS}"
+        )
     settle = timedelta(seconds=settle_seconds)
     current = {task.hash for task in tasks}
     by_name = {task.name: task for task in tasks}
@@ -348,8 +371,8 @@ def make_plan(
         entry = state.get(task.hash)
         source = task.source
         if entry is None:
-            ready = task.last_end + settle
-            if now < ready:
+            ready = ready_time(task.last_end, settle)
+            if ready is None or now < ready:
                 items.append(
                     PlanItem(
                         PlanAction.WAITING,
@@ -358,7 +381,7 @@ def make_plan(
                         source,
                         task.request,
                         line=task.location.line,
-                        ready_at=utc_text(ready),
+                        ready_at=utc_text(ready or LAST_TIME),
                     )
                 )
             else:

@@ -9,7 +9,7 @@ import re
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -19,12 +19,29 @@ import regress
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.protocols import Validator
 
-from reconciler.manifests import ClipSet, DocPath, Manifest, expand_set
+from reconciler.manifests import (
+    KINDS,
+    SUPPORTED_KINDS,
+    ClipSet,
+    DocPath,
+    Manifest,
+    expand_set,
+)
 from reconciler.problems import Location, Problem, field_path
 
 SCHEMA_RESOURCE = "schemas/record-task.schema.json"
-# Matched with fullmatch: `$` in a Python pattern also matches before a final newline.
-_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
+# Matched with fullmatch: `$` in a Python pattern also matches before a final newline. A time is
+# UTC (`Z`) or carries its offset (`+08:00`); the request always carries the UTC form.
+_TIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:Z|([+-])([0-9]{2}):([0-9]{2}))",
+    re.ASCII,
+)
+# A time written without its zone (or with a space for the 'T'): what a local time looks like.
+_NAIVE_TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}:[0-9]{2}:[0-9]{2})", re.ASCII)
+# The first and last times a request can carry (a datetime holds years 1 to 9999).
+FIRST_TIME = datetime.min.replace(tzinfo=UTC)
+LAST_TIME = datetime.max.replace(microsecond=0, tzinfo=UTC)
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -40,15 +57,79 @@ def load_schema() -> dict[str, Any]:
 
 
 def parse_record_time(text: str) -> datetime | None:
-    """A recordTimes value as an aware UTC datetime, or None if it is not a real time in the format."""
+    """A recordTimes value as an aware UTC datetime, or None if it is not a real time in the
+    format (see record_time_problem for why)."""
+    moment, _ = _read_time(text)
+    return moment
+
+
+def record_time_problem(text: str) -> str | None:
+    """Why a time in the format is no time a request can carry (None when it is one)."""
+    _, problem = _read_time(text)
+    return problem
+
+
+def utc_record_time(text: str) -> str:
+    """A valid recordTimes value in the form the request carries: UTC, `Z`."""
+    if text.endswith("Z"):
+        return text
+    moment = parse_record_time(text)
+    assert moment is not None, "requests are built from validated manifests only"
+    return _utc_text(moment)
+
+
+def _read_time(text: str) -> tuple[datetime | None, str | None]:
     match = _TIME.fullmatch(text)
     if match is None:
-        return None
-    try:
-        year, month, day, hour, minute, second = (int(part) for part in match.groups())
-        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+        return None, "not in the format"
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    try:  # the calendar applies to the time as written
+        written = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:
-        return None
+        return None, (
+            f"{text} is not a real calendar time (check the month, day, hour, minute and "
+            "second); use a time like 2018-10-21T10:00:00Z (UTC) or 2018-10-21T18:00:00+08:00"
+        )
+    sign, hours, minutes = match.group(7, 8, 9)
+    if sign is None:
+        return written, None
+    if int(hours) > 23 or int(minutes) > 59:
+        return None, (
+            f"{text}: {sign}{hours}:{minutes} is not a real offset (hours 00 to 23, minutes "
+            "00 to 59, like +08:00)"
+        )
+    offset = timedelta(hours=int(hours), minutes=int(minutes))
+    try:
+        return (written - offset if sign == "+" else written + offset), None
+    except OverflowError:
+        edge = _utc_text(FIRST_TIME if sign == "+" else LAST_TIME)
+        when = "before" if sign == "+" else "after"
+        return None, (
+            f"{text} is {when} {edge} in UTC, the {'first' if sign == '+' else 'last'} time a "
+            "request can carry"
+        )
+
+
+def _utc_text(moment: datetime) -> str:
+    # Not strftime: its %Y writes the year 999 as "999" on some platforms.
+    return f"{moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec='seconds')}Z"
+
+
+def _shown(text: str, moment: datetime) -> str:
+    """A time as written, with its UTC reading when it was written with an offset."""
+    return text if text.endswith("Z") else f"{text} ({_utc_text(moment)})"
+
+
+def _time_rule(value: Any, rule: str) -> str:
+    """The format rule for a time; a time written without its zone gets its UTC reading."""
+    naive = _NAIVE_TIME.fullmatch(value) if isinstance(value, str) else None
+    if naive is None:
+        return _with_hidden(value, rule)
+    utc = f"{naive.group(1)}T{naive.group(2)}"
+    return (
+        f"{value!r} has no offset, so it could be any zone's time: write {utc}Z if it is UTC, "
+        f"or add its offset (like {utc}+08:00 for Beijing time)"
+    )
 
 
 def _duration(seconds: int) -> str:
@@ -158,11 +239,9 @@ def _calendar_time(
     validator: Validator, enabled: bool, instance: Any, schema: Mapping[str, Any]
 ) -> Iterator[ValidationError]:
     in_format = isinstance(instance, str) and _TIME.fullmatch(instance) is not None
-    if enabled and in_format and parse_record_time(instance) is None:
-        yield ValidationError(
-            f"{instance} is not a real calendar time (check the month, day, hour, minute and "
-            "second); use a UTC time like 2018-10-21T10:00:00Z"
-        )
+    problem = record_time_problem(instance) if enabled and in_format else None
+    if problem is not None:
+        yield ValidationError(problem)
 
 
 def _segments(
@@ -183,16 +262,17 @@ def _segments(
             return  # the format or calendar rule already reports it
         if end_at <= start_at:
             yield ValidationError(
-                f"endTime {end} is not after startTime {start}; a segment must end after it starts",
+                f"endTime {_shown(end, end_at)} is not after startTime {_shown(start, start_at)}; "
+                "a segment must end after it starts",
                 path=(index, "endTime"),
             )
             return
         if spans and start_at < spans[-1][2]:
             previous = spans[-1]
             yield ValidationError(
-                f"segment {index + 1} starts at {start}, before segment {previous[0] + 1} ends at "
-                f"{instance[previous[0]]['endTime']}; segments must be in ascending order and "
-                "must not overlap",
+                f"segment {index + 1} starts at {_shown(start, start_at)}, before segment "
+                f"{previous[0] + 1} ends at {_shown(instance[previous[0]]['endTime'], previous[2])}; "
+                "segments must be in ascending order and must not overlap",
                 path=(index, "startTime"),
             )
             return
@@ -447,6 +527,14 @@ def _describe(error: ValidationError) -> tuple[DocPath, str]:
         return path, f"must be {expected!r}, not {_kind_of(value)}"
     if keyword == "pattern":
         rule = schema.get("patternErrorMessage", f"must match {expected}")
+        if schema.get("x-reconciler-calendarTime"):
+            return path, _time_rule(value, rule)
+        lower = value.lower() if isinstance(value, str) else value
+        if expected == _host_pattern() and lower != value and ecma_match(expected, lower):
+            return path, (
+                f"{value!r} must be written in lower case: write {lower} (DNS ignores case, so "
+                "it is the same host; one spelling keeps one identity per clip)"
+            )
         return path, _with_hidden(value, rule)
     if keyword in ("minLength", "maxLength"):
         bound = "at least" if keyword == "minLength" else "at most"
@@ -455,6 +543,11 @@ def _describe(error: ValidationError) -> tuple[DocPath, str]:
         bound = "at least" if keyword == "minItems" else "at most"
         return path, f"has {len(value)} entries; {bound} {expected} allowed"
     return path, error.message
+
+
+@cache
+def _host_pattern() -> str:
+    return str(load_schema()["$defs"]["hostName"]["pattern"])
 
 
 def _with_hidden(value: Any, rule: str) -> str:
@@ -487,7 +580,32 @@ class _Finding:
     keyword: str
 
 
+def _kind_problem(doc: Any) -> str | None:
+    """Why a document's `kind` is none that reconciler reads (None when it is one, or missing:
+    the schema says a missing one is). The kinds are named closest first; a document of another
+    kind gets no errors about fields it was never meant to have."""
+    kind = doc.get("kind", SUPPORTED_KINDS[0]) if isinstance(doc, dict) else SUPPORTED_KINDS[0]
+    if kind in SUPPORTED_KINDS:
+        return None
+    if kind in KINDS:
+        return (
+            f"kind {kind!r} is not supported yet by this version of reconciler; it reads "
+            f"{' and '.join(SUPPORTED_KINDS)}"
+        )
+    written = str(kind).lower()
+    ordered = sorted(
+        KINDS, key=lambda name: -difflib.SequenceMatcher(None, written, name.lower()).ratio()
+    )
+    what = repr(kind) if isinstance(kind, str) else _kind_of(kind)
+    case = " (kinds are case-sensitive)" if written in (name.lower() for name in KINDS) else ""
+    return f"unknown kind {what}{case}; the kinds are {', '.join(ordered)} (closest first)"
+
+
 def _findings(manifest: Manifest, validator: Validator) -> Iterator[_Finding]:
+    wrong_kind = _kind_problem(manifest.doc)
+    if wrong_kind is not None:
+        yield _Finding(("kind",), wrong_kind, False, "kind")
+        return
     for error in validator.iter_errors(manifest.doc):
         path, message = _describe(error)
         if isinstance(error, _SeeAlso):
@@ -701,4 +819,17 @@ def check_spec(spec: Any) -> list[tuple[str, str]]:
     for error in _errors(wrapped):
         path, message = _describe(error)
         found.append((field_path(path[1:] if path[:1] == ("spec",) else path), message))
+    times = spec.get("recordTimes") if isinstance(spec, dict) else None
+    for index, segment in enumerate(times if isinstance(times, list) else []):
+        for name in ("startTime", "endTime"):
+            value = segment.get(name) if isinstance(segment, dict) else None
+            if isinstance(value, str) and not value.endswith("Z"):
+                moment = parse_record_time(value)
+                if moment is not None:  # a manifest may write an offset; a request never does
+                    found.append(
+                        (
+                            field_path(("recordTimes", index, name)),
+                            f"{value!r} must be sent as its UTC form, {_utc_text(moment)}",
+                        )
+                    )
     return sorted(found)

@@ -12,7 +12,7 @@ from typing import Any
 from reconciler.collector import collector_paused
 from reconciler.manifests import Ignored, Manifest, find_manifests, iter_found
 from reconciler.problems import Location, Problem, field_path
-from reconciler.schema import check_manifests, parse_record_time
+from reconciler.schema import check_manifests, parse_record_time, utc_record_time
 
 PATH_FIELDS = ("publishDomain", "appName", "streamName")
 BODY_FIELDS = (
@@ -36,8 +36,12 @@ def normalise_file_types(value: str) -> str:
 def canonical_request(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The request a (valid) spec sends: path parameters and JSON body, normalised."""
     body: dict[str, Any] = {name: spec[name] for name in BODY_FIELDS}
+    # A time written with an offset is sent (and hashed) as its UTC form: one clip, one request.
     body["recordTimes"] = [
-        {"startTime": segment["startTime"], "endTime": segment["endTime"]}
+        {
+            "startTime": utc_record_time(segment["startTime"]),
+            "endTime": utc_record_time(segment["endTime"]),
+        }
         for segment in spec["recordTimes"]
     ]
     body["recordFileType"] = normalise_file_types(spec["recordFileType"])

@@ -137,6 +137,7 @@ def test_unquoted_timestamps_stay_the_literal_text() -> None:
     assert times == [
         {"startTime": "2026-11-20T19:00:00Z", "endTime": "2026-11-20T19:05:00Z"},
         {"startTime": "2026-11-20T19:10:00Z", "endTime": "2026-11-20T19:15:00Z"},
+        {"startTime": "2026-11-21T03:20:00+08:00", "endTime": "2026-11-21T03:25:00+08:00"},
     ]
 
 

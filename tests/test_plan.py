@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from reconciler.plan import Plan, PlanAction, PlanError, make_plan, parse_selector, replan_saved
+from reconciler.plan import (
+    MAX_SETTLE_SECONDS,
+    Plan,
+    PlanAction,
+    PlanError,
+    make_plan,
+    parse_selector,
+    replan_saved,
+)
 from reconciler.state import State, StateEntry, TaskStatus
 from reconciler.tasks import Task
 from tests.conftest import NOW
@@ -82,6 +90,33 @@ def test_settle_window(make_task: MakeTask) -> None:
     no_settle = make_plan([task], State(), now=end, settle_seconds=0)
     assert no_settle.items[0].action is PlanAction.CREATE
     assert "1 waiting" in just_before.summary()
+
+
+LAST_SEGMENT = [{"startTime": "9999-12-31T23:50:00Z", "endTime": "9999-12-31T23:59:59Z"}]
+FIRST_SEGMENT = [{"startTime": "0001-01-01T00:00:00Z", "endTime": "0001-01-01T00:05:00Z"}]
+
+
+@pytest.mark.parametrize("settle", [0, 1, 300, MAX_SETTLE_SECONDS])
+def test_any_settle_up_to_the_maximum_plans_the_first_and_last_times(
+    make_task: MakeTask, settle: int
+) -> None:
+    last = make_task(1, recordTimes=LAST_SEGMENT)
+    first = make_task(2, recordTimes=FIRST_SEGMENT)
+    plan = make_plan([last, first], State(), now=NOW, settle_seconds=settle)
+    assert actions(plan) == {"clip-1": "waiting", "clip-2": "create"}
+    # The last second a time can hold: the clip waits past any clock there can be.
+    assert plan.of(PlanAction.WAITING)[0].ready_at == "9999-12-31T23:59:59Z"
+    assert Plan.from_json(json.loads(plan.dumps())).settle_seconds == settle
+
+
+def test_a_settle_out_of_range_is_refused(make_task: MakeTask) -> None:
+    with pytest.raises(ValueError, match="settle_seconds"):
+        make_plan([make_task(1)], State(), now=NOW, settle_seconds=MAX_SETTLE_SECONDS + 1)
+    document = json.loads(make_plan([make_task(1)], State(), now=NOW).dumps())
+    for settle in (10**20, -1):
+        document["settleSeconds"] = settle
+        with pytest.raises(PlanError, match="settleSeconds"):
+            Plan.from_json(document)
 
 
 def test_waiting_uses_the_last_segment(make_task: MakeTask) -> None:

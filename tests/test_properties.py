@@ -59,9 +59,8 @@ buckets = st.builds(
     st.text(LOWER_DIGITS + "-", min_size=1, max_size=20),
     st.sampled_from(LOWER_DIGITS),
 )
-hosts = st.lists(_label(LETTERS_DIGITS, LETTERS_DIGITS + "-", 10), min_size=1, max_size=4).map(
-    ".".join
-)
+# Host names are written in lower case (one spelling, one identity): upper case is refused.
+hosts = st.lists(_label(LOWER_DIGITS, LOWER_DIGITS + "-", 10), min_size=1, max_size=4).map(".".join)
 # A single URL path segment: no / ? # %, no whitespace or control characters. Everything else,
 # including YAML indicators and words YAML 1.1 would turn into booleans or numbers, is fair.
 SEGMENT_CHARACTERS = LETTERS_DIGITS + "-_.~:@!$&'()*+,;=[]{}\"\\|^`<>éüß球赛决⚽"

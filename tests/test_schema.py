@@ -207,20 +207,34 @@ RULES: list[tuple[str, Any, Any, str]] = [
         "recordTimes",
         times(("2018-10-21T10:00:00Z", "2018-10-21T10:05:00Z")),
         times(("2018-10-21T10:00:00.000Z", "2018-10-21T10:05:00Z")),
-        "yyyy-MM-dd'T'HH:mm:ss'Z'",
+        "yyyy-MM-dd'T'HH:mm:ss followed by Z (UTC) or its offset",
+    ),
+    (
+        "recordTimes",
+        times(("2018-10-21T10:00:00Z", "2018-10-21T10:05:00Z")),
+        times(("2018-10-21T18:00:00+0800", "2018-10-21T10:05:00Z")),
+        "or 2018-10-21T18:00:00+08:00 (no fractions)",
+    ),
+    (
+        "recordTimes",
+        times(("2018-10-21T10:00:00Z", "2018-10-21T10:05:00Z")),
+        times(("2018-10-21T10:00:00", "2018-10-21T10:05:00Z")),
+        "write 2018-10-21T10:00:00Z if it is UTC, or add its offset",
     ),
     (
         "recordTimes",
         times(("2018-10-21T10:00:00Z", "2018-10-21T10:05:00Z")),
         times(("2018-10-21T18:00:00+08:00", "2018-10-21T10:05:00Z")),
-        "no fractions, no offsets",
+        "must be sent as its UTC form, 2018-10-21T10:00:00Z",  # a request; a manifest may
     ),
     (
         "recordTimes",
         times(("2018-10-21T10:00:00Z", "2018-10-21T10:05:00Z")),
         times(("2018-10-21t10:00:00z", "2018-10-21T10:05:00Z")),
-        "UTC time",
+        "followed by Z (UTC)",
     ),
+    ("publishDomain", "push.example.com", "Push.Example.COM", "write push.example.com"),
+    ("saveEndpoint", "s3.example.com", "S3.EXAMPLE.COM", "lower case: write s3.example.com"),
     (
         "recordTimes",
         times(("2018-10-21T10:00:00Z", "2018-10-21T10:05:00Z")),
@@ -284,7 +298,6 @@ def test_unknown_field_suggests_the_right_one(base: dict[str, Any]) -> None:
 def test_top_level_rules(base: dict[str, Any], tmp_path: Path) -> None:
     doc = copy.deepcopy(base)
     doc["apiVersion"] = "reconciler/v2"
-    doc["kind"] = "Task"
     doc["metadata"] = {
         "name": "Bad_Name",
         "labels": {"ok": "yes", "bad key!": "x", "n": 1},
@@ -294,7 +307,6 @@ def test_top_level_rules(base: dict[str, Any], tmp_path: Path) -> None:
     manifests, _ = load_manifests([str(tmp_path / "m.yaml")])
     found = [f"{p.field}: {p.message}" for p in check_manifest(manifests[0])]
     assert "apiVersion: must be 'reconciler/v1', not text 'reconciler/v2'" in found
-    assert "kind: must be 'RecordTask', not text 'Task'" in found
     assert any(f.startswith("metadata.name: 'Bad_Name' must be 1 to 63 lowercase") for f in found)
     assert any(f.startswith("metadata.labels.bad key!: key 'bad key!'") for f in found)
     assert (
@@ -302,6 +314,19 @@ def test_top_level_rules(base: dict[str, Any], tmp_path: Path) -> None:
         in found
     )
     assert any(f.startswith("metadata.extra: unknown field 'extra'") for f in found)
+
+
+def test_an_unknown_kind_is_the_only_problem(base: dict[str, Any], tmp_path: Path) -> None:
+    doc = copy.deepcopy(base)
+    doc["kind"] = "Task"
+    doc["spec"]["saveBuckte"] = doc["spec"].pop("saveBucket")  # not reported: wrong kind
+    (tmp_path / "m.yaml").write_text(json.dumps(doc))
+    manifests, _ = load_manifests([str(tmp_path / "m.yaml")])
+    found = [f"{p.field}: {p.message}" for p in check_manifest(manifests[0])]
+    assert found == [
+        "kind: unknown kind 'Task'; the kinds are RecordTask, RecordTaskSet, RecordNotifyConfig "
+        "(closest first)"
+    ]
 
 
 def test_metadata_name_rules(base: dict[str, Any]) -> None:

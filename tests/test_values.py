@@ -14,9 +14,11 @@ manifest, as YAML text, so the real loader reads them. Then:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
 
 from reconciler.client import LiveClient, encode_body, record_task_path
-from reconciler.manifests import Manifest, parse_text
+from reconciler.manifests import MAX_VALUES_PER_SET, Manifest, parse_text
+from reconciler.plan import MAX_SETTLE_SECONDS
 from reconciler.sandbox import Sandbox, SandboxConfig
 from reconciler.schema import check_manifest, check_spec
 from reconciler.tasks import Task, load_tasks, task_from_manifest
@@ -42,7 +45,8 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-RECORD_TASK_SCHEMA = Path(__file__).parent.parent / "schemas" / "record-task.schema.json"
+ROOT = Path(__file__).parent.parent
+RECORD_TASK_SCHEMA = ROOT / "schemas" / "record-task.schema.json"
 
 # --- a valid manifest with one field open ---------------------------------------------------------
 
@@ -384,3 +388,312 @@ def test_check_jsonschema_accepts_what_validate_accepts(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- no value breaks a run: the last and first times a manifest can write ----------------------
+
+VALUES = Path(__file__).parent / "fixtures" / "values"
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JDCLOUD_", "RECONCILER_"))}
+    env["NO_COLOR"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_clip_in_the_year_9999_validates_plans_and_applies(tmp_path: Path) -> None:
+    """The far-future clip waits (its settle time runs past the last second a time can hold);
+    the year-1 clip is sent. No OverflowError, in any command or format, at any --settle."""
+    manifests = str(VALUES / "year-9999.yaml")
+    checked = run_cli("validate", manifests, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert run_cli("init", cwd=tmp_path).returncode == 0
+    for settle in ("0", "300", str(MAX_SETTLE_SECONDS)):
+        for output in ("text", "json", "markdown", "github"):
+            planned = run_cli(
+                "plan", manifests, "--settle", settle, "--format", output, cwd=tmp_path
+            )
+            assert planned.returncode == 0, planned.stdout + planned.stderr
+            assert "Traceback" not in planned.stderr
+    planned = run_cli("plan", manifests, "--format", "json", "--out", "plan.json", cwd=tmp_path)
+    items = {item["name"]: item for item in json.loads(planned.stdout)["items"]}
+    assert items["last-second"]["action"] == "waiting"
+    assert items["last-second"]["readyAt"] == "9999-12-31T23:59:59Z"
+    assert items["first-second"]["action"] == "create"
+    applied = run_cli("apply", manifests, "--sandbox", cwd=tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "1 submitted" in applied.stdout and "1 waiting" in applied.stdout
+    again = run_cli("apply", "plan.json", "--sandbox", cwd=tmp_path)
+    assert "Traceback" not in again.stdout + again.stderr
+    # Were the far-future clip ever due, the sandbox would take it as it takes the year-1 one.
+    last = next(task for task in load_tasks([manifests]).tasks if task.name == "last-second")
+    assert check_spec({**last.path, **last.body}) == []
+
+
+# --- times with an offset are the same clip as their UTC form -----------------------------------
+
+
+def _loaded_spec(text: str) -> Manifest:
+    manifest = _loaded(text)
+    assert manifest is not None, text
+    return manifest
+
+
+def _times_text(start: str, end: str) -> str:
+    text = manifest_text("startTime", f'"{start}"')
+    return text.replace(f"endTime: {FIELDS['endTime'][0]}", f'endTime: "{end}"')
+
+
+def _written(moment: datetime, minutes: int) -> str:
+    """`moment` (UTC) as the local time at an offset of `minutes`, with that offset."""
+    local = moment + timedelta(minutes=minutes)
+    sign = "-" if minutes < 0 else "+"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{local.isoformat(timespec='seconds')}{sign}{hours:02d}:{rest:02d}"
+
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+offsets = st.integers(-(23 * 60 + 59), 23 * 60 + 59)
+
+
+@given(
+    start=st.datetimes(datetime(1, 1, 2), datetime(9999, 12, 30)),
+    length=st.integers(10, 8 * 3600),
+    start_offset=offsets,
+    end_offset=offsets,
+)
+@settings(SETTINGS, max_examples=200)
+def test_any_time_written_with_any_offset_hashes_like_its_utc_form(
+    start: datetime, length: int, start_offset: int, end_offset: int
+) -> None:
+    start = start.replace(microsecond=0)
+    end = start + timedelta(seconds=length)
+    utc = _loaded_spec(_times_text(_written(start, 0)[:-6] + "Z", _written(end, 0)[:-6] + "Z"))
+    text = _times_text(_written(start, start_offset), _written(end, end_offset))
+    note(text)
+    offset = _loaded_spec(text)
+    assert check_manifest(utc) == []
+    assert check_manifest(offset) == []
+    assert task_from_manifest(offset).request == task_from_manifest(utc).request
+    assert task_from_manifest(offset).hash == task_from_manifest(utc).hash
+
+
+def test_one_clip_written_in_three_zones_is_one_task(tmp_path: Path) -> None:
+    """Unquoted offsets are text too; the copies are found as copies (same request)."""
+    loaded = load_tasks([str(VALUES / "offsets.yaml")])
+    assert [task.name for task in loaded.tasks] == ["goal-utc", "goal-beijing", "goal-new-york"]
+    assert len({task.hash for task in loaded.tasks}) == 1
+    assert loaded.tasks[1].body["recordTimes"] == [
+        {"startTime": "2026-11-20T19:00:00Z", "endTime": "2026-11-20T19:05:00Z"}
+    ]
+    copies = [p for p in loaded.problems if "same request as 'goal-utc'" in p.message]
+    assert len(copies) == 2
+
+
+def _time_problems(start: str, end: str = "2026-11-20T19:05:00Z") -> list[str]:
+    return [problem.message for problem in check_manifest(_loaded_spec(_times_text(start, end)))]
+
+
+def test_a_time_without_offset_is_refused_with_its_utc_reading() -> None:
+    manifest = _loaded_spec(_times_text("2026-11-20T19:00:00", "2026-11-20T19:05:00Z"))
+    (problem,) = check_manifest(manifest)
+    assert (problem.location.line, problem.location.column) == (12, 18)
+    assert problem.field == "spec.recordTimes[0].startTime"
+    assert "write 2026-11-20T19:00:00Z if it is UTC" in problem.message
+    assert "+08:00" in problem.message  # how to write a local time instead
+    (spaced,) = _time_problems("2026-11-20 19:00:00")
+    assert "write 2026-11-20T19:00:00Z if it is UTC" in spaced
+
+
+@pytest.mark.parametrize(
+    ("start", "why"),
+    [
+        ("2026-02-29T01:00:00+08:00", "not a real calendar time"),
+        ("2026-11-20T24:00:00+08:00", "not a real calendar time"),
+        ("2026-11-20T19:00:00+24:00", "offset"),
+        ("2026-11-20T19:00:00+08:60", "offset"),
+        ("0001-01-01T00:00:00+08:00", "0001-01-01T00:00:00Z"),
+        ("2026-11-20T19:00:00+0800", "or 2018-10-21T18:00:00+08:00"),
+    ],
+)
+def test_the_written_form_is_a_real_calendar_time(start: str, why: str) -> None:
+    messages = _time_problems(start)
+    assert messages and why in messages[0], messages
+
+
+def test_the_utc_reading_must_be_a_time_a_request_can_carry() -> None:
+    (message,) = _time_problems("9999-12-31T23:59:00Z", "9999-12-31T23:00:00-05:00")
+    assert "9999-12-31T23:59:59Z" in message
+
+
+def test_a_local_time_whose_utc_reading_is_the_day_before_is_valid() -> None:
+    assert _time_problems("2026-03-01T00:30:00+08:00", "2026-02-28T16:35:00Z") == []
+
+
+def test_order_sums_and_spans_use_utc() -> None:
+    # 03:04+08:00 is 19:04Z: before the first segment ends at 19:05Z, though it reads later.
+    text = _times_text("2026-11-20T19:00:00Z", "2026-11-20T19:05:00Z").replace(
+        '      endTime: "2026-11-20T19:05:00Z"\n',
+        '      endTime: "2026-11-20T19:05:00Z"\n'
+        '    - startTime: "2026-11-21T03:04:00+08:00"\n'
+        '      endTime: "2026-11-21T03:09:00+08:00"\n',
+    )
+    (overlap,) = check_manifest(_loaded_spec(text))
+    assert "must not overlap" in overlap.message
+    (backwards,) = _time_problems("2026-11-20T19:00:00Z", "2026-11-21T02:59:00+08:00")
+    assert "is not after startTime" in backwards
+    # 00:00Z to 08:00:01Z, though as written the end is before the start; and 00:00Z to 06:00Z,
+    # though as written it is 19 h.
+    (long,) = _time_problems("2026-11-21T08:00:00+08:00", "2026-11-21T03:00:01-05:00")
+    assert "spans 8 h 1 s" in long
+    assert _time_problems("2026-11-20T19:00:00-05:00", "2026-11-21T14:00:00+08:00") == []
+
+
+def test_the_schema_file_accepts_offsets_as_a_standard_validator_reads_it(
+    standard: Standard,
+) -> None:
+    manifest = _loaded_spec(_times_text("2026-11-21T03:00:00+08:00", "2026-11-20T14:05:00-05:00"))
+    assert check_manifest(manifest) == []
+    assert standard.errors(manifest.doc) == {}
+
+
+def test_requests_carry_utc_times_only() -> None:
+    """The sandbox (and a saved plan's check) read a request, which is always sent in UTC."""
+    manifest = _loaded_spec(_times_text("2026-11-20T19:00:00Z", "2026-11-20T19:05:00Z"))
+    body = dict(task_from_manifest(manifest).body)
+    assert check_spec(body) == []
+    body["recordTimes"] = [
+        {"startTime": "2026-11-21T03:00:00+08:00", "endTime": "2026-11-20T19:05:00Z"}
+    ]
+    ((where, message),) = check_spec(body)
+    assert where == "recordTimes[0].startTime"
+    assert "2026-11-20T19:00:00Z" in message
+
+
+# --- host names: one spelling ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "lower"),
+    [
+        ("publishDomain", "Push.Example.COM", "push.example.com"),
+        ("saveEndpoint", "S3.cn-north-1.jdcloud-oss.com", "s3.cn-north-1.jdcloud-oss.com"),
+    ],
+)
+def test_a_host_name_in_upper_case_is_refused_with_its_lower_case_spelling(
+    standard: Standard, field: str, value: str, lower: str
+) -> None:
+    manifest = _loaded_spec(manifest_text(field, value))
+    (problem,) = check_manifest(manifest)
+    line = 8 if field == "publishDomain" else 15
+    assert (problem.location.line, problem.field) == (line, f"spec.{field}")
+    assert problem.location.column == len(f"  {field}: ") + 1
+    assert f"write {lower}" in problem.message and "lower case" in problem.message
+    assert standard.errors(manifest.doc)  # the schema file says the same
+    body = dict(task_from_manifest(_loaded_spec(manifest_text(field, lower))).body)
+    assert check_spec(body) == []
+    ((where, message),) = check_spec({**body, field: value})  # the sandbox refuses it too
+    assert where == field and f"write {lower}" in message
+
+
+def test_a_host_name_in_a_sets_template_is_refused_at_the_template(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "cup-final" / "clips.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "set.yaml"
+    path.write_text(
+        text.replace("publishDomain: push.example.com", "publishDomain: Push.example.com")
+    )
+    loaded = load_tasks([str(path)])
+    (problem,) = loaded.problems
+    assert problem.field == "spec.template.publishDomain"
+    assert "write push.example.com" in problem.message
+
+
+# --- an unknown kind names the kinds there are, and nothing else ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "closest"),
+    [("RecordTaskset", "RecordTaskSet"), ("recordtaskset", "RecordTaskSet"),
+     ("Recordtask", "RecordTask"), ("RecordNotify", "RecordNotifyConfig")],
+)  # fmt: skip
+def test_an_unknown_kind_names_the_kinds_closest_first(kind: str, closest: str) -> None:
+    for source in (ROOT / "examples" / "cup-final" / "clips.yaml", VALUES / "year-9999.yaml"):
+        text = source.read_text(encoding="utf-8").split("---\n")[0]
+        written = "RecordTaskSet" if "RecordTaskSet" in text else "RecordTask"
+        result = parse_text("kind.yaml", text.replace(f"kind: {written}\n", f"kind: {kind}\n"))
+        assert result.problems == []
+        (problem,) = check_manifest(result.manifests[0])
+        assert problem.field == "kind"
+        kinds = problem.message.split("the kinds are ")[1]
+        assert kinds.startswith(closest), problem.message
+        assert all(name in kinds for name in ("RecordTask,", "RecordTaskSet", "RecordNotifyConfig"))
+
+
+def test_a_kind_that_is_not_supported_yet_says_so() -> None:
+    text = manifest_text("name", "minimal").replace(
+        "kind: RecordTask\n", "kind: RecordNotifyConfig\n"
+    )
+    (problem,) = check_manifest(_loaded_spec(text))
+    assert problem.field == "kind"
+    assert "not supported yet" in problem.message
+
+
+def test_a_mistyped_set_kind_on_a_large_set_is_told_about_its_kind(tmp_path: Path) -> None:
+    path = tmp_path / "set.yaml"
+    path.write_text(many_clips(1_000).replace("kind: RecordTaskSet", "kind: recordtaskset"))
+    loaded = load_tasks([str(path)])
+    (problem,) = loaded.problems
+    assert problem.field == "kind" and "RecordTaskSet" in problem.message
+
+
+# --- aliases in a set: the set's budget, expansion still bounded ---------------------------
+
+
+def many_clips(count: int, *, shared_labels: bool = False) -> str:
+    head = (
+        "apiVersion: reconciler/v1\nkind: RecordTaskSet\nmetadata:\n  name: big\nspec:\n"
+        "  template:\n    publishDomain: push.example.com\n    appName: live\n"
+        "    streamName: match\n    saveBucket: highlights\n"
+        "    saveEndpoint: s3.cn-north-1.jdcloud-oss.com\n    recordFileType: mp4\n  clips:\n"
+    )
+    start = datetime(2026, 11, 20, 0, 0, 0)
+    lines = []
+    for n in range(count):
+        at = start + timedelta(seconds=20 * n)
+        times = (
+            f"[{{startTime: '{at.strftime(TIME_FORMAT)}', "
+            f"endTime: '{(at + timedelta(seconds=10)).strftime(TIME_FORMAT)}'}}]"
+        )
+        labels = ""
+        if shared_labels:
+            labels = ", labels: &shared {kind: goal, team: home}" if n == 0 else ", labels: *shared"
+        lines.append(f"    - {{name: c{n}, recordTimes: {times}{labels}}}\n")
+    return head + "".join(lines)
+
+
+def test_a_large_set_with_one_shared_anchor_loads(tmp_path: Path) -> None:
+    path = tmp_path / "set.yaml"
+    path.write_text(many_clips(3_000, shared_labels=True))
+    loaded = load_tasks([str(path)])
+    assert loaded.problems == []
+    assert len(loaded.tasks) == 3_000
+    assert loaded.tasks[-1].labels == {"kind": "goal", "team": "home"}
+
+
+def test_an_alias_bomb_in_a_set_is_still_refused_and_blamed_on_its_aliases() -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(6)
+    )
+    result = parse_text("bomb.yaml", "apiVersion: reconciler/v1\nkind: RecordTaskSet\n" + bomb)
+    (problem,) = result.problems
+    assert problem.message.startswith(f"RecordTaskSet holds more than {MAX_VALUES_PER_SET} values")
+    assert "repeated by aliases" in problem.message
+    assert "as in an alias bomb" in problem.message

@@ -662,8 +662,8 @@ def check_endpoint(endpoint: str) -> str:
         parts = urlsplit(endpoint)
         port = parts.port
     except ValueError as error:
-        hint = "an invalid port" if "port" in str(error).lower() else "not a valid URL"
-        raise ValueError(f"the endpoint {shown} has {hint} ({error})") from None
+        hint = "has an invalid port" if "port" in str(error).lower() else "is not a valid URL"
+        raise ValueError(f"the endpoint {shown} {hint} ({error})") from None
     if parts.scheme not in ("http", "https"):
         raise ValueError(
             f"the endpoint {shown} uses {parts.scheme}://; it must be an http:// or https:// URL"

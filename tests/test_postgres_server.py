@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import stat
+from pathlib import Path
+
 import psycopg
 import pytest
 
-from tests.postgres_server import PostgresServer, free_port
+from tests.postgres_server import POSTGRES_BIN_PATH, PostgresServer, free_port
 
 
 def test_the_fixture_gives_a_working_server(postgres_database: str) -> None:
@@ -85,3 +89,21 @@ def test_free_port_is_not_listened_on() -> None:
     port = free_port()
     with pytest.raises(psycopg.OperationalError, match="refused"):
         psycopg.connect(f"postgresql://u:p@127.0.0.1:{port}/db", connect_timeout=10)
+
+
+def test_it_starts_from_a_package_inside_a_folder_only_its_owner_may_enter(
+    tmp_path: Path,
+) -> None:
+    """A clone in /root or in any `mktemp -d` (mode 0700): as root, the server's system user
+    cannot reach the package's binaries there; the server still starts (issue 18, item 20)."""
+    package = POSTGRES_BIN_PATH.parent.parent
+    private = tmp_path / "private"
+    shutil.copytree(package, private / package.name, symlinks=True)
+    libraries = package.parent / f"{package.name}.libs"
+    if libraries.is_dir():
+        shutil.copytree(libraries, private / libraries.name, symlinks=True)
+    private.chmod(0o700)
+    install = private / package.name / POSTGRES_BIN_PATH.parent.name
+    with PostgresServer(install=install) as server:
+        assert server.execute("SELECT 1") == [(1,)]
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700, "the private folder stays private"

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from reconciler.problems import Location
 from reconciler.schema import LAST_TIME
@@ -140,6 +140,10 @@ class Plan:
     created_at: str
     settle_seconds: int = DEFAULT_SETTLE_SECONDS
     selector: Mapping[str, str] = field(default_factory=dict)
+    # The manifest paths `plan` was given, and the directory it ran in (they are relative to
+    # it): `apply PLAN.json` loads them again, so that it sends only what a manifest asks for.
+    paths: tuple[str, ...] = ()
+    directory: str = ""
     # The state's fingerprint, as read from a saved plan; or the state itself, whose
     # fingerprint (a hash of every entry) is computed only when asked for: printing a plan
     # never needs it.
@@ -153,6 +157,11 @@ class Plan:
             object.__setattr__(self, "fingerprint", self.made_against.fingerprint())
         assert self.fingerprint is not None
         return self.fingerprint
+
+    @property
+    def made_at(self) -> datetime:
+        """The `now` the plan was made with (to the second, as `createdAt` records it)."""
+        return datetime.strptime(self.created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
     def of(self, action: PlanAction) -> list[PlanItem]:
         return [item for item in self.items if item.action is action]
@@ -198,6 +207,8 @@ class Plan:
             "stateFingerprint": self.state_fingerprint,
             "settleSeconds": self.settle_seconds,
             "selector": dict(self.selector),
+            "directory": self.directory,
+            "paths": list(self.paths),
             "summary": {action.value: counts[action] for action in ACTION_ORDER},
             "items": [item.to_json() for item in self.items],
         }
@@ -213,6 +224,12 @@ class Plan:
                 f"plan format version {version!r} is not supported; this reconciler reads "
                 f"version {PLAN_FORMAT_VERSION}: make the plan again with this version"
             )
+        if "paths" not in document or "directory" not in document:
+            raise PlanError(
+                "the plan does not record the manifests it was made from (made by an earlier "
+                "reconciler?), so it cannot be checked against them: make the plan again with "
+                "`reconciler plan PATH... --out FILE`"
+            )
         try:
             items = tuple(PlanItem.from_json(item) for item in document["items"])
             settle = int(document.get("settleSeconds", DEFAULT_SETTLE_SECONDS))
@@ -222,7 +239,10 @@ class Plan:
                 created_at=str(document["createdAt"]),
                 settle_seconds=settle,
                 selector=dict(document.get("selector") or {}),
+                paths=tuple(_strings(document["paths"])),
+                directory=str(document["directory"]),
             )
+            plan.made_at  # noqa: B018 (a createdAt that is not a time is refused here)
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"plan file is incomplete or malformed ({exc})") from exc
         if not 0 <= settle <= MAX_SETTLE_SECONDS:
@@ -236,6 +256,12 @@ class Plan:
         return json.dumps(self.to_json(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 
 
+def _strings(values: Any) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise TypeError("'paths' is not a list of strings")
+    return values
+
+
 # Items that come from manifests; `replaced` and `orphaned` ones come from the state alone.
 _FROM_MANIFESTS = frozenset(
     {PlanAction.CREATE, PlanAction.UNCHANGED, PlanAction.PENDING, PlanAction.WAITING}
@@ -243,19 +269,51 @@ _FROM_MANIFESTS = frozenset(
 _SHOWN_DIFFERENCES = 10
 
 
-def replan_saved(saved: Plan, state: State, *, now: datetime) -> Plan:
-    """`saved`, once its own tasks are planned again against `state` and found unchanged.
+def replan_saved(saved: Plan, state: State, *, now: datetime, tasks: Sequence[Task]) -> Plan:
+    """`saved`, once its own tasks and its manifests' are planned again and found unchanged.
 
     A saved plan is applied only if it is exactly what planning its tasks gives now: every
     item listed once, every request a valid one that hashes to the item's hash, every action
     the one planning gives (an `unchanged`, `pending` or `waiting` item edited into `create`
-    would send a clip twice, or before its recording exists). PlanError lists what differs.
+    would send a clip twice, or before its recording exists). And every item must be what
+    planning `tasks` (the manifests the plan records, loaded again) gives with the plan's own
+    `now`, settle time and selector: an item appended by hand, however well-formed, is no
+    manifest's, and a manifest edited since the plan was made no longer asks for what the
+    plan lists. PlanError lists what differs.
     """
     if saved.state_fingerprint != state.fingerprint():
         raise PlanError(
             f"the state changed since this plan was made at {saved.created_at}; nothing was "
             "sent. Make a new plan and apply that"
         )
+    differences = _own_differences(saved, state, now)
+    if differences:
+        _refuse(
+            "the plan is not what planning its tasks gives now (was it edited, or is it out of "
+            "date?)",
+            differences,
+        )
+    differences = _manifest_differences(saved, state, tasks)
+    if differences:
+        _refuse(
+            "the plan is not what its manifests ask for (was it edited by hand, or were the "
+            "manifests changed since it was made?)",
+            differences,
+        )
+    return saved
+
+
+def _refuse(why: str, differences: list[str]) -> NoReturn:
+    shown = differences[:_SHOWN_DIFFERENCES]
+    if len(differences) > len(shown):
+        shown.append(f"... and {len(differences) - len(shown)} more")
+    raise PlanError(
+        f"{why}; nothing was sent. Make a new plan and apply that:\n  " + "\n  ".join(shown)
+    )
+
+
+def _own_differences(saved: Plan, state: State, now: datetime) -> list[str]:
+    """What differs when the plan's own items are planned again against `state` at `now`."""
     differences: list[str] = []
     seen: dict[str, int] = {}
     tasks: list[Task] = []
@@ -272,25 +330,58 @@ def replan_saved(saved: Plan, state: State, *, now: datetime) -> Plan:
             tasks.append(_task_of(item))
         elif state.get(item.hash) is None:
             differences.append(f"{_label(item)} is {item.action.value} but not in the state")
-    if not differences:
-        fresh = make_plan(tasks, state, now=now, settle_seconds=saved.settle_seconds)
-        actions = {item.hash: item.action for item in fresh.items}
-        for item in saved.items:
-            now_action = actions.get(item.hash)
-            if item.action in _FROM_MANIFESTS and now_action is not item.action:
-                differences.append(
-                    f"{_label(item)} is {item.action.value} in the plan, but planning it now "
-                    f"gives {now_action.value if now_action else 'nothing'}"
-                )
     if differences:
-        shown = differences[:_SHOWN_DIFFERENCES]
-        if len(differences) > len(shown):
-            shown.append(f"... and {len(differences) - len(shown)} more")
-        raise PlanError(
-            "the plan is not what planning its tasks gives now (was it edited, or is it out of "
-            "date?); nothing was sent. Make a new plan and apply that:\n  " + "\n  ".join(shown)
-        )
-    return saved
+        return differences
+    fresh = make_plan(tasks, state, now=now, settle_seconds=saved.settle_seconds)
+    actions = {item.hash: item.action for item in fresh.items}
+    for item in saved.items:
+        now_action = actions.get(item.hash)
+        if item.action in _FROM_MANIFESTS and now_action is not item.action:
+            differences.append(
+                f"{_label(item)} is {item.action.value} in the plan, but planning it now "
+                f"gives {now_action.value if now_action else 'nothing'}"
+            )
+    return differences
+
+
+def _manifest_differences(saved: Plan, state: State, tasks: Sequence[Task]) -> list[str]:
+    """How the items of `saved` differ from planning its manifests' `tasks` as the plan was
+    made: against the same state (its fingerprint is checked first), at the plan's own `now`,
+    with its settle time and selector. Planning is a function of these, so a difference is an
+    edit of the plan or of its manifests. A manifest added since asks for more than the plan
+    lists: that is left for the next plan (a saved plan is applied exactly), not refused."""
+    fresh = make_plan(
+        tasks,
+        state,
+        now=saved.made_at,
+        settle_seconds=saved.settle_seconds,
+        selector=saved.selector,
+    )
+    wanted = {item.hash: item for item in fresh.items}
+    differences: list[str] = []
+    for item in saved.items:
+        planned = wanted.get(item.hash)
+        if planned is None:
+            differences.append(
+                f"{_label(item)} ({item.action.value}, {item.source}) is no manifest's: none of "
+                f"{_listed(saved.paths)} asks for it"
+            )
+            continue
+        for what, in_plan, from_manifests in (
+            ("action", item.action.value, planned.action.value),
+            ("name", item.name, planned.name),
+            ("source", item.source, planned.source),
+        ):
+            if in_plan != from_manifests:
+                differences.append(
+                    f"{_label(item)}: its {what} is {in_plan!r} in the plan, but "
+                    f"{from_manifests!r} when its manifests are planned"
+                )
+    return differences
+
+
+def _listed(paths: Sequence[str]) -> str:
+    return ", ".join(paths) if paths else "the plan's manifests (it records none)"
 
 
 def _label(item: PlanItem) -> str:

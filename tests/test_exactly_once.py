@@ -1,7 +1,8 @@
 """Exactly once, proved by a stateful property test that drives the real CLI against the sandbox.
 
 A hypothesis RuleBasedStateMachine runs random sequences of what users and CI do to one state:
-plan, apply, `plan --out` then `apply PLAN.json` (sometimes with the plan edited by hand),
+plan, apply, `plan --out` then `apply PLAN.json` (sometimes with the plan edited by hand, or
+with an item of another plan appended: refused, as is a plan whose manifests changed since),
 kill -9 of an apply mid-send, Ctrl-C and double Ctrl-C, changed fault rates (503/500/drops),
 manifest edits (new clips, renames, moved files, reformatting, new content, reverts, deletions,
 clips moved into a RecordTaskSet and out of it) and `--retry-pending`. Every command is `python -m reconciler ...` in a subprocess, over real
@@ -351,6 +352,10 @@ PLAN_EDITS = (
     "request-edited-with-hash",
     "selector-beside-plan",
     "paths-beside-plan",
+    # DESIGN §3 "Nothing is sent that no manifest asks for": a well-formed item with its right
+    # hash, taken from another plan, appended as it is or passed off as one of ours.
+    "foreign-item-appended",
+    "foreign-item-renamed",
 )
 REFUSED_APPLIES = (
     "connection-refused",
@@ -391,6 +396,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         self.unsent_budget_total = 0
         self.saved_plan: dict[str, Any] | None = None
         self.saved_against: dict[str, Any] | None = None
+        self.saved_clips: set[tuple[str, str, str, bool]] = set()
         # (d): every request any version of the manifests asked for, by this test's own hash
         self.asked_ever: set[str] = set()
 
@@ -616,6 +622,33 @@ class ExactlyOnce(RuleBasedStateMachine):
         assert result.returncode == 0, result.stderr
         self.saved_plan = json.loads(target.read_text(encoding="utf-8"))
         self.saved_against = self.entries()
+        self.saved_clips = self.written_clips()
+
+    def written_clips(self) -> set[tuple[str, str, str, bool]]:
+        """What a plan of the manifests depends on, besides the state (the style a clip is
+        written in does not change it; moving it into or out of a set does: its file)."""
+        return {(clip.hash, clip.name, clip.file, clip.future) for clip in self.clips}
+
+    def foreign_item(self, edit: str, document: dict[str, Any]) -> str:
+        """Append to `document` a `create` item of a clip no manifest holds, as `plan` writes
+        it in another plan (its request and right hash); for `foreign-item-renamed`, under the
+        name and source of one of the plan's own items. Returns what was done."""
+        foreign = self.new_clip()
+        item = {
+            "action": "create",
+            "hash": foreign.hash,
+            "name": foreign.name,
+            "source": f"{MANIFESTS}/{foreign.file}",
+            "line": 1,
+            "request": foreign.request(),
+        }
+        ours = next(iter(document["items"]), None)
+        if edit == "foreign-item-renamed" and ours is not None:
+            item["name"], item["source"] = ours["name"], ours["source"]
+            edit += f" (as {ours['name']})"
+        document["items"].append(item)
+        document["summary"]["create"] += 1
+        return f"{edit}: {foreign.hash[:12]}"
 
     @rule(edit=st.sampled_from(PLAN_EDITS), fresh=st.booleans(), concurrency=st.integers(1, 3))
     def apply_saved_plan(self, edit: str, fresh: bool, concurrency: int) -> None:
@@ -624,8 +657,13 @@ class ExactlyOnce(RuleBasedStateMachine):
         if fresh or self.saved_plan is None:
             self.save_plan()
         assert self.saved_plan is not None
-        document, edit = edited_plan(self.saved_plan, edit)
-        note(f"saved plan edit: {edit}")
+        if edit.startswith("foreign-"):
+            document = copy.deepcopy(self.saved_plan)
+            shown = self.foreign_item(edit, document)
+        else:
+            document, edit = edited_plan(self.saved_plan, edit)
+            shown = edit
+        note(f"saved plan edit: {shown}")
         (self.root / "edited-plan.json").write_text(json.dumps(document, indent=2) + "\n")
         args = ["apply", "edited-plan.json", "--state", self.location, "-c", str(concurrency)]
         args.append("-q")
@@ -634,6 +672,11 @@ class ExactlyOnce(RuleBasedStateMachine):
         elif edit == "paths-beside-plan":
             args.insert(2, MANIFESTS)
         stale = self.entries() != self.saved_against
+        if edit == "none" and not self.saved_clips <= self.written_clips():
+            # A clip of the plan was edited, renamed, moved or deleted since: the manifests no
+            # longer ask for what the plan lists, so it is refused like a stale one (a clip
+            # added since is no reason: it waits for the next plan).
+            edit = "the manifests changed since the plan was made"
         requests = self.sandbox.requests()
         before = self.entries()
         result = self.run(*args)

@@ -164,7 +164,7 @@ def test_saved_plan_round_trip_and_tamper_check(make_task: MakeTask) -> None:
     document = json.loads(plan.dumps())
     document["items"][0]["request"]["body"]["saveBucket"] = "someone-elses"
     with pytest.raises(PlanError, match="does not hash to the item's hash"):
-        replan_saved(Plan.from_json(document), State(), now=NOW)
+        replan_saved(Plan.from_json(document), State(), now=NOW, tasks=[])
     with pytest.raises(PlanError, match="not a reconciler plan"):
         Plan.from_json({"formatVersion": 1})
     document = json.loads(plan.dumps())
@@ -212,7 +212,7 @@ def test_an_untouched_saved_plan_is_applied(make_task: MakeTask) -> None:
     done, new = make_task(1), make_task(2)
     current = state_of(entry(done))
     plan = make_plan([done, new], current, now=NOW)
-    assert replan_saved(saved(plan), current, now=NOW) == plan
+    assert replan_saved(saved(plan), current, now=NOW, tasks=[done, new]) == plan
 
 
 @pytest.mark.parametrize(
@@ -231,7 +231,7 @@ def test_an_item_turned_create_by_hand_is_refused(
         item_named(document, "clip-1")["action"] = "create"
 
     with pytest.raises(PlanError, match=f"create in the plan, but planning it now gives {start}"):
-        replan_saved(saved(plan, to_create), current, now=NOW)
+        replan_saved(saved(plan, to_create), current, now=NOW, tasks=[task])
 
 
 def test_a_waiting_item_turned_create_is_refused_until_its_recording_ends(
@@ -246,14 +246,14 @@ def test_a_waiting_item_turned_create_is_refused_until_its_recording_ends(
         item_named(document, "clip-1")["action"] = "create"
 
     with pytest.raises(PlanError, match="planning it now gives waiting"):
-        replan_saved(saved(plan, to_create), State(), now=early)
+        replan_saved(saved(plan, to_create), State(), now=early, tasks=[task])
 
 
 def test_a_waiting_plan_whose_recording_has_ended_is_out_of_date(make_task: MakeTask) -> None:
     task = make_task(1)
     plan = make_plan([task], State(), now=task.last_end)
     with pytest.raises(PlanError, match="waiting in the plan, but planning it now gives create"):
-        replan_saved(saved(plan), State(), now=task.last_end + timedelta(hours=1))
+        replan_saved(saved(plan), State(), now=task.last_end + timedelta(hours=1), tasks=[task])
 
 
 def test_an_item_listed_twice_is_refused(make_task: MakeTask) -> None:
@@ -263,7 +263,7 @@ def test_an_item_listed_twice_is_refused(make_task: MakeTask) -> None:
         document["items"] = document["items"] * 3
 
     with pytest.raises(PlanError, match=r"'clip-1' \(\w{12}\) is listed more than once"):
-        replan_saved(saved(plan, triple), State(), now=NOW)
+        replan_saved(saved(plan, triple), State(), now=NOW, tasks=[])
 
 
 def test_an_edited_request_with_a_recomputed_hash_must_still_be_a_valid_canonical_one(
@@ -300,14 +300,14 @@ def test_an_edited_request_with_a_recomputed_hash_must_still_be_a_valid_canonica
         (extra_field, "the request is not valid"),
     ]:
         with pytest.raises(PlanError, match=message):
-            replan_saved(saved(plan, rehashed(change)), State(), now=NOW)
+            replan_saved(saved(plan, rehashed(change)), State(), now=NOW, tasks=[])
 
 
 def test_a_saved_plan_is_refused_once_the_state_changed(make_task: MakeTask) -> None:
     task = make_task(1)
     plan = make_plan([task], State(), now=NOW)
     with pytest.raises(PlanError, match="the state changed since this plan was made"):
-        replan_saved(saved(plan), state_of(entry(task, TaskStatus.PENDING)), now=NOW)
+        replan_saved(saved(plan), state_of(entry(task, TaskStatus.PENDING)), now=NOW, tasks=[task])
 
 
 def test_orphaned_and_replaced_items_must_still_be_in_the_state(make_task: MakeTask) -> None:
@@ -315,10 +315,66 @@ def test_orphaned_and_replaced_items_must_still_be_in_the_state(make_task: MakeT
     current = state_of(entry(gone))
     plan = make_plan([make_task(2)], current, now=NOW)
     assert actions(plan)["clip-1"] == "orphaned"
-    assert replan_saved(saved(plan), current, now=NOW) == plan
+    assert replan_saved(saved(plan), current, now=NOW, tasks=[make_task(2)]) == plan
 
     def orphan_to_create(document: dict[str, Any]) -> None:
         item_named(document, "clip-1")["action"] = "create"
 
     with pytest.raises(PlanError, match="planning it now gives unchanged"):
-        replan_saved(saved(plan, orphan_to_create), current, now=NOW)
+        replan_saved(saved(plan, orphan_to_create), current, now=NOW, tasks=[make_task(2)])
+
+
+# --- saved plans: checked against the manifests they were made from ---
+
+
+def test_an_appended_item_with_its_right_hash_is_no_manifests(make_task: MakeTask) -> None:
+    mine, foreign = make_task(1), make_task(2)
+    plan = make_plan([mine], State(), now=NOW)
+    other = json.loads(make_plan([foreign], State(), now=NOW).dumps())
+
+    def append(document: dict[str, Any]) -> None:
+        document["items"].append(other["items"][0])
+
+    forged = saved(plan, append)
+    # The plan's own items are self-consistent: only its manifests show the forgery.
+    with pytest.raises(PlanError, match=r"'clip-2' \(\w{12}\) \(create, .*\) is no manifest's"):
+        replan_saved(forged, State(), now=NOW, tasks=[mine])
+
+
+def test_a_manifest_changed_since_the_plan_was_made_is_refused(make_task: MakeTask) -> None:
+    task = make_task(1)
+    plan = make_plan([task], State(), now=NOW)
+    edited = make_task(3, name="clip-1")
+    with pytest.raises(PlanError, match="manifests changed since") as refused:
+        replan_saved(saved(plan), State(), now=NOW, tasks=[edited])
+    assert "is no manifest's" in str(refused.value)
+    # A manifest added since is not in the plan: it waits for the next one.
+    assert replan_saved(saved(plan), State(), now=NOW, tasks=[task, edited]) == plan
+
+
+def test_an_item_renamed_by_hand_is_refused(make_task: MakeTask) -> None:
+    task = make_task(1)
+    plan = make_plan([task], State(), now=NOW)
+
+    def rename(document: dict[str, Any]) -> None:
+        item_named(document, "clip-1")["name"] = "someone-else"
+
+    with pytest.raises(PlanError, match="its name is 'someone-else' in the plan, but 'clip-1'"):
+        replan_saved(saved(plan, rename), State(), now=NOW, tasks=[task])
+
+
+def test_the_manifests_are_planned_with_the_plans_own_now_and_settle(make_task: MakeTask) -> None:
+    task = make_task(1)
+    made = task.last_end + timedelta(seconds=400)
+    plan = make_plan([task], State(), now=made, settle_seconds=360)
+    assert actions(plan) == {"clip-1": "create"}
+    # Applied later: the manifests are planned at the plan's `now` with its settle time.
+    later = made + timedelta(hours=2)
+    assert replan_saved(saved(plan), State(), now=later, tasks=[task]) == plan
+
+
+def test_a_plan_that_records_no_manifests_is_refused(make_task: MakeTask) -> None:
+    document = json.loads(make_plan([make_task(1)], State(), now=NOW).dumps())
+    del document["paths"]
+    with pytest.raises(PlanError, match="does not record the manifests it was made from"):
+        Plan.from_json(document)

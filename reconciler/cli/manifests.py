@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -202,8 +203,11 @@ def plan(
     tasks = _load_tasks_or_exit(paths, fmt, "plan", current)
     _print_ignored(tasks, fmt, verbose and not quiet)
     _warn_if_selector_matches_nothing(tasks, chosen)
-    the_plan = make_plan(
-        tasks.tasks, current, now=datetime.now(UTC), settle_seconds=settle, selector=chosen
+    the_plan = _recording_manifests(
+        make_plan(
+            tasks.tasks, current, now=datetime.now(UTC), settle_seconds=settle, selector=chosen
+        ),
+        paths,
     )
     _print_plan(the_plan, fmt, no_color, verbose, quiet)
     if out is not None:
@@ -211,6 +215,28 @@ def plan(
         if fmt is OutputFormat.TEXT:
             typer.echo(f"Saved the plan to {out}; apply it with: reconciler apply {out}")
     raise typer.Exit(2 if detailed_exitcode and the_plan.has_changes else 0)
+
+
+def _recording_manifests(the_plan: Plan, paths: list[str]) -> Plan:
+    """The plan with the manifests it was made from: `apply PLAN.json` loads them again."""
+    return dataclasses.replace(the_plan, paths=tuple(paths), directory=os.getcwd())
+
+
+def _saved_plan_tasks(saved: Plan, plan_file: Path, fmt: OutputFormat, current: State) -> TaskSet:
+    """The manifests a saved plan was made from, loaded again where `plan` ran (the paths it
+    records are relative to that directory), so that their sources read as they did then."""
+    missing = [
+        path for path in saved.paths if not os.path.lexists(os.path.join(saved.directory, path))
+    ]
+    if missing or not saved.paths:
+        fail(
+            f"{plan_file}: the manifests this plan was made from are missing: "
+            f"{', '.join(missing) or '(the plan records none)'} (relative to "
+            f"{saved.directory}, where `reconciler plan` ran); nothing was sent. A saved plan "
+            "is applied only beside the manifests it was made from"
+        )
+    with contextlib.chdir(saved.directory):
+        return _load_tasks_or_exit(list(saved.paths), fmt, "apply", current)
 
 
 def _check_plan_out(out: Path) -> None:
@@ -413,17 +439,20 @@ def apply(
 
         now = datetime.now(UTC)
         if saved is not None:
-            return replan_saved(saved, current_state, now=now)
+            assert plan_file is not None
+            manifests = _saved_plan_tasks(saved, plan_file, fmt, current_state)
+            return replan_saved(saved, current_state, now=now, tasks=manifests.tasks)
         tasks = _load_tasks_or_exit(paths, fmt, "apply", current_state)
         _print_ignored(tasks, fmt, verbose and not quiet)
         _warn_if_selector_matches_nothing(tasks, chosen)
-        return make_plan(
+        fresh = make_plan(
             tasks.tasks,
             current_state,
             now=now,
             settle_seconds=DEFAULT_SETTLE_SECONDS if settle is None else settle,
             selector=chosen,
         )
+        return _recording_manifests(fresh, paths)
 
     with errors_reported():
         if dry_run:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TextIO
 from xml.etree import ElementTree
@@ -15,6 +17,7 @@ from reconciler.plan import Plan, PlanAction, PlanItem
 from reconciler.problems import Problem
 from reconciler.schema import parse_record_time
 from reconciler.tasks import TaskSet
+from reconciler.timezones import is_utc, local, offset_text, show_time, zone_name, zone_note
 
 if TYPE_CHECKING:  # Rich and the apply machinery load only for the commands that print them
     from rich.console import Console
@@ -34,6 +37,50 @@ class OutputFormat(StrEnum):
 
 def plural(count: int, word: str, many: str | None = None) -> str:
     return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
+# Characters a terminal or a page would act on instead of showing: C0 and C1 controls, DEL,
+# line and paragraph separators, and the bidirectional controls that reorder what is shown.
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(ch: str) -> str:
+    if ch in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """`text` with every control character written as an escape (`\\x1b`, `\\r`, `\\n`,
+    `\\x7f`, `\\x9b`, `\\u202e`): a value shown in a terminal can neither move the cursor,
+    colour the screen, ring the bell nor split the line it is on."""
+    return "".join(
+        _escaped(ch)
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS
+        else ch
+        for ch in text
+    )
+
+
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# What can start Markdown syntax inside a line (a table cell, a sentence): escapes, code spans,
+# emphasis, links and images, cell boundaries, strikethrough, GitHub's math and mentions.
+_MD_SPECIAL = frozenset("\\`*_[]!|~$@")
+
+
+def md_text(text: str) -> str:
+    """`text` as literal text inside a line of Markdown (CommonMark and GitHub's GFM), a table
+    cell too: controls made visible, `& < >` as entities (no HTML, comment or autolink can
+    start) and the characters in `_MD_SPECIAL` backslash-escaped (no link, image, emphasis,
+    code span, strikethrough or cell boundary either). `. - : / ( )` stay as they are: inside
+    a line they start nothing."""
+    return "".join(
+        _MD_ENTITIES.get(ch) or (f"\\{ch}" if ch in _MD_SPECIAL else ch) for ch in visible(text)
+    )
 
 
 def dump_json(document: dict[str, Any], out: TextIO) -> None:
@@ -269,22 +316,48 @@ MARKDOWN_COLLAPSE_AFTER = 10
 OUTCOME_KINDS = ("submitted", "failed", "unknown", "not-sent")
 
 
-def plan_item_line(item: PlanItem) -> str:
-    """`cup-final-goal-1  4033c78d1cf4  push.example.com/live/cup-final  19:11:40Z .. (file)`."""
-    text = f"{item.name}  {item.short_hash}  {item.stream}  {item.times}  ({item.source})"
-    if item.ready_at:
-        text += f"  ready at {item.ready_at}"
-    if item.replaced_by:
-        text += f"  now {item.replaced_by[:12]}"
-    if item.renamed_from:
-        text += f"  (was {item.renamed_from})"
+def item_times(item: PlanItem, zone: tzinfo = UTC) -> str:
+    """`2026-11-20T19:11:40Z .. 2026-11-20T19:13:10Z (2 segments)`: the first start and the
+    last end, in `zone` (`2026-11-21T03:11:40+08:00 .. ...` in Asia/Shanghai)."""
+    segments = item.segments
+    if not segments:
+        return ""
+    text = f"{show_time(segments[0][0], zone)} .. {show_time(segments[-1][1], zone)}"
+    if len(segments) > 1:
+        text += f" ({len(segments)} segments)"
     return text
 
 
-def plan_text(plan: Plan, out: Console, *, verbose: bool = False, quiet: bool = False) -> None:
+def plan_item_line(item: PlanItem, zone: tzinfo = UTC) -> str:
+    """`cup-final-goal-1  4033c78d1cf4  push.example.com/live/cup-final  19:11:40Z .. (file)`;
+    every value with its control characters made visible (`visible`)."""
+    text = (
+        f"{visible(item.name)}  {item.short_hash}  {visible(item.stream)}  "
+        f"{item_times(item, zone)}  ({visible(item.source)})"
+    )
+    if item.ready_at:
+        text += f"  ready at {show_time(item.ready_at, zone)}"
+    if item.replaced_by:
+        text += f"  now {item.replaced_by[:12]}"
+    if item.renamed_from:
+        text += f"  (was {visible(item.renamed_from)})"
+    return text
+
+
+def plan_text(
+    plan: Plan,
+    out: Console,
+    *,
+    verbose: bool = False,
+    quiet: bool = False,
+    zone: tzinfo = UTC,
+) -> None:
     """Terraform-style: grouped by action, then a one-line summary."""
     from rich.markup import escape
 
+    note = zone_note(zone, plan.created_at)
+    if note and not quiet:
+        out.print(escape(note))
     for action, (mark, heading, style) in _PLAN_HEADINGS.items():
         items = plan.of(PlanAction(action))
         if not items or (quiet and action != "pending"):
@@ -293,12 +366,12 @@ def plan_text(plan: Plan, out: Console, *, verbose: bool = False, quiet: bool = 
             continue
         out.print(f"[bold {style}]{heading} ({len(items)}):[/]")
         for item in items:
-            out.print(f"  [{style}]{mark}[/] {escape(plan_item_line(item))}")
+            out.print(f"  [{style}]{mark}[/] {escape(plan_item_line(item, zone))}")
         out.print()
     out.print(f"[bold]{plan.summary()}[/]")
 
 
-def plan_github(plan: Plan, out: TextIO) -> None:
+def plan_github(plan: Plan, out: TextIO, *, zone: tzinfo = UTC) -> None:
     """Annotations on the manifests; a replaced task points at the manifest that replaced it,
     an orphaned one at no file (its manifest is gone)."""
     by_hash = {item.hash: item for item in plan.items}
@@ -313,7 +386,7 @@ def plan_github(plan: Plan, out: TextIO) -> None:
         level = levels.get(item.action.value)
         if level is None:
             continue
-        message = f"{item.action.value}: {plan_item_line(item)}"
+        message = f"{item.action.value}: {plan_item_line(item, zone)}"
         anchor: PlanItem | None = item
         if item.action is PlanAction.REPLACED:
             anchor = by_hash.get(item.replaced_by or "")
@@ -332,15 +405,17 @@ def plan_github(plan: Plan, out: TextIO) -> None:
     out.write(plan.summary() + "\n")
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(items: Sequence[PlanItem]) -> list[str]:
+def _md_table(items: Sequence[PlanItem], zone: tzinfo) -> list[str]:
     rows = ["| name | task | stream | times | manifest |", "|---|---|---|---|---|"]
     for item in items:
-        cells = [item.name, f"`{item.short_hash}`", item.stream, item.times, item.source]
-        rows.append("| " + " | ".join(_md_cell(cell) for cell in cells) + " |")
+        cells = [
+            md_text(item.name),
+            f"`{item.short_hash}`",  # hex digits only
+            md_text(item.stream),
+            md_text(item_times(item, zone)),
+            md_text(item.source),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
@@ -361,10 +436,46 @@ TIMELINE_COLLAPSE_UNCHANGED_AFTER = 20
 # A chart with more bars than this is left out (with a sentence saying so): it would not be
 # readable, and Mermaid refuses sources over 50,000 characters.
 TIMELINE_MAX_BARS = 200
-# Times are written without a zone and read by Mermaid as the viewer's local time, so every
-# viewer sees the UTC clock times the manifests hold (a zone in the data would shift the axis
-# into each viewer's own zone). Only a bar inside a viewer's daylight-saving jump could move.
+# Mermaid reads a date as the viewer's local wall time (dayjs) and draws the axis in the
+# viewer's zone (d3's scaleTime): a chart of the real dates would shift, or squash a bar to
+# nothing, on a daylight-saving day of whoever reads the pull request. So each chart is drawn on
+# a stand-in calendar: every time is written without a zone as the chart's first midnight (in
+# the display zone) plus the real time elapsed since, on a day of 2000 with the same day of
+# the month, in a month of the same length in which no zone's clocks change (January, June,
+# February). Read in any zone, that is the same evenly spaced axis: the same bars, the same
+# ticks, labelled with the display zone's clock and the day of the month; the title names the
+# real dates and the zone.
 TIMELINE_DATE_FORMAT = "YYYY-MM-DD HH:mm:ss"
+_STAND_IN_MONTHS = {31: (2000, 1), 30: (2000, 6), 29: (2000, 2), 28: (1999, 2)}
+# Tick spacings Mermaid's `tickInterval` takes, in seconds, smallest first.
+_TICK_INTERVALS = (
+    (10, "10second"),
+    (30, "30second"),
+    (60, "1minute"),
+    (120, "2minute"),
+    (300, "5minute"),
+    (600, "10minute"),
+    (900, "15minute"),
+    (1800, "30minute"),
+    (3600, "1hour"),
+    (7200, "2hour"),
+    (10800, "3hour"),
+    (21600, "6hour"),
+    (43200, "12hour"),
+    (86400, "1day"),
+    (172800, "2day"),
+    (604800, "1week"),
+    (2 * 604800, "2week"),
+    (4 * 604800, "4week"),
+    (12 * 604800, "12week"),
+    (52 * 604800, "52week"),
+)
+# At most this many ticks of `HH:MM` labels, and of the longer `DD HH:MM` / `HH:MM:SS` ones,
+# so that labels never run into each other on a chart as narrow as a pull-request comment.
+_MAX_SHORT_TICKS = 12
+_MAX_LONG_TICKS = 8
+# The plan's "now" is marked when the chart with it stays at least this share bars.
+_NOW_MARKER_MIN_SHARE = 0.25
 # Words that start a statement in Mermaid's gantt grammar: a task name that begins with one
 # (a clip called `gantt-intro`, `topaxis` or `click-bait`) is read as that statement. So are
 # names that begin with a date. Such a name gets its first character written as an entity.
@@ -404,10 +515,13 @@ class TimelineBar:
 
 @dataclass(frozen=True, slots=True)
 class Timeline:
-    """The chart of one stream; `mermaid` is None when it has too many bars to draw."""
+    """The chart of one stream; `mermaid` is None when it has too many bars to draw. `now` is
+    the plan's time (marked on the chart), `zone` the one its clock shows."""
 
     stream: str
     bars: tuple[TimelineBar, ...]
+    now: str | None = None
+    zone: tzinfo = UTC
 
     @property
     def mermaid(self) -> str | None:
@@ -430,7 +544,7 @@ def mermaid_text(text: str, *, label: bool = True) -> str:
     return text
 
 
-def plan_timelines(plan: Plan) -> list[Timeline]:
+def plan_timelines(plan: Plan, zone: tzinfo = UTC) -> list[Timeline]:
     """One timeline per stream that has clips to draw, streams in sorted order: a bar per
     segment, sections in TIMELINE_SECTIONS order, bars in each by start time."""
     by_stream: dict[str, list[TimelineBar]] = {}
@@ -455,30 +569,93 @@ def plan_timelines(plan: Plan) -> list[Timeline]:
                         label += f" {number}/{len(segments)}"
                     drawn.append(TimelineBar(section, label, start, end, tag))
             bars += sorted(drawn, key=lambda bar: (bar.start, bar.end, bar.label))
-    return [Timeline(stream, tuple(by_stream[stream])) for stream in sorted(by_stream)]
+    return [
+        Timeline(stream, tuple(by_stream[stream]), plan.created_at, zone)
+        for stream in sorted(by_stream)
+    ]
 
 
-def _mermaid_time(moment: str) -> str:
-    return moment.removesuffix("Z").replace("T", " ")
+@dataclass(frozen=True, slots=True)
+class _Axis:
+    """A chart's stand-in calendar: `place` turns a real instant into the zone-free time
+    Mermaid is given, `origin`'s clock time in the display zone plus the real time since."""
+
+    origin: datetime  # the real instant the chart starts at
+    base: datetime  # its clock time in the display zone, on the stand-in calendar (naive)
+
+    def place(self, moment: datetime) -> str:
+        return (self.base + (moment - self.origin)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _axis(origin: datetime, end: datetime, zone: tzinfo) -> _Axis:
+    shown = local(origin, zone)
+    assert shown is not None, "callers fall back to UTC where the zone cannot show a time"
+    year, month = _STAND_IN_MONTHS[calendar.monthrange(shown.year, shown.month)[1]]
+    if (end - origin).days > 365 * 7000:  # would leave the calendar: the real one, then
+        year, month = shown.year, shown.month
+    base = shown.replace(year=year, month=month, tzinfo=None)
+    return _Axis(origin, base)
+
+
+def _tick_interval(seconds: float, label_chars: int) -> str:
+    most = _MAX_SHORT_TICKS if label_chars <= 5 else _MAX_LONG_TICKS
+    for step, text in _TICK_INTERVALS:
+        if seconds / step <= most:
+            return text
+    return _TICK_INTERVALS[-1][1]
+
+
+def _zone_label(zone: tzinfo, first: datetime, last: datetime) -> str:
+    """`UTC`, `Asia/Shanghai, UTC+08:00`, or for a chart across a clock change
+    `America/New_York, UTC-04:00 then UTC-05:00` (the axis keeps the first offset)."""
+    if is_utc(zone):
+        return "UTC"
+    offsets = []
+    for moment in (first, last):
+        shown = local(moment, zone)
+        offset = offset_text(shown.utcoffset() if shown else None)
+        if offset not in offsets:
+            offsets.append(offset)
+    text = f"{zone_name(zone)}, UTC{offsets[0]}"
+    if len(offsets) > 1:
+        text += f" then UTC{offsets[1]} (the axis keeps UTC{offsets[0]})"
+    return text
 
 
 def timeline_gantt(timeline: Timeline) -> str:
     """The Mermaid `gantt` source of one stream's timeline (without the Markdown fence)."""
-    first = min(bar.start for bar in timeline.bars)
-    last = max(bar.end for bar in timeline.bars)
-    span = _parse_utc(last) - _parse_utc(first)
-    if span <= timedelta(minutes=15):
-        axis = "%H:%M:%S"
-    elif first[:10] == last[:10]:
-        axis = "%H:%M"
+    first = min(_parse_utc(bar.start) for bar in timeline.bars)
+    last = max(_parse_utc(bar.end) for bar in timeline.bars)
+    zone = timeline.zone
+    if local(first, zone) is None or local(last, zone) is None:
+        zone = UTC  # past year 9999 on the zone's clock: the chart stays on UTC's
+    now = _parse_utc(timeline.now) if timeline.now else None
+    span = (last - first).total_seconds()
+    if now is not None:
+        with_now = (max(last, now) - min(first, now)).total_seconds()
+        if span < _NOW_MARKER_MIN_SHARE * with_now or local(now, zone) is None:
+            now = None  # far from the clips: the bars would shrink to slivers
+    low = min(first, now) if now else first
+    high = max(last, now) if now else last
+    axis = _axis(low, high, zone)
+    low_shown, high_shown = local(low, zone), local(high, zone)
+    assert low_shown is not None and high_shown is not None
+    seconds = max((high - low).total_seconds(), 1)
+    if low_shown.date() != high_shown.date():
+        axis_format = "%d %H:%M"  # the day of the month: the title says which month
+    elif seconds <= 15 * 60:
+        axis_format = "%H:%M:%S"
     else:
-        axis = "%m-%d %H:%M"
-    days = first[:10] if first[:10] == last[:10] else f"{first[:10]} to {last[:10]}"
+        axis_format = "%H:%M"
+    first_day, last_day = (str(d.date()) for d in (local(first, zone), local(last, zone)) if d)
+    days = first_day if first_day == last_day else f"{first_day} to {last_day}"
+    title = f"{mermaid_text(timeline.stream, label=False)}, {days} ({mermaid_text(_zone_label(zone, first, last), label=False)})"
     lines = [
         "gantt",
-        f"    title {mermaid_text(timeline.stream, label=False)}, {days} (UTC)",
+        f"    title {title}",
         f"    dateFormat {TIMELINE_DATE_FORMAT}",
-        f"    axisFormat {axis}",
+        f"    axisFormat {axis_format}",
+        f"    tickInterval {_tick_interval(seconds, len(low_shown.strftime(axis_format)))}",
         "    todayMarker off",
     ]
     section = None
@@ -486,9 +663,15 @@ def timeline_gantt(timeline: Timeline) -> str:
         if bar.section != section:
             section = bar.section
             lines.append(f"    section {mermaid_text(section, label=False)}")
-        when = f"{_mermaid_time(bar.start)}, {_mermaid_time(bar.end)}"
+        start, end = _parse_utc(bar.start), _parse_utc(bar.end)
+        when = f"{axis.place(start)}, {axis.place(end)}"
         data = f"{bar.tag}, {when}" if bar.tag else when
         lines.append(f"    {mermaid_text(bar.label)} :{data}")
+    if now is not None:
+        now_shown = local(now, zone)
+        assert now_shown is not None
+        label = mermaid_text(f"now {now_shown.strftime('%H:%M')}")
+        lines.append(f"    {label} :vert, {axis.place(now)}, {axis.place(now)}")
     return "\n".join(lines)
 
 
@@ -498,14 +681,14 @@ def _parse_utc(moment: str) -> datetime:
     return parsed
 
 
-def timeline_markdown(plan: Plan) -> list[str]:
+def timeline_markdown(plan: Plan, zone: tzinfo = UTC) -> list[str]:
     """A ```mermaid block per stream (or a sentence, for a chart too large to draw)."""
     lines: list[str] = []
-    for timeline in plan_timelines(plan):
+    for timeline in plan_timelines(plan, zone):
         source = timeline.mermaid
         if source is None:
             lines += [
-                f"Timeline of {_md_cell(timeline.stream)} not drawn: {len(timeline.bars)} bars "
+                f"Timeline of {md_text(timeline.stream)} not drawn: {len(timeline.bars)} bars "
                 f"are more than the {TIMELINE_MAX_BARS} a chart can show; the tables below "
                 "list every clip.",
                 "",
@@ -515,15 +698,21 @@ def timeline_markdown(plan: Plan) -> list[str]:
     return lines
 
 
-def plan_markdown(plan: Plan, out: TextIO, *, title: str = "reconciler plan") -> None:
+def plan_markdown(
+    plan: Plan, out: TextIO, *, title: str = "reconciler plan", zone: tzinfo = UTC
+) -> None:
     """A PR comment / $GITHUB_STEP_SUMMARY: the summary, a timeline per stream, then a table per
-    action; long lists collapse."""
-    lines = [f"### {title}", "", f"**{plan.summary()}**", "", *timeline_markdown(plan)]
+    action; long lists collapse. Every value from a manifest or the state is text (`md_text`)."""
+    lines = [f"### {title}", "", f"**{plan.summary()}**", ""]
+    note = zone_note(zone, plan.created_at)
+    if note:
+        lines += [md_text(note), ""]
+    lines += timeline_markdown(plan, zone)
     for action, (_, heading, _) in _PLAN_HEADINGS.items():
         items = plan.of(PlanAction(action))
         if not items:
             continue
-        table = _md_table(items)
+        table = _md_table(items, zone)
         if len(items) > MARKDOWN_COLLAPSE_AFTER or action == "unchanged":
             lines += [
                 "<details>",
@@ -543,14 +732,18 @@ def plan_markdown(plan: Plan, out: TextIO, *, title: str = "reconciler plan") ->
 
 
 def outcome_line(outcome: Outcome) -> str:
+    """One outcome; the name, requestId and the server's message with controls made visible."""
     item = outcome.item
-    who = f"{item.name} ({item.short_hash})"
+    who = f"{visible(item.name)} ({item.short_hash})"
+    message = visible(outcome.message or "")
     if outcome.kind == "submitted":
-        return f"submitted {who}: requestId {outcome.request_id}"
+        return f"submitted {who}: requestId {visible(outcome.request_id or '')}"
     if outcome.kind == "failed":
-        return f"failed {who}: {outcome.message}"
+        return f"failed {who}: {message}"
     if outcome.kind == "unknown":
-        return f"pending {who}: outcome unknown ({outcome.message}); left pending, not re-sent automatically"
+        return (
+            f"pending {who}: outcome unknown ({message}); left pending, not re-sent automatically"
+        )
     return f"not sent {who}: apply was stopped before sending it"
 
 
@@ -699,7 +892,7 @@ def apply_markdown(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: boo
         for o in result.outcomes:
             detail = o.request_id if o.kind == "submitted" else (o.message or "")
             rows.append(
-                f"| {o.kind.value} | {_md_cell(o.item.name)} | `{o.item.short_hash}` | {_md_cell(detail or '')} |"
+                f"| {o.kind.value} | {md_text(o.item.name)} | `{o.item.short_hash}` | {md_text(detail or '')} |"
             )
         if len(result.outcomes) > MARKDOWN_COLLAPSE_AFTER:
             lines += [

@@ -324,3 +324,165 @@ def test_the_renderer_sees_what_mermaid_gets_wrong() -> None:
     assert charts["unescaped statement"].error
     colon = charts["unescaped colon"]
     assert colon.error or [bar.label for bar in colon.bars] != ["a:b"]
+
+
+# --- the same chart in every viewer's zone -------------------------------------------------------
+
+# Viewers' zones: UTC, one without daylight-saving time, and one that changes its clocks on the
+# days below: New York springs forward at 2026-03-08T07:00Z (02:00 local becomes 03:00) and
+# falls back at 2026-11-01T06:00Z (02:00 local becomes 01:00). Each day's first clip is at UTC
+# clock times that do not exist, or exist twice, on New York's clock; the second runs across the
+# real change (what matters with --timezone America/New_York).
+VIEWER_ZONES = ("UTC", "Asia/Shanghai", "America/New_York")
+DST_DAYS = [
+    (
+        "2026-11-01T00:50:00Z",
+        "2026-11-01T02:10:00Z",
+        "2026-11-01T05:30:00Z",
+        "2026-11-01T07:20:00Z",
+    ),
+    (
+        "2026-03-08T01:45:00Z",
+        "2026-03-08T03:15:00Z",
+        "2026-03-08T06:30:00Z",
+        "2026-03-08T07:40:00Z",
+    ),
+]
+
+
+def geometry(chart: RenderedChart) -> list[tuple[str, float, float]]:
+    return [(bar.label, bar.x, bar.width) for bar in chart.bars]
+
+
+def seconds(start: str, end: str) -> float:
+    from reconciler.schema import parse_record_time
+
+    first, last = parse_record_time(start), parse_record_time(end)
+    assert first is not None and last is not None
+    return (last - first).total_seconds()
+
+
+@pytest.mark.parametrize("times", DST_DAYS, ids=["2026-11-01", "2026-03-08"])
+@pytest.mark.parametrize("display", [None, "America/New_York"])
+def test_bars_are_the_same_in_every_viewers_zone(
+    tmp_path: Path, times: tuple[str, str, str, str], display: str | None
+) -> None:
+    a_start, a_end, b_start, b_end = times
+    write_clips(
+        tmp_path,
+        [
+            manifest("across", "final", (a_start, a_end)),
+            manifest("after", "final", (b_start, b_end)),
+        ],
+    )
+    markdown = plan_markdown(tmp_path, *(("--timezone", display) if display else ()))
+    sources = mermaid_blocks(markdown)
+    charts = {zone: render(sources, tz=zone)[0] for zone in VIEWER_ZONES}
+    for chart in charts.values():
+        assert chart.error is None, chart.error
+    drawn = geometry(charts["UTC"])
+    assert [label for label, _, _ in drawn] == ["across", "after"]
+    for zone in VIEWER_ZONES[1:]:
+        assert geometry(charts[zone]) == drawn, zone
+        assert [tick.label for tick in charts[zone].ticks] == [
+            tick.label for tick in charts["UTC"].ticks
+        ]
+    # Widths in proportion to the real durations (neither bar lost or gained the changed hour).
+    (_, _, across), (_, _, after) = drawn
+    assert across / after == pytest.approx(
+        seconds(a_start, a_end) / seconds(b_start, b_end), rel=0.03
+    )
+
+
+def test_the_renderer_sees_a_naive_chart_move_with_the_viewer() -> None:
+    # The check itself: real dates written zone-free are read in the viewer's zone, where
+    # 02:00-03:00 on 2026-03-08 does not exist in New York: that bar shrinks to nothing.
+    naive = (
+        "gantt\n    dateFormat YYYY-MM-DD HH:mm:ss\n    section S\n"
+        "    gap :2026-03-08 02:00:00, 2026-03-08 03:00:00\n"
+        "    later :2026-03-08 04:00:00, 2026-03-08 05:00:00"
+    )
+    utc, new_york = (render([naive], tz=zone)[0] for zone in ("UTC", "America/New_York"))
+    assert geometry(utc) != geometry(new_york)
+
+
+def assert_labels_apart(chart: RenderedChart) -> None:
+    assert len(chart.ticks) >= 3, chart.ticks
+    for left, right in zip(chart.ticks, chart.ticks[1:], strict=False):
+        assert left.right <= right.left, (left, right)
+
+
+@pytest.mark.parametrize("width", [700, 1200])
+def test_an_axis_across_midnight_shows_the_day_and_labels_do_not_overlap(
+    tmp_path: Path, width: int
+) -> None:
+    write_clips(
+        tmp_path,
+        [
+            manifest("late", "night", ("2020-06-01T21:10:00Z", "2020-06-01T22:40:00Z")),
+            manifest("early", "night", ("2020-06-02T01:00:00Z", "2020-06-02T03:20:00Z")),
+            manifest("d1", "week", ("2020-05-01T10:00:00Z", "2020-05-01T12:00:00Z")),
+            manifest("d4", "week", ("2020-05-04T18:00:00Z", "2020-05-04T19:00:00Z")),
+        ],
+    )
+    markdown = plan_markdown(tmp_path)
+    charts = {
+        chart.title.split(", ")[0]: chart for chart in render(mermaid_blocks(markdown), width=width)
+    }
+    night = charts["push.example.com/live/night"]
+    assert night.title == "push.example.com/live/night, 2020-06-01 to 2020-06-02 (UTC)"
+    assert_labels_apart(night)
+    labels = [tick.label for tick in night.ticks]
+    assert {label.split()[0] for label in labels} == {"01", "02"}, labels  # day of the month
+    assert "02 00:00" in labels
+    week = charts["push.example.com/live/week"]
+    assert_labels_apart(week)
+    week_days = {tick.label.split()[0] for tick in week.ticks}
+    assert week_days >= {"02", "03", "04"}, week_days
+
+
+def test_the_plans_now_is_marked_where_it_is() -> None:
+    bars = (
+        TimelineBar("To submit", "done-clip", "2026-11-01T05:00:00Z", "2026-11-01T06:00:00Z"),
+        TimelineBar(
+            "Waiting", "live-clip", "2026-11-01T07:30:00Z", "2026-11-01T08:30:00Z", "active"
+        ),
+    )
+    now = "2026-11-01T07:00:00Z"
+    for zone in VIEWER_ZONES:
+        source = timeline_gantt(Timeline("push.example.com/live/final", bars, now=now))
+        (chart,) = render([source], tz=zone)
+        assert chart.error is None, chart.error
+        (marker,) = chart.markers
+        assert marker.label == "now 07:00"
+        first = chart.bars[0]
+        per_second = first.width / 3600
+        assert marker.x == pytest.approx(first.x + 2 * 3600 * per_second, abs=1.5)
+        assert first.x < marker.x < chart.bars[1].x
+
+
+def test_the_marker_is_the_plans_now_in_the_cli(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    def at(hours: float) -> str:
+        moment = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=hours)
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    write_clips(
+        tmp_path,
+        [
+            manifest("before", "live", (at(-3), at(-2))),
+            manifest("coming", "live", (at(1), at(2))),
+        ],
+    )
+    (chart,) = rendered(plan_markdown(tmp_path, "--timezone", "Asia/Shanghai")).values()
+    (marker,) = chart.markers
+    assert marker.label.startswith("now ")
+    before, coming = chart.bars
+    assert before.x + before.width < marker.x < coming.x
+
+
+def test_a_now_far_from_the_clips_is_not_drawn() -> None:
+    bars = (TimelineBar("To submit", "old", "2020-06-01T19:00:00Z", "2020-06-01T19:30:00Z"),)
+    source = timeline_gantt(Timeline("s", bars, now="2026-11-01T07:00:00Z"))
+    assert "vert" not in source

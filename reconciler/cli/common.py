@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import tzinfo
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -97,6 +98,34 @@ Settle = Annotated[int, typer.Option("--settle", min=0, help=SETTLE_HELP)]
 LockTimeout = Annotated[
     float,
     typer.Option("--lock-timeout", min=0, help="Seconds to wait for another apply's lock."),
+]
+
+
+def _zone(value: str | tzinfo) -> tzinfo:
+    """`--timezone`'s value: an IANA zone, else a usage error (exit 2) naming the option."""
+    from reconciler.timezones import ZoneError, display_zone
+
+    if isinstance(value, tzinfo):  # the default
+        return value
+    try:
+        return display_zone(value)
+    except ZoneError as error:
+        raise typer.BadParameter(
+            str(error), param_hint="'--timezone' (or RECONCILER_TIMEZONE)"
+        ) from None
+
+
+Timezone = Annotated[
+    tzinfo,
+    typer.Option(
+        "--timezone",
+        envvar="RECONCILER_TIMEZONE",
+        parser=_zone,
+        metavar="ZONE",
+        help="Show times in this IANA zone (Asia/Shanghai, America/New_York) [default: UTC]; "
+        "JSON output stays in UTC.",
+        show_default=False,
+    ),
 ]
 
 

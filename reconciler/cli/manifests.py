@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
@@ -30,6 +30,7 @@ from reconciler.cli.common import (
     Selector,
     Settle,
     StatePath,
+    Timezone,
     Verbose,
     abandoned_senders,
     app,
@@ -115,17 +116,19 @@ def _parse_selector(expressions: list[str] | None) -> dict[str, str]:
         raise typer.BadParameter(str(error), param_hint="'--selector'") from None
 
 
-def _print_plan(plan: Plan, fmt: OutputFormat, no_color: bool, verbose: bool, quiet: bool) -> None:
+def _print_plan(
+    plan: Plan, fmt: OutputFormat, no_color: bool, verbose: bool, quiet: bool, zone: tzinfo = UTC
+) -> None:
     from reconciler.report import plan_github, plan_markdown, plan_text
 
     if fmt is OutputFormat.JSON:
-        sys.stdout.write(plan.dumps())
+        sys.stdout.write(plan.dumps())  # JSON stays in UTC, whatever --timezone says
     elif fmt is OutputFormat.GITHUB:
-        plan_github(plan, sys.stdout)
+        plan_github(plan, sys.stdout, zone=zone)
     elif fmt is OutputFormat.MARKDOWN:
-        plan_markdown(plan, sys.stdout)
+        plan_markdown(plan, sys.stdout, zone=zone)
     else:
-        plan_text(plan, make_console(no_color), verbose=verbose, quiet=quiet)
+        plan_text(plan, make_console(no_color), verbose=verbose, quiet=quiet, zone=zone)
 
 
 # --- validate / schema ----------------------------------------------------------------------
@@ -188,6 +191,7 @@ def plan(
     quiet: Quiet = False,
     verbose: Verbose = False,
     no_color: NoColor = False,
+    timezone: Timezone = UTC,
 ) -> None:
     """Compare manifests with the state: what apply would submit. Sends nothing."""
     fmt = OutputFormat(choice)
@@ -209,7 +213,7 @@ def plan(
         ),
         paths,
     )
-    _print_plan(the_plan, fmt, no_color, verbose, quiet)
+    _print_plan(the_plan, fmt, no_color, verbose, quiet, timezone)
     if out is not None:
         _save_plan(the_plan, out)
         if fmt is OutputFormat.TEXT:
@@ -403,6 +407,7 @@ def apply(
     quiet: Quiet = False,
     verbose: Verbose = False,
     no_color: NoColor = False,
+    timezone: Timezone = UTC,
 ) -> None:
     """Submit every task the plan creates and record each outcome in the state file."""
     fmt = OutputFormat(choice)
@@ -459,7 +464,7 @@ def apply(
             if not sandbox:
                 warn_if_missing(store)
             the_plan = planned(state_for_apply(store, sandbox=sandbox, dry_run=True))
-            _print_plan(the_plan, fmt, no_color, verbose, quiet)
+            _print_plan(the_plan, fmt, no_color, verbose, quiet, timezone)
             if fmt is OutputFormat.TEXT:
                 console.print("Dry run: nothing was sent and the state was not changed.")
             raise typer.Exit(0)
@@ -468,7 +473,7 @@ def apply(
             current = state_for_apply(store, sandbox=sandbox)
             the_plan = planned(current)
             if fmt is OutputFormat.TEXT:
-                _print_plan(the_plan, fmt, no_color, verbose, quiet)
+                _print_plan(the_plan, fmt, no_color, verbose, quiet, timezone)
             options = ApplyOptions(
                 credentials=credentials,
                 endpoint=endpoint,

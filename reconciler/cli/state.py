@@ -18,6 +18,7 @@ from reconciler.cli.common import (
     NoColor,
     StatePath,
     TaskHash,
+    Timezone,
     app,
     errors_reported,
     fail,
@@ -81,6 +82,7 @@ def state_list(
     state: StatePath = None,
     choice: StateFormatOption = StateFormat.TEXT,
     no_color: NoColor = False,
+    timezone: Timezone = UTC,
 ) -> None:
     """List every task in the state file."""
     fmt = OutputFormat(choice)
@@ -97,7 +99,11 @@ def state_list(
         }
         typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
         return
+    from rich.markup import escape
     from rich.table import Table
+
+    from reconciler.report import visible
+    from reconciler.timezones import show_time
 
     table = Table(box=None, pad_edge=False)
     for column in ("task", "status", "name", "requestId", "updated", "source"):
@@ -106,10 +112,10 @@ def state_list(
         table.add_row(
             entry.hash[:12],
             entry.status.value,
-            entry.name,
-            entry.request_id or "-",
-            entry.updated_at,
-            entry.source,
+            escape(visible(entry.name)),
+            escape(visible(entry.request_id or "-")),
+            show_time(entry.updated_at, timezone),
+            escape(visible(entry.source)),
         )
     console = make_console(no_color)
     if entries:
@@ -125,6 +131,7 @@ def state_show(
     task: TaskHash,
     state: StatePath = None,
     choice: StateFormatOption = StateFormat.TEXT,
+    timezone: Timezone = UTC,
 ) -> None:
     """Show one task: status, requestId, and the exact request it sends."""
     fmt = OutputFormat(choice)
@@ -141,8 +148,15 @@ def state_show(
         }
         typer.echo(json.dumps(wrapped, indent=2, ensure_ascii=False))
         return
+    from reconciler.report import visible
+    from reconciler.timezones import show_time
+
     for key in ("hash", "status", "name", "source", "requestId", "updatedAt", "submittedAt"):
-        typer.echo(f"{key + ':':13} {document[key] if document[key] is not None else '-'}")
+        value = document[key]
+        shown = (
+            "-" if value is None else show_time(value, timezone) if key.endswith("At") else value
+        )
+        typer.echo(f"{key + ':':13} {visible(shown)}")
     typer.echo("request:")
     typer.echo(json.dumps(entry.request, indent=2, ensure_ascii=False, sort_keys=True))
 

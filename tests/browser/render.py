@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -51,7 +52,7 @@ def mermaid_blocks(markdown: str) -> list[str]:
     return MERMAID_BLOCK.findall(markdown)
 
 
-def _run_chromium(sources: Sequence[str], *options: str) -> str:
+def _run_chromium(sources: Sequence[str], *options: str, tz: str | None = None) -> str:
     browser = chromium()
     if browser is None or not MERMAID_BUNDLE.is_file():
         raise RuntimeError(f"cannot render: {missing()}")
@@ -80,6 +81,8 @@ def _run_chromium(sources: Sequence[str], *options: str) -> str:
             encoding="utf-8",
             timeout=TIMEOUT_SECONDS,
             check=False,
+            # The viewer's zone: Chromium (and so Mermaid) reads local times in it.
+            env={**os.environ, "TZ": tz} if tz else None,
         )
     if result.returncode != 0:
         raise RuntimeError(f"chromium exited {result.returncode}: {result.stderr[-2000:]}")
@@ -88,10 +91,23 @@ def _run_chromium(sources: Sequence[str], *options: str) -> str:
 
 @dataclass(frozen=True)
 class Bar:
-    """A bar mermaid drew: its label as shown, and its classes (`task`, `done0`, `crit0`...)."""
+    """A bar mermaid drew: its label as shown, its classes (`task`, `done0`, `crit0`...), and
+    where it is (`x`, `width`, in the SVG's units)."""
 
     label: str
     classes: tuple[str, ...]
+    x: float = 0
+    width: float = 0
+
+
+@dataclass(frozen=True)
+class Tick:
+    """An axis label: its text, the tick's x in the SVG, and the label's box on the page."""
+
+    label: str
+    x: float
+    left: float
+    right: float
 
 
 @dataclass
@@ -100,6 +116,8 @@ class RenderedChart:
     mermaid's own message when it could not render the source."""
 
     bars: list[Bar] = field(default_factory=list)
+    markers: list[Bar] = field(default_factory=list)  # `vert` lines: the plan's now
+    ticks: list[Tick] = field(default_factory=list)
     title: str = ""
     sections: list[str] = field(default_factory=list)
     error: str | None = None
@@ -112,12 +130,14 @@ class _PageReader(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.charts: list[RenderedChart] = []
-        self.bar_ids: list[list[tuple[str, tuple[str, ...]]]] = []
+        self.bar_ids: list[list[tuple[str, tuple[str, ...], float, float]]] = []
         self.texts: dict[str, str] = {}
         self.height = 0
         self.finished = False
         self._text: list[str] | None = None  # the text of the open element, if collected
         self._store: tuple[str, str] | None = None  # where that text goes when it closes
+        self._tick_x = 0.0
+        self._tick_box = (0.0, 0.0)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = {key: value or "" for key, value in attrs}
@@ -129,7 +149,14 @@ class _PageReader(HTMLParser):
             self.charts.append(RenderedChart())
             self.bar_ids.append([])
         elif tag == "rect" and "task" in classes:
-            self.bar_ids[-1].append((element_id, classes))
+            x, width = float(attributes.get("x") or 0), float(attributes.get("width") or 0)
+            self.bar_ids[-1].append((element_id, classes, x, width))
+        elif tag == "g" and "tick" in classes:
+            found = re.search(r"translate\(([-\d.e]+)", attributes.get("transform", ""))
+            self._tick_x = float(found.group(1)) if found else 0.0
+        elif tag == "text" and "data-left" in attributes and self.charts:
+            self._tick_box = (float(attributes["data-left"]), float(attributes["data-right"]))
+            self._collect("tick", "")
         elif tag == "text" and element_id.endswith("-text"):
             self._collect("label", element_id.removesuffix("-text"))
         elif tag == "text" and "titleText" in classes:
@@ -161,18 +188,25 @@ class _PageReader(HTMLParser):
             chart.title = text
         elif kind == "section":
             chart.sections.append(text)
+        elif kind == "tick":
+            chart.ticks.append(Tick(text, self._tick_x, *self._tick_box))
         else:
             chart.error = text
         self._text = self._store = None
 
     def result(self) -> list[RenderedChart]:
         for chart, bar_ids in zip(self.charts, self.bar_ids, strict=True):
-            chart.bars = [Bar(self.texts.get(bar_id, ""), classes) for bar_id, classes in bar_ids]
+            drawn = [
+                Bar(self.texts.get(bar_id, ""), classes, x, width)
+                for bar_id, classes, x, width in bar_ids
+            ]
+            chart.bars = [bar for bar in drawn if "vert" not in bar.classes]
+            chart.markers = [bar for bar in drawn if "vert" in bar.classes]
         return self.charts
 
 
-def _read(sources: Sequence[str], width: int) -> _PageReader:
-    dom = _run_chromium(sources, f"--window-size={width},900", "--dump-dom")
+def _read(sources: Sequence[str], width: int, tz: str | None = None) -> _PageReader:
+    dom = _run_chromium(sources, f"--window-size={width},900", "--dump-dom", tz=tz)
     reader = _PageReader()
     reader.feed(dom)
     if not reader.finished or len(reader.charts) != len(sources):
@@ -180,9 +214,12 @@ def _read(sources: Sequence[str], width: int) -> _PageReader:
     return reader
 
 
-def render(sources: Sequence[str], *, width: int = 1200) -> list[RenderedChart]:
-    """Each source rendered by mermaid in one headless Chromium, read back from the DOM."""
-    return _read(sources, width).result()
+def render(
+    sources: Sequence[str], *, width: int = 1200, tz: str | None = None
+) -> list[RenderedChart]:
+    """Each source rendered by mermaid in one headless Chromium, read back from the DOM; `tz`
+    is the viewer's time zone (the TZ Chromium runs with), else this machine's."""
+    return _read(sources, width, tz).result()
 
 
 def screenshot(source: str, png: Path, *, width: int = 1000, scale: float = 1) -> None:

@@ -7,10 +7,10 @@ import difflib
 import json
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, reduce
 from importlib import resources
 from typing import Any
 
@@ -443,17 +443,40 @@ RecordTaskValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-c
 )
 
 
-@cache
-def _validator() -> Validator:
-    schema = load_schema()
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """A schema's validator, and the same rules compiled into one yes/no check: most manifests
+    are valid, and for those the check alone decides; the validator's walk, which says why, runs
+    only for the rest."""
+
+    validator: Validator
+    valid: Callable[[Any], bool]
+
+    def errors(self, instance: Any) -> Iterator[ValidationError]:
+        if not self.valid(instance):
+            yield from self.validator.iter_errors(instance)
+
+
+def _rules(schema: Mapping[str, Any]) -> _Rules:
     # The schema file is checked against the Draft 2020-12 meta-schema by the tests, not on
     # every start. Resolving `$ref`s on every validation is a third of its cost; the schema's
     # references are local and not recursive, so they are resolved once here.
-    return RecordTaskValidator(_inline_refs(schema, schema))  # type: ignore[no-any-return]
+    validator: Validator = RecordTaskValidator(_inline_refs(schema, schema))
+    valid = _compile(validator.schema, validator)
+    if valid is None:  # a keyword the compiler does not know: the walk decides every time
+        return _Rules(
+            validator, lambda instance: next(validator.iter_errors(instance), None) is None
+        )
+    return _Rules(validator, valid)
 
 
 @cache
-def _set_validator() -> Validator:
+def _validator() -> _Rules:
+    return _rules(load_schema())
+
+
+@cache
+def _set_validator() -> _Rules:
     """The schema with a clip's spec fields left open: a set's clips are checked merged with
     the template, as RecordTasks (so each problem is found once, and named for its clips)."""
     schema = copy.deepcopy(load_schema())
@@ -462,7 +485,133 @@ def _set_validator() -> Validator:
     clip["properties"] = {
         name: True if name in fields else rule for name, rule in clip["properties"].items()
     }
-    return RecordTaskValidator(_inline_refs(schema, schema))  # type: ignore[no-any-return]
+    return _rules(schema)
+
+
+# --- the same rules as one yes/no check -------------------------------------------------------
+
+Check = Callable[[Any], bool]
+_PYTHON_TYPES: dict[str, Check] = {
+    # As Draft 2020-12's type checker reads them.
+    "string": lambda value: isinstance(value, str),
+    "object": lambda value: isinstance(value, dict),
+    "array": lambda value: isinstance(value, list),
+    "null": lambda value: value is None,
+    "boolean": lambda value: isinstance(value, bool),
+}  # "number" and "integer" are left to the validator (Decimal, 1.0 and such)
+
+
+def _compile(schema: Any, validator: Validator) -> Check | None:
+    """Whether an instance is valid under `schema` (ref-free), as `validator` would find it:
+    True exactly when its walk yields no error. None when the schema uses a keyword of the
+    validator's that this does not compile, such as `prefixItems` or `patternProperties` (which
+    would change what `items` and `additionalProperties` see); keywords it ignores are ignored."""
+    if isinstance(schema, bool):
+        return lambda instance: schema
+    checks: list[Check] = []
+    known = type(validator).VALIDATORS
+    for keyword, value in schema.items():
+        if keyword not in known or keyword in ("then", "else"):
+            continue  # annotations; `then`/`else` are read with their `if`
+        check = _compile_keyword(keyword, value, schema, validator)
+        if check is None:
+            return None
+        checks.append(check)
+    start: Check = _anything
+    return reduce(_both, checks, start)
+
+
+def _anything(instance: Any) -> bool:
+    return True
+
+
+def _both(first: Check, second: Check) -> Check:
+    if first is _anything:
+        return second
+    return lambda instance: first(instance) and second(instance)
+
+
+def _compile_keyword(
+    keyword: str, value: Any, schema: Mapping[str, Any], validator: Validator
+) -> Check | None:
+    if keyword.startswith("x-reconciler-"):
+        rule = type(validator).VALIDATORS[keyword]
+        return lambda instance: next(iter(rule(validator, value, instance, schema)), None) is None
+    if keyword == "type":
+        return _PYTHON_TYPES.get(value) if isinstance(value, str) else None
+    if keyword == "const":
+        return (lambda instance: instance == value) if isinstance(value, str) else None
+    if keyword == "pattern":
+        return lambda instance: not isinstance(instance, str) or ecma_match(value, instance)
+    if keyword in ("minLength", "maxLength", "minItems", "maxItems"):
+        return _compile_size(keyword, value)
+    if keyword == "required":
+        names = tuple(value)
+        return lambda instance: (
+            not isinstance(instance, dict) or all(name in instance for name in names)
+        )
+    if keyword == "properties":
+        return _compile_properties(value, validator)
+    if keyword == "additionalProperties":
+        return _compile_additional(value, schema, validator)
+    if keyword in ("propertyNames", "items"):
+        each = _compile(value, validator)
+        if each is None:
+            return None
+        kind = dict if keyword == "propertyNames" else list
+        return lambda instance: not isinstance(instance, kind) or all(map(each, instance))
+    if keyword == "if":
+        return _compile_condition(value, schema, validator)
+    return None
+
+
+def _compile_size(keyword: str, bound: Any) -> Check | None:
+    if not isinstance(bound, int):
+        return None
+    kind = str if keyword.endswith("Length") else list
+    if keyword.startswith("min"):
+        return lambda instance: not isinstance(instance, kind) or len(instance) >= bound
+    return lambda instance: not isinstance(instance, kind) or len(instance) <= bound
+
+
+def _compile_properties(properties: Mapping[str, Any], validator: Validator) -> Check | None:
+    compiled = [(name, _compile(rule, validator)) for name, rule in properties.items()]
+    if any(check is None for _, check in compiled):
+        return None
+    checks = [(name, check) for name, check in compiled if check is not None]
+
+    def valid(instance: Any) -> bool:
+        if isinstance(instance, dict):
+            for name, check in checks:
+                if name in instance and not check(instance[name]):
+                    return False
+        return True
+
+    return valid
+
+
+def _compile_additional(
+    extra: Any, schema: Mapping[str, Any], validator: Validator
+) -> Check | None:
+    known = frozenset(schema.get("properties", {}))
+    each = _compile(extra, validator)
+    if each is None:
+        return None
+    return lambda instance: (
+        not isinstance(instance, dict)
+        or all(each(instance[name]) for name in instance if name not in known)
+    )
+
+
+def _compile_condition(
+    condition: Any, schema: Mapping[str, Any], validator: Validator
+) -> Check | None:
+    test = _compile(condition, validator)
+    then = _compile(schema.get("then", True), validator)
+    otherwise = _compile(schema.get("else", True), validator)
+    if test is None or then is None or otherwise is None:
+        return None
+    return lambda instance: then(instance) if test(instance) else otherwise(instance)
 
 
 def _inline_refs(node: Any, root: Mapping[str, Any]) -> Any:
@@ -569,7 +718,7 @@ def _lookup(doc: Any, path: DocPath) -> Any:
 
 
 def _errors(doc: Any) -> list[ValidationError]:
-    return list(_validator().iter_errors(doc))
+    return list(_validator().errors(doc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,12 +750,12 @@ def _kind_problem(doc: Any) -> str | None:
     return f"unknown kind {what}{case}; the kinds are {', '.join(ordered)} (closest first)"
 
 
-def _findings(manifest: Manifest, validator: Validator) -> Iterator[_Finding]:
+def _findings(manifest: Manifest, rules: _Rules) -> Iterator[_Finding]:
     wrong_kind = _kind_problem(manifest.doc)
     if wrong_kind is not None:
         yield _Finding(("kind",), wrong_kind, False, "kind")
         return
-    for error in validator.iter_errors(manifest.doc):
+    for error in rules.errors(manifest.doc):
         path, message = _describe(error)
         if isinstance(error, _SeeAlso):
             other = (*path[: len(path) - error.depth], *error.other)

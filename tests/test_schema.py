@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from reconciler.manifests import load_manifests
@@ -591,3 +593,116 @@ def test_free_text_refuses_controls_and_invisible_characters_only() -> None:
     assert by_ecma == CONTROLS | set("\u2028\u2029") | INVISIBLE_CHARACTERS
     for char in sorted(by_ecma):
         assert hidden_character(f"a{char}b"), f"U+{ord(char):04X} is not named"
+
+
+# --- the compiled check: the same verdict as the validator's walk ------------------------------
+
+
+@cache
+def _written_docs() -> list[Any]:
+    """Every document the fixtures and examples hold, valid or not; a set as it is written."""
+    root = FIXTURES.parent.parent
+    manifests, _ = load_manifests([str(FIXTURES), str(root / "examples")])
+    docs: dict[int, Any] = {}
+    for manifest in manifests:
+        written = manifest.clip.set.manifest if manifest.clip is not None else manifest
+        docs.setdefault(id(written.doc), written.doc)
+    return list(docs.values())
+
+
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from(
+        [
+            "", "RecordTask", "RecordTaskSet", "reconciler/v1", "mp4;flv", "mp4;MP4", "ts",
+            "2026-11-20T19:00:00Z", "2026-11-20T19:00:30Z", "2026-02-30T19:00:00Z",
+            "2026-11-20T19:00:00Z\n", "push.example.com", "https://push.example.com", "a b",
+            "live\u200b", "record/{Date}/{Foo}.{format}", "{StreamName", "x" * 70, "goal-1",
+        ]
+    ),
+    st.text(max_size=6),
+)  # fmt: skip
+KEYS = st.sampled_from(
+    ["kind", "spec", "metadata", "name", "labels", "template", "clips", "recordTimes",
+     "startTime", "endTime", "streamName", "saveObject", "recordFileType", "streamNme", "x"]
+)  # fmt: skip
+
+
+def _mutate(doc: Any, data: st.DataObject) -> Any:
+    """`doc` with one value somewhere in it replaced, removed or added."""
+    doc = copy.deepcopy(doc)
+    parent, key = None, None
+    node = doc
+    while isinstance(node, dict | list) and node and data.draw(st.integers(0, 4)) > 0:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        parent, key = node, data.draw(st.sampled_from(keys))
+        node = node[key]
+    action = data.draw(st.sampled_from(["replace", "remove", "add", "copy", "stretch"]))
+    if action == "stretch" and isinstance(node, str) and parent is not None:
+        # To just under, at or just past a length bound (hostName 253, pathSegment 128, ...).
+        bound = data.draw(st.sampled_from([63, 128, 253, 256, 1024])) + data.draw(
+            st.integers(-1, 1)
+        )
+        parent[key] = node.ljust(bound, node[-1:] or "a")  # type: ignore[index]
+        return doc
+    if parent is None or action == "add":
+        target = node if isinstance(node, dict) else parent
+        if isinstance(target, dict):
+            target[data.draw(KEYS)] = data.draw(SCALARS)
+        return doc
+    if action == "remove":
+        del parent[key]
+    elif action == "copy" and isinstance(parent, list):  # up to just past maxItems (10)
+        parent.extend(copy.deepcopy(node) for _ in range(data.draw(st.integers(1, 10))))
+    else:
+        parent[key] = data.draw(SCALARS | st.just({}) | st.just([]))
+    return doc
+
+
+@given(data=st.data())
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_compiled_check_and_the_validator_agree(data: st.DataObject) -> None:
+    """Valid documents are decided by the compiled check alone, so it must find a document
+    valid exactly when the validator's walk finds no error: for one kind, and for sets as
+    written (whose clips' spec fields are left open)."""
+    from reconciler.schema import _set_validator, _validator
+
+    doc = data.draw(st.sampled_from(_written_docs()))
+    for _ in range(data.draw(st.integers(0, 3))):
+        doc = _mutate(doc, data)
+    for rules in (_validator(), _set_validator()):
+        walked = next(rules.validator.iter_errors(doc), None)
+        assert rules.valid(doc) == (walked is None), (doc, walked)
+
+
+KEYWORD_SCHEMAS = [
+    {"maxItems": 2}, {"minItems": 2}, {"maxLength": 2}, {"minLength": 2},
+    {"type": "string"}, {"type": "object"}, {"type": "array"}, {"type": "null"},
+    {"type": "boolean"}, {"type": "number"}, {"const": "ab"}, {"const": 1},
+    {"pattern": "^a[bc]$"}, {"required": ["a"]}, {"properties": {"a": {"type": "string"}}},
+    {"properties": {"a": True}, "additionalProperties": False},
+    {"additionalProperties": {"maxLength": 1}}, {"propertyNames": {"maxLength": 1}},
+    {"items": {"type": "string"}}, {"items": False}, {"prefixItems": [True], "items": False},
+    {"if": {"const": "a"}, "then": {"maxLength": 0}, "else": {"minLength": 2}},
+    {"if": {"const": "a"}, "then": False}, {"if": {"const": "a"}}, {"then": False},
+    {"not": {"type": "string"}}, {"anyOf": [{"type": "string"}, {"type": "array"}]},
+    {"x-reconciler-uniqueFileTypes": True}, {"title": "t", "x-unknown": 1}, True, False,
+]  # fmt: skip
+KEYWORD_INSTANCES = [
+    None, True, False, 0, 1, 1.0, 1.5, "", "a", "ab", "ac", "abc", "a\n", "mp4;MP4",
+    [], ["a"], ["a", "b"], ["a", "b", "c"], [1], {}, {"a": "x"}, {"a": 1}, {"b": "xy"},
+    {"ab": "x"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("schema", KEYWORD_SCHEMAS, ids=json.dumps)
+def test_each_compiled_keyword_agrees_with_the_validator(schema: Any) -> None:
+    """Each keyword at and around its bounds; keywords it does not compile are walked."""
+    from reconciler.schema import _rules
+
+    rules = _rules(schema if isinstance(schema, bool) else {"$defs": {}, **schema})
+    for instance in KEYWORD_INSTANCES:
+        walked = next(rules.validator.iter_errors(instance), None)
+        assert rules.valid(instance) == (walked is None), (instance, walked)

@@ -90,6 +90,18 @@ _ERROR_STATUS = {
 _RETRY_LATER = frozenset({429, 503})
 
 
+class JournalError(OSError):
+    """The journal (`--journal FILE`) cannot be opened for appending; nothing was started."""
+
+    def __init__(self, path: Path | None, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.path = path
+        self.reason = error.strerror or str(error)
+
+    def __str__(self) -> str:
+        return f"cannot open the journal {self.path}: {self.reason}"
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     """How to run the sandbox. Credentials left None are throwaway random ones."""
@@ -271,9 +283,9 @@ class Sandbox:
         try:
             if self.config.journal is not None:
                 self._journal = self.config.journal.open("a", encoding="utf-8")
-        except OSError:
+        except OSError as error:
             server.server_close()
-            raise
+            raise JournalError(self.config.journal, error) from error
         self._server = server
         self._port = int(server.server_address[1])
         # A short poll interval, so stop() returns promptly.
@@ -845,6 +857,9 @@ def serve(config: SandboxConfig, *, out: TextIO | None = None, err: TextIO | Non
         )
     try:
         sandbox.start()
+    except JournalError as error:
+        print(f"reconciler sandbox: error: {error}", file=err)
+        return 1
     except OSError as error:
         print(
             f"reconciler sandbox: error: cannot listen on {config.host}:{config.port}: "

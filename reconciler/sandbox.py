@@ -802,6 +802,10 @@ def _percent(rate: float) -> str:
     return f"{rate * 100:.4g}%"
 
 
+# The state the banner's commands use: apart from real states, and from apply --sandbox's own.
+SANDBOX_RUN_STATE = "reconciler-state.sandbox-run.json"
+
+
 def banner(sandbox: Sandbox) -> str:
     """What `reconciler sandbox` prints on start. A secret the user passed in is never shown."""
     credentials = sandbox.credentials
@@ -818,18 +822,24 @@ def banner(sandbox: Sandbox) -> str:
         f"  accepted    GET {sandbox.url}{TASKS_PATH}",
     ]
     if sandbox.throwaway_secret:
-        # A separate state file, so a sandbox run never marks real tasks as submitted.
+        # A state of its own, so a run against this sandbox never marks real tasks submitted;
+        # not apply --sandbox's file either, which only a sandbox apply may create.
         exports = {
             "JDCLOUD_ACCESS_KEY": credentials.access_key,
             "JDCLOUD_SECRET_KEY": credentials.secret_key,
             "RECONCILER_ENDPOINT": sandbox.url,
-            "RECONCILER_STATE": "reconciler-state.sandbox.json",
+            "RECONCILER_STATE": SANDBOX_RUN_STATE,
         }
         lines += [
             "",
             "Throwaway test credentials. To point reconciler at this sandbox, in another shell:",
             "  export "
             + " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items()),
+            "  reconciler init",
+            "  reconciler apply PATH...",
+            "",
+            f"(PATH...: your manifests. The state {SANDBOX_RUN_STATE} is for this sandbox only;",
+            "apply --sandbox keeps its own, reconciler-state.sandbox.json.)",
         ]
     lines += ["", "Press Ctrl-C to stop."]
     return "\n".join(lines)

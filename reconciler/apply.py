@@ -120,14 +120,19 @@ def refuse_missing_state(store: StateBackend, *, sandbox: bool) -> None:
     )
 
 
-def state_for_apply(store: StateBackend, *, sandbox: bool, dry_run: bool = False) -> State:
+def state_for_apply(
+    store: StateBackend, *, sandbox: bool, dry_run: bool = False, origin: str | None = None
+) -> State:
     """The state an apply may start from; the caller holds `store.lock()` (but for a dry run).
 
     A missing state is refused (see refuse_missing_state), except for a sandbox apply, which
     starts from an empty sandbox state that apply_plan writes before its first mark, and a
     dry run, which writes nothing. Sandbox and real states never mix: a sandbox answer
-    recorded in a real state would make a later real apply skip that clip.
+    recorded in a real state would make a later real apply skip that clip. `origin` says
+    where the state's location came from (--state, $RECONCILER_STATE, a default), for the
+    refusals.
     """
+    named = f"{store.shown} ({origin})" if origin else store.shown
     if not store.exists():
         if sandbox or dry_run:
             return State(sandbox=sandbox)
@@ -135,13 +140,15 @@ def state_for_apply(store: StateBackend, *, sandbox: bool, dry_run: bool = False
     state = store.load()
     if sandbox and not state.sandbox:
         raise StateKindError(
-            f"{store.shown} is a real state, not a sandbox one; apply --sandbox never writes "
+            f"{named} is a real state, not a sandbox one; apply --sandbox never writes "
             "sandbox answers into a real state (a later real apply would skip those clips). "
-            "Nothing was sent. Leave out --state to use the sandbox's own state, or name another"
+            "Nothing was sent. apply --sandbox creates a sandbox state of its own where there "
+            "is none: pass --state with a new file, or move this one away if `reconciler init` "
+            "made it"
         )
     if not sandbox and state.sandbox:
         raise StateKindError(
-            f"{store.shown} is a sandbox state (written by apply --sandbox); a real apply refuses "
+            f"{named} is a sandbox state (written by apply --sandbox); a real apply refuses "
             "it: its tasks were never sent to JD Cloud. Nothing was sent. Use the real state "
             "(or `reconciler init --state PATH` for a new one)"
         )

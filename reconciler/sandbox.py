@@ -90,6 +90,18 @@ _ERROR_STATUS = {
 _RETRY_LATER = frozenset({429, 503})
 
 
+class JournalError(OSError):
+    """The journal (`--journal FILE`) cannot be opened for appending; nothing was started."""
+
+    def __init__(self, path: Path | None, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.path = path
+        self.reason = error.strerror or str(error)
+
+    def __str__(self) -> str:
+        return f"cannot open the journal {self.path}: {self.reason}"
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     """How to run the sandbox. Credentials left None are throwaway random ones."""
@@ -271,9 +283,9 @@ class Sandbox:
         try:
             if self.config.journal is not None:
                 self._journal = self.config.journal.open("a", encoding="utf-8")
-        except OSError:
+        except OSError as error:
             server.server_close()
-            raise
+            raise JournalError(self.config.journal, error) from error
         self._server = server
         self._port = int(server.server_address[1])
         # A short poll interval, so stop() returns promptly.
@@ -790,6 +802,10 @@ def _percent(rate: float) -> str:
     return f"{rate * 100:.4g}%"
 
 
+# The state the banner's commands use: apart from real states, and from apply --sandbox's own.
+SANDBOX_RUN_STATE = "reconciler-state.sandbox-run.json"
+
+
 def banner(sandbox: Sandbox) -> str:
     """What `reconciler sandbox` prints on start. A secret the user passed in is never shown."""
     credentials = sandbox.credentials
@@ -806,18 +822,24 @@ def banner(sandbox: Sandbox) -> str:
         f"  accepted    GET {sandbox.url}{TASKS_PATH}",
     ]
     if sandbox.throwaway_secret:
-        # A separate state file, so a sandbox run never marks real tasks as submitted.
+        # A state of its own, so a run against this sandbox never marks real tasks submitted;
+        # not apply --sandbox's file either, which only a sandbox apply may create.
         exports = {
             "JDCLOUD_ACCESS_KEY": credentials.access_key,
             "JDCLOUD_SECRET_KEY": credentials.secret_key,
             "RECONCILER_ENDPOINT": sandbox.url,
-            "RECONCILER_STATE": "reconciler-state.sandbox.json",
+            "RECONCILER_STATE": SANDBOX_RUN_STATE,
         }
         lines += [
             "",
             "Throwaway test credentials. To point reconciler at this sandbox, in another shell:",
             "  export "
             + " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items()),
+            "  reconciler init",
+            "  reconciler apply PATH...",
+            "",
+            f"(PATH...: your manifests. The state {SANDBOX_RUN_STATE} is for this sandbox only;",
+            "apply --sandbox keeps its own, reconciler-state.sandbox.json.)",
         ]
     lines += ["", "Press Ctrl-C to stop."]
     return "\n".join(lines)
@@ -845,6 +867,9 @@ def serve(config: SandboxConfig, *, out: TextIO | None = None, err: TextIO | Non
         )
     try:
         sandbox.start()
+    except JournalError as error:
+        print(f"reconciler sandbox: error: {error}", file=err)
+        return 1
     except OSError as error:
         print(
             f"reconciler sandbox: error: cannot listen on {config.host}:{config.port}: "

@@ -236,3 +236,34 @@ def test_plan_verbose_lists_what_was_ignored(tmp_path: Path) -> None:
     assert any("invalid/" in line and ".reconcilerignore:" in line for line in ignored), ignored
     quiet = cli(tmp_path, "plan", str(EXAMPLES))
     assert "ignored " not in quiet.stdout
+
+
+def test_sandbox_and_real_refusals_name_where_the_state_came_from(tmp_path: Path) -> None:
+    # A real state where apply --sandbox keeps its own: it came from no --state at all.
+    assert cli(tmp_path, "init", "--state", "reconciler-state.sandbox.json").returncode == 0
+    default = cli(tmp_path, "apply", str(EXAMPLES), "--sandbox")
+    assert default.returncode == 1
+    assert (
+        "reconciler-state.sandbox.json (apply --sandbox's own state, used without --state) "
+        "is a real state" in default.stderr
+    ), default.stderr
+    assert "Leave out --state" not in default.stderr
+    assert "reconciler init" in default.stderr  # how such a file comes about
+
+    assert cli(tmp_path, "init", "--state", "real.json").returncode == 0
+    given = cli(tmp_path, "apply", str(EXAMPLES), "--sandbox", "--state", "real.json")
+    assert given.returncode == 1
+    assert "real.json (given with --state) is a real state" in given.stderr, given.stderr
+
+    # A real apply pointed at a sandbox state through the environment.
+    made = cli(tmp_path, "apply", str(EXAMPLES), "--sandbox", "--state", "box.json", "-q")
+    assert made.returncode == 0, made.stderr
+    env = {
+        "RECONCILER_STATE": "box.json",
+        "JDCLOUD_ACCESS_KEY": "ak",
+        "JDCLOUD_SECRET_KEY": "sk",
+        "RECONCILER_ENDPOINT": "http://127.0.0.1:9",
+    }
+    real = cli(tmp_path, "apply", str(EXAMPLES), env=env)
+    assert real.returncode == 1
+    assert "box.json (from $RECONCILER_STATE) is a sandbox state" in real.stderr, real.stderr

@@ -8,6 +8,7 @@ import io
 import json
 import queue
 import re
+import shlex
 import signal
 import socket
 import statistics
@@ -856,3 +857,83 @@ def test_serve_warns_about_a_non_loopback_host_and_reports_a_bind_failure() -> N
     assert "WARNING" in err.getvalue()
     assert "not loopback" in err.getvalue()
     assert "cannot listen on 192.0.2.1:0" in err.getvalue()
+
+
+# --- what the banner tells a user to run -------------------------------------------------------
+
+EXAMPLES = ROOT / "examples"
+
+
+def user_env(tmp_path: Path) -> dict[str, str]:
+    """A user's shell: no reconciler or JD Cloud variables, the console script on PATH."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JDCLOUD_", "RECONCILER_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["NO_COLOR"] = "1"
+    env["HOME"] = str(tmp_path)
+    return env
+
+
+def test_the_banner_instructions_work_when_followed_literally(tmp_path: Path) -> None:
+    """Exactly the printed commands, in one shell, against the running sandbox; then the
+    same shell's `apply --sandbox` still has a state of its own."""
+    env = user_env(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "sandbox", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=pump, args=(process, lines))
+    reader.start()
+    try:
+        banner = read_banner(process, lines)
+        url = re.search(r"endpoint\s+(http://127\.0\.0\.1:\d+)", banner)
+        assert url, banner
+        block = banner.split("in another shell:\n", 1)[1].split("\n\n", 1)[0]
+        commands = [line.strip() for line in block.splitlines()]
+        assert commands[0].startswith("export "), banner
+        assert any(command.startswith("reconciler apply") for command in commands), banner
+        # The one placeholder: the user's manifests.
+        manifests = shlex.quote(str(EXAMPLES))
+        commands = [command.replace("PATH...", manifests) for command in commands]
+        work = tmp_path / "repo"
+        work.mkdir()
+
+        def shell(*lines: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["bash", "-c", "set -e\n" + "\n".join(lines)],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+
+        first = shell(*commands)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert requests.get(url[1] + "/_sandbox/tasks", timeout=10).json()["count"] == 7
+        # The same shell later: the printed apply again (nothing to submit), and the
+        # built-in sandbox's own run, which must not meet the state `init` made.
+        export, apply = commands[0], commands[-1]
+        again = shell(export, apply, f"reconciler apply {manifests} --sandbox -q")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "Nothing to submit." in again.stdout
+        assert requests.get(url[1] + "/_sandbox/tasks", timeout=10).json()["count"] == 7
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            reader.join(timeout=10)
+    state = re.search(r"RECONCILER_STATE=(\S+)", commands[0])
+    assert state, commands[0]
+    assert (work / state[1]).exists()
+    assert (work / "reconciler-state.sandbox.json").exists(), "apply --sandbox's own state"

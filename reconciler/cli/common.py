@@ -179,6 +179,17 @@ def state_location(given: str | None, *, sandbox: bool = False) -> str:
     return os.environ.get("RECONCILER_STATE") or DEFAULT_STATE
 
 
+def state_origin(given: str | None, *, sandbox: bool = False) -> str:
+    """Where `state_location(given, sandbox=sandbox)` took the state from, for messages."""
+    if given:
+        return "given with --state"
+    if sandbox:
+        return "apply --sandbox's own state, used without --state"
+    if os.environ.get("RECONCILER_STATE"):
+        return "from $RECONCILER_STATE"
+    return "the default state file"
+
+
 def open_store(location: str, lock_timeout: float = 60.0) -> StateBackend:
     """The state `location` names (a file path or a postgresql:// URI); exit 2 if it names none."""
     from reconciler.state import StateError, StateLocationError, open_state

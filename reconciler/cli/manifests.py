@@ -41,6 +41,7 @@ from reconciler.cli.common import (
     make_console,
     open_store,
     state_location,
+    state_origin,
     warn_if_missing,
 )
 from reconciler.report import OutputFormat
@@ -432,6 +433,7 @@ def apply(
             )
     saved = _read_plan_file(plan_file) if plan_file is not None else None
     store = open_store(state_location(state, sandbox=sandbox), lock_timeout)
+    origin = state_origin(state, sandbox=sandbox)
     console = make_console(no_color)
     if sandbox and fmt is OutputFormat.TEXT and not quiet:
         console.print(
@@ -463,14 +465,14 @@ def apply(
         if dry_run:
             if not sandbox:
                 warn_if_missing(store)
-            the_plan = planned(state_for_apply(store, sandbox=sandbox, dry_run=True))
+            the_plan = planned(state_for_apply(store, sandbox=sandbox, dry_run=True, origin=origin))
             _print_plan(the_plan, fmt, no_color, verbose, quiet, timezone)
             if fmt is OutputFormat.TEXT:
                 console.print("Dry run: nothing was sent and the state was not changed.")
             raise typer.Exit(0)
         refuse_missing_state(store, sandbox=sandbox)
         with store.lock():
-            current = state_for_apply(store, sandbox=sandbox)
+            current = state_for_apply(store, sandbox=sandbox, origin=origin)
             the_plan = planned(current)
             if fmt is OutputFormat.TEXT:
                 _print_plan(the_plan, fmt, no_color, verbose, quiet, timezone)

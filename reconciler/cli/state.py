@@ -54,8 +54,8 @@ def init(
 ) -> None:
     """Create an empty state file to commit beside the manifests (once, before the first apply)."""
     store = open_store(state_location(state))
-    with errors_reported(), store.lock():
-        store.create()
+    with errors_reported():
+        store.create()  # under the state's lock, which create takes itself
     typer.echo(f"Created an empty state at {store.shown}. {store.created_hint()}")
 
 

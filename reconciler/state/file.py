@@ -249,7 +249,13 @@ class StateStore:
         where = self.shown
         untouched = "it was left untouched; restore it (e.g. from Git) or repair it by hand"
         try:
-            document = json.loads(data)
+            document = _loads_unique(data)
+        except DuplicateKeyError as error:
+            line, column = error.place()
+            raise StateError(
+                f"{where}:{line}:{column}: duplicate key {json.dumps(error.key)} in the state "
+                f"file (a merge gone wrong?): which one is meant cannot be told; {untouched}"
+            ) from None
         except json.JSONDecodeError as error:
             problem = "empty (truncated?)" if not data.strip() else f"not valid JSON: {error.msg}"
             raise StateError(
@@ -297,7 +303,11 @@ class StateStore:
         for number, line in enumerate(lines, start=1):
             at = f"{where}:{number}"
             try:
-                fields = json.loads(line)
+                fields = _loads_unique(line)
+            except DuplicateKeyError as error:
+                raise StateError(
+                    f"{at}:{error.place()[1]}: duplicate key {json.dumps(error.key)}; {untouched}"
+                ) from None
             except json.JSONDecodeError as error:
                 raise StateError(
                     f"{at}:{error.colno}: not valid JSON: {error.msg}; {untouched}"
@@ -347,6 +357,11 @@ class StateStore:
         Takes the lock (re-entrant, so a caller may already hold it); refuses with
         StateExistsError if a snapshot or a journal is already there.
         """
+        if os.path.isdir(self.target):  # before the lock, which would leave DIR.lock behind
+            raise StateError(
+                f"{self.shown} is a directory, not a state file; name a file (such as "
+                f"{self.path / 'reconciler-state.json'}); nothing was changed"
+            )
         with self.lock(), self._mutex:
             if os.path.islink(self.target):  # where _link_target gave up: a loop
                 raise StateError(
@@ -533,6 +548,85 @@ class StateStore:
                 os.close(fd)
         except OSError as error:
             raise StateError(f"{directory}: cannot sync the state's directory: {error}") from error
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object names one key twice; json.loads would silently keep the last value."""
+
+    def __init__(self, key: str, text: str = "", at: int = 0) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
+        self.text = text
+        self.at = at
+
+    def place(self) -> tuple[int, int]:
+        """The (line, column) of the second occurrence, both from 1."""
+        line = self.text.count("\n", 0, self.at) + 1
+        return line, self.at - self.text.rfind("\n", 0, self.at)
+
+
+class _Duplicate(Exception):
+    """Raised by the fast parse's hook: some object repeats a key (found again, with its place)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise _Duplicate
+    return document
+
+
+def _loads_unique(data: str | bytes) -> Any:
+    """json.loads, refusing a repeated key in any object (DuplicateKeyError, with its place).
+
+    The C parser does the work; only a document that does repeat a key is walked again, to
+    find where.
+    """
+    try:
+        return json.loads(data, object_pairs_hook=_unique_pairs)
+    except _Duplicate:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        _raise_first_repeated_key(text)
+        raise DuplicateKeyError("?") from None  # not reached: the hook saw a repeated key
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _raise_first_repeated_key(text: str) -> None:
+    """Walk the JSON `text` and raise DuplicateKeyError at the first key an object repeats.
+
+    Only a document the C parser has read up to a repeated key gets here, so the syntax
+    before that key is valid; objects and arrays are walked here, scalars (keys included)
+    parsed by json's own raw_decode.
+    """
+    decoder = json.JSONDecoder()
+
+    def skip(at: int) -> int:
+        return _JSON_SPACE.match(text, at).end()  # type: ignore[union-attr]  # matches ""
+
+    def value_end(at: int) -> int:
+        at = skip(at)
+        if text[at] == "{":
+            seen: set[str] = set()
+            at = skip(at + 1)
+            while text[at] != "}":
+                key, end = decoder.raw_decode(text, at)
+                if key in seen:
+                    raise DuplicateKeyError(key, text, at)
+                seen.add(key)
+                at = skip(value_end(skip(end) + 1))  # the value after the ':'
+                at = skip(at + 1) if text[at] == "," else at
+            return at + 1
+        if text[at] == "[":
+            at = skip(at + 1)
+            while text[at] != "]":
+                at = skip(value_end(at))
+                at = skip(at + 1) if text[at] == "," else at
+            return at + 1
+        return int(decoder.raw_decode(text, at)[1])
+
+    value_end(0)
 
 
 def _version_message(where: str, version: object) -> str:

@@ -22,15 +22,16 @@ def migrate(source: StateBackend, target: StateBackend) -> Migration:
     """Copy every entry of `source` into `target`, which must be missing or empty.
 
     Both locks are held throughout, so no apply writes either side meanwhile. The target is
-    read back and compared entry by entry (every field) before this returns; `source` is left
-    as it was.
+    read back and compared entry by entry (every field) before this returns. `source` is only
+    read, never written: a journal beside a file state is folded into the copy, not into the
+    source, so the source is left exactly as it was (to retire, or to migrate back to).
     """
     if source.shown == target.shown:
         raise StateError(f"{source.shown}: the source and the target are the same state")
     with source.lock(), target.lock():
         if not source.exists():
             raise StateError(f"there is no state at {source.shown}; nothing was changed")
-        state = source.compact()
+        state = source.load()
         if target.exists():
             present = target.load()
             held = len(present)

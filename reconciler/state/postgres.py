@@ -11,6 +11,11 @@ in that schema that reconciler did not create, are refused before anything is re
   (host, pid, since, CI run) for whoever waits; a row whose backend no longer holds the
   advisory lock describes nobody and is not shown.
 
+- As DBAs run it: our session commits synchronously, every call has a deadline (the
+  session's statement_timeout, TCP keepalives and tcp_user_timeout, and a timer of our own),
+  no server-side prepared statements are used, and a pooler that does not keep one server
+  session (transaction or statement mode) is refused before the lock is taken.
+
 psycopg (the `postgres` extra) is imported only here, and this module only when a
 `postgresql://` state is used. The password is never shown: messages use `shown`, the URI
 with the password replaced by `***`, and every database error text is scrubbed of it.
@@ -529,12 +534,12 @@ class PostgresStore:
         with self._database() as connection:
             ours = self._backend_pid(connection)
         probe = self._open(connect_timeout=float(_CONNECT_TIMEOUT_SECONDS))
+        other = self._session_pid  # the probe's backend, read as _open set the session up
         with contextlib.suppress(Exception):
             probe.close()
-        other = self._session_pid
         with self._database() as connection:
             still = self._backend_pid(connection)
-        self._session_pid = ours
+        self._session_pid = ours  # _open set it to the probe's
         if other == ours or still != ours:
             raise StateError(_POOLED.format(shown=self.shown))
 

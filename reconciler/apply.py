@@ -53,6 +53,7 @@ class StopReason(StrEnum):
 
     AUTHENTICATION = "authentication"  # 401: the credentials were refused
     UNREACHABLE = "unreachable"  # the endpoint cannot be reached: nothing was sent
+    STATE_LOST = "state-lost"  # the state stopped recording (e.g. a lost database connection)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class ApplyResult:
     still_pending: int = 0  # `pending` tasks of the plan that were not re-sent
     aborted: bool = False  # a second interrupt: requests still in flight were left `pending`
     unreachable: bool = False  # the endpoint could not be reached; the rest was not sent
+    state_lost: bool = False  # the state stopped recording mid-run (interrupted meanwhile)
 
     def of(self, kind: OutcomeKind) -> list[Outcome]:
         return [outcome for outcome in self.outcomes if outcome.kind is kind]
@@ -94,7 +96,11 @@ class ApplyResult:
 
 
 ABANDONED = "still in flight when apply was aborted: the outcome is unknown"
-CLAIMED_ELSEWHERE = "not sent: another apply recorded this task since the plan was made"
+CLAIMED_ELSEWHERE = "not sent: claimed by another apply since this plan was made"
+
+
+class StateLostError(StateError):
+    """The state could not record apply's outcomes mid-run; the message lists what is `pending`."""
 
 
 class StateKindError(StateError):
@@ -257,7 +263,13 @@ def run_apply(
         )
         if result.aborted:
             connections.pop_all()
-    store.compact()
+    if not result.state_lost:
+        try:
+            store.compact()
+        except StateError:
+            if not result.interrupted:
+                raise
+            # Interrupted: what was recorded stays as it is (a journal is folded next time).
     return result
 
 
@@ -313,6 +325,15 @@ def apply_plan(
             stopped.append(outcome.stops_run)
         return outcome
 
+    claiming: list[PlanItem] = []  # a batch whose claim is in progress
+    finished = threading.Event()
+    watcher = threading.Thread(
+        target=_interrupt_state_when_told,
+        args=(store, stop, abort, finished),
+        name="state-interrupt",
+        daemon=True,
+    )
+    watcher.start()
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="submit")
     try:
         while queue or marked or in_flight:
@@ -322,7 +343,9 @@ def apply_plan(
             if not halted() and not marked and queue:
                 batch = [queue.popleft() for _ in range(min(concurrency, len(queue)))]
                 marks = [_entry(item, TaskStatus.PENDING, clock()) for item in batch]
+                claiming[:] = batch
                 claimed = store.claim(marks, seen=seen)
+                claiming.clear()
                 for item in batch:
                     if item.hash in claimed:
                         marked.append(item)
@@ -339,7 +362,17 @@ def apply_plan(
                 continue
             done, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
             outcomes.extend(_record(store, _collect(in_flight, done), clock, report))
+    except StateError as error:
+        stopped.append(StopReason.STATE_LOST)  # senders not started yet send nothing
+        message, fresh = _after_loss(
+            error, store, in_flight, [*claiming, *marked], queue, clock, report, abort
+        )
+        outcomes.extend(fresh)
+        if not (stop.is_set() or abort.is_set()):
+            raise StateLostError(message) from None
+        # Interrupted meanwhile: exit 130 with the summary, which lists what was left pending.
     finally:
+        finished.set()
         # After an abort the senders still waiting for an answer are not waited for.
         pool.shutdown(wait=not abort.is_set(), cancel_futures=True)
     return ApplyResult(
@@ -348,9 +381,98 @@ def apply_plan(
         auth_failed=StopReason.AUTHENTICATION in stopped,
         renamed=len(renames),
         still_pending=0 if retry_pending else len(plan.of(PlanAction.PENDING)),
-        aborted=abort.is_set(),
+        aborted=abort.is_set() or StopReason.STATE_LOST in stopped,
         unreachable=StopReason.UNREACHABLE in stopped,
+        state_lost=StopReason.STATE_LOST in stopped,
     )
+
+
+def _interrupt_state_when_told(
+    store: StateBackend, stop: threading.Event, abort: threading.Event, finished: threading.Event
+) -> None:
+    """Ctrl-C / SIGTERM: the main thread may be waiting on a database that went silent; the
+    store cuts that wait short (a second), so the signal acts even then."""
+    while not finished.wait(_POLL_SECONDS):
+        if stop.is_set() or abort.is_set():
+            store.interrupt()
+            return
+
+
+def _after_loss(
+    error: StateError,
+    store: StateBackend,
+    in_flight: dict[Future[Outcome], PlanItem],
+    unsent: Sequence[PlanItem],
+    queue: deque[PlanItem],
+    clock: Callable[[], datetime],
+    report: Callable[[Outcome], None],
+    abort: threading.Event,
+) -> tuple[str, list[Outcome]]:
+    """The state stopped recording mid-run: nothing more is sent; the answers of requests in
+    flight are awaited (not after a second interrupt); then one more try (the store connects
+    again, bounded) records every answer not yet recorded and removes the marks of tasks never
+    sent.
+
+    Returns the message (naming the state and every task left `pending`) and the outcomes
+    that were not reported before."""
+    unrecorded = list(error.outcomes) if isinstance(error, _Unrecorded) else []
+    answers: list[Outcome] = []
+    while in_flight and not abort.is_set():
+        done, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+        answers += _collect(in_flight, done)
+    done, _ = wait(in_flight, timeout=ABORT_GRACE_SECONDS if in_flight else 0)
+    answers += _collect(in_flight, done)
+    left = [Outcome(item, OutcomeKind.UNKNOWN, message=ABANDONED) for item in in_flight.values()]
+    in_flight.clear()
+    marked = [_not_sent(item) for item in unsent]
+    never_marked = [_not_sent(item) for item in queue]
+    queue.clear()
+    claimed = [*unrecorded, *answers, *marked]  # each has a `pending` mark not yet resolved
+    now = clock()
+    submitted = [
+        _entry(o.item, TaskStatus.SUBMITTED, now, o.request_id)
+        for o in claimed
+        if o.kind is OutcomeKind.SUBMITTED
+    ]
+    removed = [
+        o.item.hash
+        for o in claimed
+        if o.kind in (OutcomeKind.FAILED, OutcomeKind.NOT_SENT)
+        and o.item.action is PlanAction.CREATE
+    ]
+    try:
+        store.append(submitted, removed=removed)
+    except StateError as again:
+        recovery = (
+            f"Connecting again did not work either ({again}): the {len(submitted)} answers "
+            f"received are not recorded and {len(removed)} marks of tasks never sent or "
+            "refused stay"
+        )
+        pending = [o.item.name for o in claimed]
+    else:
+        recovery = (
+            f"Connected again: recorded the {len(submitted)} answers received and removed "
+            f"{len(removed)} marks of tasks never sent or refused"
+        )
+        pending = [o.item.name for o in claimed if o.kind is OutcomeKind.UNKNOWN]
+    pending += [o.item.name for o in left]
+    fresh = [*unrecorded, *answers, *marked, *never_marked, *left]
+    for outcome in fresh:
+        report(outcome)
+    listed = ", ".join(sorted(pending)) if pending else "none"
+    message = (
+        f"{error}. Nothing more was sent. {recovery}. Left `pending` (each request may have "
+        f"been processed: `reconciler plan` lists them; check them at JD Cloud): {listed}"
+    )
+    return message, fresh
+
+
+class _Unrecorded(StateError):
+    """A write of outcomes failed; it carries them, so they are recorded on the next try."""
+
+    def __init__(self, error: StateError, outcomes: Sequence[Outcome]) -> None:
+        super().__init__(str(error))
+        self.outcomes = tuple(outcomes)
 
 
 def _collect(
@@ -428,7 +550,10 @@ def _record(
         if o.kind in (OutcomeKind.FAILED, OutcomeKind.NOT_SENT)
         and o.item.action is PlanAction.CREATE
     ]
-    store.append(submitted, removed=removed)
+    try:
+        store.append(submitted, removed=removed)
+    except StateError as error:
+        raise _Unrecorded(error, finished) from None
     for outcome in finished:
         report(outcome)
     return finished

@@ -123,6 +123,13 @@ class PostgresServer:
             self._pg_ctl("stop", "-w", "-m", "fast", "-t", str(START_TIMEOUT))
             self._running = False
 
+    def crash(self) -> None:
+        """Stop the server as a crash would (immediate: nothing flushed), then start it again."""
+        if self._running:
+            self._pg_ctl("stop", "-w", "-m", "immediate", "-t", str(START_TIMEOUT))
+            self._running = False
+        self.start()
+
     def close(self) -> None:
         """Stop the server and remove its directory."""
         try:

@@ -116,6 +116,13 @@ class StateBackend(StateReader, StateLocker, StatePersister, Protocol):
 
     def close(self) -> None: ...
 
+    def interrupt(self) -> None:
+        """Ctrl-C / SIGTERM: a call still waiting on the state's home ends within a second.
+
+        Safe from any thread (apply calls it while its main thread may be in such a call).
+        """
+        ...
+
     def __enter__(self) -> StateBackend: ...
 
     def __exit__(self, *exc_info: object) -> None: ...

@@ -343,6 +343,9 @@ class StateStore:
     def close(self) -> None:
         """Nothing to release: the file is opened per operation."""
 
+    def interrupt(self) -> None:
+        """Nothing to cut short: a file's reads and writes do not wait on a server."""
+
     def __enter__(self) -> StateStore:
         return self
 

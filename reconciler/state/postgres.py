@@ -11,6 +11,11 @@ in that schema that reconciler did not create, are refused before anything is re
   (host, pid, since, CI run) for whoever waits; a row whose backend no longer holds the
   advisory lock describes nobody and is not shown.
 
+- As DBAs run it: our session commits synchronously, every call has a deadline (the
+  session's statement_timeout, TCP keepalives and tcp_user_timeout, and a timer of our own),
+  no server-side prepared statements are used, and a pooler that does not keep one server
+  session (transaction or statement mode) is refused before the lock is taken.
+
 psycopg (the `postgres` extra) is imported only here, and this module only when a
 `postgresql://` state is used. The password is never shown: messages use `shown`, the URI
 with the password replaced by `***`, and every database error text is scrubbed of it.
@@ -20,7 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
+import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -56,7 +64,20 @@ _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # collide with an application's own advisory locks on the same database.
 _LOCK_CLASS = 0x7265636F
 _LOCK_POLL_SECONDS = 0.2
-_CONNECT_TIMEOUT_SECONDS = "10"
+_CONNECT_TIMEOUT_SECONDS = 10
+TIMEOUT_VARIABLE = "RECONCILER_DB_TIMEOUT"
+DEFAULT_TIMEOUT_SECONDS = 30.0
+# After Ctrl-C / SIGTERM, how long a database call may still wait for its answer.
+INTERRUPTED_TIMEOUT_SECONDS = 1.0
+# After a lost connection, how long the one attempt to connect again may take.
+RECONNECT_SECONDS = 5.0
+_POOLED = (
+    "{shown}: the connection does not keep one server session: a connection pooler in "
+    "transaction or statement mode (PgBouncer's pool_mode = transaction, say) stands in front "
+    "of the database, and the state's lock (a session advisory lock) cannot hold there. "
+    "Nothing was sent. Connect through a pool in session mode (pool_mode = session) or to the "
+    "server directly"
+)
 _UNTOUCHED = "the database was left untouched; repair the row by hand or restore it from a backup"
 
 _CREATE_TABLES = f"""
@@ -126,9 +147,28 @@ class DatabaseLocation:
         return text
 
 
+_WITHHELD = (
+    "the --state / RECONCILER_STATE value is not a PostgreSQL URI reconciler can read safely, "
+    "so it is not shown (it may hold a password). Percent-encode the special characters of the "
+    "user name and password (@ as %40, : as %3A, / as %2F, ? as %3F, # as %23, % as %25, a "
+    "space as %20), or give the password in PGPASSWORD or ~/.pgpass"
+)
+
+
 def parse_location(uri: str) -> DatabaseLocation:
-    """The location `uri` names; StateLocationError if it is not a usable libpq URI."""
-    conninfo, _, fragment = uri.partition("#")
+    """The location `uri` names; StateLocationError if it is not a usable libpq URI.
+
+    A value whose password could be misread (an unencoded `@`, `/`, `?`, `#` or `%` in it) is
+    refused whole, never shown: a misread password would be printed as a host, port or name.
+    """
+    if _ambiguous(uri):
+        raise StateLocationError(_WITHHELD)
+    conninfo, hash_sign, fragment = uri.partition("#")
+    if hash_sign and not fragment:
+        raise StateLocationError(
+            f"{_redacted(conninfo)}#: the state name after '#' is empty; leave out the '#' for "
+            "the state 'default', or name the state after it"
+        )
     name = unquote(fragment) if fragment else DEFAULT_NAME
     shown = _redacted(conninfo)
     if not _NAME.fullmatch(name):
@@ -152,6 +192,22 @@ def parse_location(uri: str) -> DatabaseLocation:
     return location
 
 
+def _ambiguous(uri: str) -> bool:
+    """Whether a user name or password in `uri` may hold an unencoded special character.
+
+    libpq ends the user part at the first `@` (or `/`); an `@` after the host's end, a second
+    `@`, or a `%` not followed by two hex digits in the user part means the value was not
+    written as libpq reads it, and any part of it may be a password.
+    """
+    rest = uri.split("://", 1)[1] if "://" in uri else uri
+    end = re.search(r"[/?#]", rest)
+    authority, after = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
+    if "@" in after or authority.count("@") > 1:
+        return True
+    userinfo = authority.rsplit("@", 1)[0] if "@" in authority else ""
+    return bool(re.search(r"%(?![0-9A-Fa-f]{2})|\s", userinfo))
+
+
 def _psycopg() -> Any:
     try:
         import psycopg
@@ -168,11 +224,10 @@ def _conninfo_parts(conninfo: str, shown: str) -> dict[str, Any]:
     try:
         parts: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as error:
-        password = _uri_password(conninfo)
-        text = " ".join(str(error).split())
-        if password:
-            text = text.replace(password, "***")
-        text = text.replace(conninfo, shown)
+        if _uri_password(conninfo) or re.search(r"[?&]password=", conninfo):
+            # libpq's message quotes the part it could not read, which may be the password.
+            raise StateLocationError(_WITHHELD) from None
+        text = " ".join(str(error).split()).replace(conninfo, shown)
         raise StateLocationError(f"{shown}: not a PostgreSQL connection URI: {text}") from None
     return parts
 
@@ -204,13 +259,92 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+class _Watchdog:
+    """Our own deadline over each database call, beside statement_timeout and TCP's.
+
+    A proxy or load balancer that goes silent while its kernel still acknowledges defeats the
+    TCP settings, and statement_timeout is the server's: neither ends a wait on a server that
+    no longer answers. When a call's time is up, its socket is shut down, which ends libpq's
+    wait at once with a broken connection.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._due: float | None = None
+        self._socket: int | None = None
+        self._thread: threading.Thread | None = None
+        self.expired = False
+
+    def arm(self, seconds: float, fileno: int) -> tuple[float | None, int | None]:
+        """Watch a call on `fileno`; returns what was watched before, for `disarm`."""
+        with self._condition:
+            before = (self._due, self._socket)
+            due = time.monotonic() + seconds
+            if before[0] is not None:
+                due = min(due, before[0])  # a call inside another ends by the outer's deadline
+            self._due, self._socket, self.expired = due, fileno, False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="state-deadline", daemon=True
+                )
+                self._thread.start()
+            self._condition.notify()
+            return before
+
+    def disarm(self, before: tuple[float | None, int | None] = (None, None)) -> None:
+        with self._condition:
+            self._due, self._socket = before
+
+    def shorten(self, seconds: float) -> None:
+        """The call in progress (if any) ends within `seconds`."""
+        with self._condition:
+            if self._due is not None:
+                self._due = min(self._due, time.monotonic() + seconds)
+                self._condition.notify()
+
+    def _watch(self) -> None:
+        with self._condition:
+            while True:
+                if self._due is None:
+                    self._condition.wait()
+                    continue
+                left = self._due - time.monotonic()
+                if left > 0:
+                    self._condition.wait(left)
+                    continue
+                fileno, self._due, self._socket = self._socket, None, None
+                self.expired = True
+                if fileno is not None:
+                    with contextlib.suppress(OSError):
+                        # On a duplicate of libpq's socket: shutting it down ends both.
+                        socket.socket(fileno=os.dup(fileno)).shutdown(socket.SHUT_RDWR)
+
+
+def database_timeout() -> float:
+    """Seconds each database call may take: RECONCILER_DB_TIMEOUT, or 30."""
+    given = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not given:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = 0.0
+    if not (0 < seconds <= 86400):
+        raise StateError(
+            f"{TIMEOUT_VARIABLE} must be a number of seconds between 0 and 86400, not {given!r}"
+        )
+    return seconds
+
+
 class PostgresStore:
     """One named state in a PostgreSQL database; connects on first use, over one connection.
 
     The connection is in autocommit mode: every write is its own transaction, committed
-    before the method returns, so a `pending` row exists before its request can be sent.
-    The advisory lock belongs to that connection: if it is lost, so is the lock, and every
-    later write fails (StateConnectionError) rather than write without it.
+    (durably: synchronous_commit is on for our session) before the method returns, so a
+    `pending` row exists before its request can be sent. The advisory lock belongs to that
+    connection: if it is lost, so is the lock. The store then tries once (bounded) to connect
+    again and take the lock back, so apply can record the answers it received; without the
+    lock, every later call fails (StateConnectionError) rather than write without it.
     """
 
     def __init__(self, uri: str, *, lock_timeout: float = 60.0) -> None:
@@ -218,11 +352,17 @@ class PostgresStore:
         self.shown = self.location.shown
         self.name = self.location.name
         self.lock_timeout = lock_timeout
+        self.timeout = database_timeout()
         self._connection: psycopg.Connection[Any] | None = None
         self._mutex = threading.RLock()
         self._lock_depth = 0
+        self._lock_lost = False  # the connection holding the lock ended while it was held
+        self._reconnected = False  # the one reconnection after a loss was tried
+        self._session_pid: int | None = None  # the server backend our session must stay on
         self._checked = False  # the schema's tables were found to be ours, of our version
         self._lock_key = _lock_key(self.name)
+        self._watchdog = _Watchdog()
+        self._interrupted = False
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.shown!r})"
@@ -241,52 +381,173 @@ class PostgresStore:
                 self._connection = None
                 self._lock_depth = 0
 
+    def interrupt(self) -> None:
+        """Ctrl-C / SIGTERM: a database call still waiting ends within a second, as do later ones.
+
+        Safe from any thread; a server that answers is not affected (its calls take less).
+        """
+        self._interrupted = True
+        self._watchdog.shorten(INTERRUPTED_TIMEOUT_SECONDS)
+
     # -- connection ------------------------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        return min(self.timeout, INTERRUPTED_TIMEOUT_SECONDS) if self._interrupted else self.timeout
+
+    def _open(self, *, connect_timeout: float) -> psycopg.Connection[Any]:
+        """A new session, set up as ours (durable commits, a deadline on every statement)."""
+        driver = _psycopg()
+        given = _conninfo_parts(self.location.conninfo, self.shown)
+        deadline = self._deadline()
+        options: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": "reconciler",
+            # No server-side prepared statements: a pooler could hand them to another client.
+            "prepare_threshold": None,
+        }
+        settings = {
+            # libpq's minimum is 2 s; psycopg enforces it too.
+            "connect_timeout": str(max(2, math.ceil(min(connect_timeout, deadline)))),
+            "keepalives": "1",
+            "keepalives_idle": str(max(1, int(deadline / 3))),
+            "keepalives_interval": str(max(1, int(deadline / 9))),
+            "keepalives_count": "3",
+            "tcp_user_timeout": str(int(deadline * 1000)),
+        }
+        options.update({key: value for key, value in settings.items() if key not in given})
+        try:
+            connection: psycopg.Connection[Any] = driver.connect(self.location.conninfo, **options)
+        except driver.Error as error:
+            raise StateConnectionError(
+                f"cannot connect to the state database {self.shown}: {self._text(error)}"
+            ) from None
+        watched = self._watchdog.arm(deadline, connection.pgconn.socket)
+        try:
+            row = connection.execute(
+                "SELECT set_config('synchronous_commit', 'on', false), "
+                "set_config('statement_timeout', %s, false), pg_backend_pid()",
+                (f"{int(deadline * 1000)}ms",),
+            ).fetchone()
+        except driver.Error as error:
+            with contextlib.suppress(Exception):
+                connection.close()
+            raise StateConnectionError(
+                f"cannot connect to the state database {self.shown}: {self._text(error)}"
+            ) from None
+        finally:
+            self._watchdog.disarm(watched)
+        assert row is not None
+        self._session_pid = int(row[2])
+        return connection
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self._connection is not None:
             if self._connection.closed or self._connection.broken:
                 self._lost(None)
             return self._connection
-        psycopg = _psycopg()
-        options: dict[str, Any] = {"autocommit": True, "application_name": "reconciler"}
-        if "connect_timeout" not in self.location.conninfo:
-            options["connect_timeout"] = _CONNECT_TIMEOUT_SECONDS
-        try:
-            self._connection = psycopg.connect(self.location.conninfo, **options)
-        except psycopg.Error as error:
-            raise StateConnectionError(
-                f"cannot connect to the state database {self.shown}: {self._text(error)}"
-            ) from None
+        if self._lock_lost:
+            self._regain_lock()
+        else:
+            self._connection = self._open(connect_timeout=float(_CONNECT_TIMEOUT_SECONDS))
+        assert self._connection is not None
         return self._connection
+
+    def _regain_lock(self) -> None:
+        """After the locked connection was lost: once, connect again and take the lock back."""
+        if self._reconnected:
+            raise StateConnectionError(
+                f"lost the connection to the state database {self.shown}, and with it the "
+                "state's lock; reconnecting did not work"
+            )
+        self._reconnected = True
+        connection = self._open(connect_timeout=RECONNECT_SECONDS)
+        self._connection = connection
+        with self._database() as again:
+            got = again.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_CLASS, self._lock_key)
+            ).fetchone()
+        if got is None or not got[0]:
+            self._connection = None
+            with contextlib.suppress(Exception):
+                connection.close()
+            raise StateConnectionError(
+                f"lost the connection to the state database {self.shown}; reconnected, but "
+                "another apply holds the state's lock now"
+            )
+        self._lock_lost = False
+        self._record_holder()
 
     def _text(self, error: BaseException) -> str:
         return self.location.scrub(" ".join(str(error).split()) or type(error).__name__)
 
     def _lost(self, error: BaseException | None) -> NoReturn:
-        detail = f": {self._text(error)}" if error is not None else ""
-        self._connection = None
-        self._lock_depth = 0
+        if self._watchdog.expired and self._interrupted:
+            detail = ": it did not answer within a second of the interrupt; gave up on it"
+        elif self._watchdog.expired:
+            detail = (
+                f": it did not answer within {self.timeout:g} s ({TIMEOUT_VARIABLE}); gave up on it"
+            )
+        else:
+            detail = f": {self._text(error)}" if error is not None else ""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
+        if self._lock_depth:
+            self._lock_lost = True
         raise StateConnectionError(
             f"lost the connection to the state database {self.shown}{detail}"
         ) from None
 
     @contextlib.contextmanager
     def _database(self) -> Iterator[psycopg.Connection[Any]]:
-        """The connection, with database errors turned into StateErrors naming the state."""
+        """The connection, with database errors turned into StateErrors naming the state.
+
+        Every call has a deadline (our own timer, beside the session's statement_timeout).
+        """
         psycopg = _psycopg()
         with self._mutex:
             connection = self._connect()
+            watched = self._watchdog.arm(self._deadline(), connection.pgconn.socket)
             try:
                 yield connection
             except psycopg.OperationalError as error:
-                if connection.closed or connection.broken:
+                if connection.closed or connection.broken or self._watchdog.expired:
                     self._lost(error)
                 raise StateError(f"{self.shown}: {self._text(error)}; {_UNTOUCHED}") from None
             except psycopg.Error as error:
                 raise StateError(
-                    f"{self.shown}: the database refused: {self._text(error)}; nothing was changed"
+                    f"{self.shown}: the database refused: {self._text(error)} "
+                    "(that transaction was rolled back)"
                 ) from None
+            finally:
+                self._watchdog.disarm(watched)
+
+    def _require_session(self) -> None:
+        """Refuse a pooler that does not keep one server session (transaction/statement mode).
+
+        Our session must stay on one server backend for the whole run: the advisory lock is
+        that backend's. A second, short connection is asked for its backend: behind a pooler
+        in transaction mode it is handed the backend we just used (PgBouncer reuses the most
+        recent one); and our own must still be the one we started on.
+        """
+        with self._database() as connection:
+            ours = self._backend_pid(connection)
+        probe = self._open(connect_timeout=float(_CONNECT_TIMEOUT_SECONDS))
+        other = self._session_pid  # the probe's backend, read as _open set the session up
+        with contextlib.suppress(Exception):
+            probe.close()
+        with self._database() as connection:
+            still = self._backend_pid(connection)
+        self._session_pid = ours  # _open set it to the probe's
+        if other == ours or still != ours:
+            raise StateError(_POOLED.format(shown=self.shown))
+
+    @staticmethod
+    def _backend_pid(connection: psycopg.Connection[Any]) -> int:
+        row = connection.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        return int(row[0])
 
     # -- the schema ------------------------------------------------------------------------------
 
@@ -432,6 +693,7 @@ class PostgresStore:
                     self._release()
 
     def _acquire(self) -> None:
+        self._require_session()
         deadline = time.monotonic() + self.lock_timeout
         while True:
             with self._database() as connection:
@@ -448,6 +710,7 @@ class PostgresStore:
                     "another connection (it recorded no details)",
                 )
             time.sleep(min(_LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        self._lock_lost = self._reconnected = False
         self._record_holder()
 
     def _record_holder(self) -> None:
@@ -465,10 +728,11 @@ class PostgresStore:
             )
 
     def _release(self) -> None:
+        self._lock_lost = False
         connection = self._connection
         if connection is None or connection.closed or connection.broken:
             return  # the server released the lock with the connection
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(StateError), self._database() as connection:
             if self._checked:
                 connection.execute(
                     f"DELETE FROM {SCHEMA}.locks WHERE state = %s AND backend_pid = pg_backend_pid()",
@@ -579,10 +843,14 @@ class PostgresStore:
         row = None
         if self._schema_ready(connection):
             row = connection.execute(
-                f"SELECT sandbox FROM {SCHEMA}.states WHERE name = %s FOR SHARE", (self.name,)
+                f"SELECT sandbox, pg_backend_pid() FROM {SCHEMA}.states WHERE name = %s FOR SHARE",
+                (self.name,),
             ).fetchone()
         if row is None:
             raise StateError(f"{self.shown}: the state does not exist; nothing was written")
+        if self._lock_depth and row[1] != self._session_pid:
+            # Our writes and our lock are on different server sessions: a pooler swapped them.
+            raise StateError(_POOLED.format(shown=self.shown).replace("Nothing was sent. ", ""))
         return bool(row[0])
 
     def _row(self, entry: StateEntry) -> tuple[Any, ...]:

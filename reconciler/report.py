@@ -39,11 +39,10 @@ def plural(count: int, word: str, many: str | None = None) -> str:
     return f"{count} {word if count == 1 else (many or word + 's')}"
 
 
-# Characters a terminal or a page would act on instead of showing: C0 and C1 controls, DEL,
-# line and paragraph separators, and the bidirectional controls that reorder what is shown.
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
+# Characters a terminal or a page would act on instead of showing: C0 and C1 controls and DEL
+# (Cc), format characters such as the bidirectional overrides that reorder what is shown and
+# zero-width ones that hide text (Cf), line and paragraph separators, lone surrogates.
+_UNSHOWN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -58,12 +57,7 @@ def visible(text: str) -> str:
     """`text` with every control character written as an escape (`\\x1b`, `\\r`, `\\n`,
     `\\x7f`, `\\x9b`, `\\u202e`): a value shown in a terminal can neither move the cursor,
     colour the screen, ring the bell nor split the line it is on."""
-    return "".join(
-        _escaped(ch)
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS
-        else ch
-        for ch in text
-    )
+    return "".join(_escaped(ch) if unicodedata.category(ch) in _UNSHOWN else ch for ch in text)
 
 
 _MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}

@@ -725,9 +725,11 @@ def test_state_list_json(workspace: Path, output_schema: Draft202012Validator) -
 def test_state_list_json_without_a_state_file(
     tmp_path: Path, output_schema: Draft202012Validator
 ) -> None:
-    document = run_json(tmp_path, "state", "list", "--state", "none.json")
+    # Refused like apply refuses it (DESIGN §4), and still one document on stdout.
+    document = run_json(tmp_path, "state", "list", "--state", "none.json", code=1)
     assert_valid(output_schema, document)
-    assert document["tasks"] == []
+    assert document["ok"] is False
+    assert "there is no state at none.json" in document["error"]["message"]
 
 
 def test_state_show_json_is_versioned(workspace: Path, output_schema: Draft202012Validator) -> None:

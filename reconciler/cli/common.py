@@ -4,6 +4,7 @@ for errors, consoles and the state's location."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -27,7 +28,18 @@ SANDBOX_STATE = "reconciler-state.sandbox.json"
 
 class Command(typer.core.TyperCommand):
     """Usage lines that show an argument's metavar as written (`PATH...`), where Typer would
-    wrap a required one in braces (`{PATH...}`)."""
+    wrap a required one in braces (`{PATH...}`); and, for a command run with `--format json`,
+    a failure document on stdout for a usage error raised once the arguments are parsed."""
+
+    def invoke(self, ctx: Any) -> Any:
+        json_failures.command, json_failures.printed = None, False
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as error:  # every usage error the commands raise
+            json_failures.report(error.format_message(), error.exit_code)
+            raise
+        finally:
+            json_failures.command = None
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -148,8 +160,51 @@ def _root(
 # --- shared plumbing ------------------------------------------------------------------------
 
 
+class JsonFailures:
+    """Every command run with `--format json` prints exactly one JSON document on stdout
+    (DESIGN §4), failures included: a CI step piping it to `jq` never reads an empty stream.
+
+    A command whose output is JSON says so first (`expect`); its documents go out through
+    `print_json` (or are marked printed); a failure (`fail`, or a usage error raised after
+    parsing, see Command.invoke) with no document out yet prints the failure document."""
+
+    def __init__(self) -> None:
+        self.command: str | None = None
+        self.printed = False
+
+    def expect(self, command: str, json_output: bool) -> None:
+        self.command = command if json_output else None
+
+    def report(self, message: str, code: int) -> None:
+        if self.command is None or self.printed:
+            return
+        print_json(failure_document(self.command, message, code))
+
+
+json_failures = JsonFailures()
+
+
+def failure_document(command: str, message: str, code: int) -> dict[str, Any]:
+    """The document a command run with `--format json` prints when it fails (`failure` in
+    schemas/output.schema.json)."""
+    return {
+        "formatVersion": 1,
+        "command": command,
+        "ok": False,
+        "error": {"message": message, "exitCode": code},
+    }
+
+
+def print_json(document: Any) -> None:
+    """A command's one JSON document, on stdout."""
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    json_failures.printed = True
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
+    json_failures.report(message, code)
     raise typer.Exit(code)
 
 

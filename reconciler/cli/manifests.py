@@ -38,8 +38,10 @@ from reconciler.cli.common import (
     errors_reported,
     exiting_after_apply,
     fail,
+    json_failures,
     make_console,
     open_store,
+    print_json,
     state_location,
     state_origin,
     warn_if_missing,
@@ -88,7 +90,7 @@ def _load_tasks_or_exit(
     if fmt is OutputFormat.JSON:
         document = validate_json(result)
         document["command"] = command
-        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        print_json(document)
     else:
         for problem in result.problems:
             if fmt is OutputFormat.GITHUB:
@@ -124,6 +126,7 @@ def _print_plan(
 
     if fmt is OutputFormat.JSON:
         sys.stdout.write(plan.dumps())  # JSON stays in UTC, whatever --timezone says
+        json_failures.printed = True
     elif fmt is OutputFormat.GITHUB:
         plan_github(plan, sys.stdout, zone=zone)
     elif fmt is OutputFormat.MARKDOWN:
@@ -148,11 +151,13 @@ def validate(
 ) -> None:
     """Check manifests against the rules; no network, no state. Exit 1 if any is invalid."""
     fmt = OutputFormat(choice)
+    json_failures.expect("validate", fmt is OutputFormat.JSON)
     from reconciler.report import validate_report
     from reconciler.tasks import load_tasks
 
     result = load_tasks(paths)
     validate_report(result, fmt, sys.stdout, verbose=verbose and not quiet)
+    json_failures.printed = fmt is OutputFormat.JSON
     raise typer.Exit(0 if result.ok else 1)
 
 
@@ -196,6 +201,7 @@ def plan(
 ) -> None:
     """Compare manifests with the state: what apply would submit. Sends nothing."""
     fmt = OutputFormat(choice)
+    json_failures.expect("plan", fmt is OutputFormat.JSON)
     from reconciler.plan import make_plan
 
     chosen = _parse_selector(selector)
@@ -412,6 +418,7 @@ def apply(
 ) -> None:
     """Submit every task the plan creates and record each outcome in the state file."""
     fmt = OutputFormat(choice)
+    json_failures.expect("apply", fmt is OutputFormat.JSON)
     from reconciler.apply import ApplyOptions, refuse_missing_state, state_for_apply
     from reconciler.client import CredentialsError, credentials_from_env
     from reconciler.plan import DEFAULT_SETTLE_SECONDS, replan_saved
@@ -546,7 +553,7 @@ def _apply_and_report(
         sandbox = options.sandbox
         if fmt is OutputFormat.JSON:
             document = apply_json(result, the_plan, sandbox=sandbox, state_path=store.shown)
-            sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+            print_json(document)
         elif fmt is OutputFormat.GITHUB:
             apply_github(result, the_plan, sys.stdout, sandbox=sandbox)
         elif fmt is OutputFormat.MARKDOWN:

@@ -22,15 +22,17 @@ from reconciler.cli.common import (
     app,
     errors_reported,
     fail,
+    json_failures,
     make_console,
     open_store,
+    print_json,
     state_app,
     state_location,
 )
-from reconciler.report import OutputFormat
+from reconciler.report import OutputFormat, visible
 
 if TYPE_CHECKING:
-    pass
+    from reconciler.state import State, StateBackend
 
 
 class StateFormat(StrEnum):
@@ -61,6 +63,27 @@ def init(
 
 # --- state ----------------------------------------------------------------------------------
 
+
+def _existing(store: StateBackend) -> None:
+    """The state commands read a state that exists: a missing one is a wrong directory or a
+    state not checked out, never "0 tasks" (DESIGN §4). Checked before the lock is taken,
+    which would leave a lock file behind."""
+    with errors_reported():  # asking a database can fail: unreachable, or a newer schema
+        exists = store.exists()
+    if not exists:
+        fail(
+            f"there is no state at {store.shown} {store.missing_reason()}; nothing was read or "
+            "changed. If these manifests were really never applied, create an empty state "
+            "with `reconciler init`"
+        )
+
+
+def _load(store: StateBackend) -> State:
+    _existing(store)
+    with errors_reported():
+        return store.load()
+
+
 StateFormatOption = Annotated[StateFormat, typer.Option("--format", "-f", help="text or json.")]
 
 
@@ -86,9 +109,9 @@ def state_list(
 ) -> None:
     """List every task in the state file."""
     fmt = OutputFormat(choice)
+    json_failures.expect("state list", fmt is OutputFormat.JSON)
     store = open_store(state_location(state))
-    with errors_reported():
-        current = store.load()
+    current = _load(store)
     entries = sorted(current.entries.values(), key=lambda e: (e.source, e.name, e.hash))
     if fmt is OutputFormat.JSON:
         document = {
@@ -97,25 +120,30 @@ def state_list(
             "state": store.shown,
             "tasks": [_entry_json(entry) for entry in entries],
         }
-        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        print_json(document)
         return
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    from reconciler.report import visible
     from reconciler.timezones import show_time
 
     table = Table(box=None, pad_edge=False)
     for column in ("task", "status", "name", "requestId", "updated", "source"):
         table.add_column(column)
     for entry in entries:
+        # Text, not markup: a value of a hand-edited state is shown as it is, escaped.
         table.add_row(
-            entry.hash[:12],
-            entry.status.value,
-            escape(visible(entry.name)),
-            escape(visible(entry.request_id or "-")),
-            show_time(entry.updated_at, timezone),
-            escape(visible(entry.source)),
+            *(
+                Text(visible(value))
+                for value in (
+                    entry.hash[:12],
+                    entry.status.value,
+                    entry.name,
+                    entry.request_id or "-",
+                    show_time(entry.updated_at, timezone),
+                    entry.source,
+                )
+            )
         )
     console = make_console(no_color)
     if entries:
@@ -135,9 +163,11 @@ def state_show(
 ) -> None:
     """Show one task: status, requestId, and the exact request it sends."""
     fmt = OutputFormat(choice)
+    json_failures.expect("state show", fmt is OutputFormat.JSON)
     store = open_store(state_location(state))
+    current = _load(store)
     with errors_reported():
-        entry = store.load().find(task)
+        entry = current.find(task)
     document = _entry_json(entry)
     if fmt is OutputFormat.JSON:
         wrapped = {
@@ -146,9 +176,8 @@ def state_show(
             "state": store.shown,
             "task": document,
         }
-        typer.echo(json.dumps(wrapped, indent=2, ensure_ascii=False))
+        print_json(wrapped)
         return
-    from reconciler.report import visible
     from reconciler.timezones import show_time
 
     for key in ("hash", "status", "name", "source", "requestId", "updatedAt", "submittedAt"):
@@ -156,9 +185,9 @@ def state_show(
         shown = (
             "-" if value is None else show_time(value, timezone) if key.endswith("At") else value
         )
-        typer.echo(f"{key + ':':13} {visible(shown)}")
+        typer.echo(f"{key + ':':13} {visible(str(shown))}")
     typer.echo("request:")
-    typer.echo(json.dumps(entry.request, indent=2, ensure_ascii=False, sort_keys=True))
+    typer.echo(visible(json.dumps(entry.request, indent=2, ensure_ascii=False, sort_keys=True)))
 
 
 @state_app.command("rm", cls=Command)
@@ -170,6 +199,7 @@ def state_rm(
 ) -> None:
     """Forget a task. The next apply submits it again if a manifest still asks for it."""
     store = open_store(state_location(state), lock_timeout)
+    _existing(store)
     with errors_reported(), store.lock():
         current = store.load()
         entry = current.find(task)
@@ -201,9 +231,9 @@ def state_mark_submitted(
     """Record a pending task as submitted, after checking at JD Cloud that it exists."""
     from reconciler.state import StateEntry, TaskStatus, utc_timestamp
 
-    if not request_id.strip():
-        raise typer.BadParameter("must not be empty", param_hint="'--request-id'")
+    _check_request_id(request_id)
     store = open_store(state_location(state), lock_timeout)
+    _existing(store)
     with errors_reported(), store.lock():
         current = store.load()
         entry = current.find(task)
@@ -232,6 +262,25 @@ def state_mark_submitted(
     typer.echo(
         f"Marked {entry.name} ({entry.hash[:12]}) submitted, requestId {request_id.strip()}."
     )
+
+
+def _check_request_id(request_id: str) -> None:
+    """A usage error for a requestId that is empty or holds a character a terminal would act
+    on (it is stored, and `state list` prints it): DESIGN §3, values typed on the command line
+    that end up in the state refuse control characters."""
+    from reconciler.schema import hidden_character
+
+    if not request_id.strip():
+        raise typer.BadParameter("must not be empty", param_hint="'--request-id'")
+    what = hidden_character(request_id.strip())
+    if what is None and visible(request_id) != request_id:
+        what = "contains a control character"
+    if what is not None:
+        raise typer.BadParameter(
+            f"'{visible(request_id)}' {what}: a requestId is letters and digits, as JD "
+            "Cloud's console shows it; the state was not changed",
+            param_hint="'--request-id'",
+        )
 
 
 @state_app.command("migrate", cls=Command)

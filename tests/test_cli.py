@@ -267,3 +267,58 @@ def test_sandbox_and_real_refusals_name_where_the_state_came_from(tmp_path: Path
     real = cli(tmp_path, "apply", str(EXAMPLES), env=env)
     assert real.returncode == 1
     assert "box.json (from $RECONCILER_STATE) is a sandbox state" in real.stderr, real.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("plan", str(EXAMPLES), "--settle", str(10**20)),
+        ("apply", str(EXAMPLES), "--sandbox", "--settle", str(10**20)),
+        ("apply", str(EXAMPLES), "--sandbox", "--dry-run", "--settle", str(10**20)),
+    ],
+)
+def test_a_settle_beyond_the_calendar_is_a_usage_error(tmp_path: Path, args: tuple[str]) -> None:
+    result = cli(tmp_path, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--settle" in result.stderr and "longest settle time" in result.stderr
+    assert not list(tmp_path.iterdir()), "nothing is written"
+
+
+def test_the_longest_settle_time_plans(tmp_path: Path) -> None:
+    from reconciler.plan import MAX_SETTLE_SECONDS
+
+    result = cli(tmp_path, "plan", str(EXAMPLES), "--settle", str(MAX_SETTLE_SECONDS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "waiting" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("plan", str(EXAMPLES), "--state", ""),
+        ("plan", str(EXAMPLES), "--state", "  "),
+        ("init", "--state", ""),
+        ("state", "list", "--state", ""),
+        ("apply", str(EXAMPLES), "--sandbox", "--state", ""),
+    ],
+)
+def test_an_empty_state_option_is_refused_not_read_as_the_default(
+    workdir: Path, args: tuple[str]
+) -> None:
+    before = (workdir / "reconciler-state.json").read_bytes()
+    result = cli(workdir, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "'--state'" in result.stderr and "is empty" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (workdir / "reconciler-state.json").read_bytes() == before
+    assert sorted(p.name for p in workdir.iterdir()) == ["reconciler-state.json"]
+
+
+@pytest.mark.parametrize("command", [("plan", str(EXAMPLES)), ("state", "list"), ("init",)])
+def test_an_empty_reconciler_state_variable_is_refused(workdir: Path, command: tuple[str]) -> None:
+    before = (workdir / "reconciler-state.json").read_bytes()
+    result = cli(workdir, *command, env={"RECONCILER_STATE": ""})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "RECONCILER_STATE" in result.stderr and "empty" in result.stderr
+    assert (workdir / "reconciler-state.json").read_bytes() == before

@@ -106,7 +106,22 @@ Selector = Annotated[
 SETTLE_HELP = (
     "Seconds after a clip's last endTime before it is submitted (the recording must exist first)."
 )
-Settle = Annotated[int, typer.Option("--settle", min=0, help=SETTLE_HELP)]
+
+
+def settle_in_range(value: int | None) -> int | None:
+    """`--settle` up to the longest wait a plan can compute with (plan.MAX_SETTLE_SECONDS):
+    beyond it a clip's ready time leaves the calendar, so it is a usage error, not a crash."""
+    from reconciler.plan import MAX_SETTLE_SECONDS
+
+    if value is not None and value > MAX_SETTLE_SECONDS:
+        raise typer.BadParameter(
+            f"{value} is more than the longest settle time, {MAX_SETTLE_SECONDS} seconds "
+            "(about ten years)"
+        )
+    return value
+
+
+Settle = Annotated[int, typer.Option("--settle", min=0, help=SETTLE_HELP, callback=settle_in_range)]
 LockTimeout = Annotated[
     float,
     typer.Option("--lock-timeout", min=0, help="Seconds to wait for another apply's lock."),
@@ -226,12 +241,27 @@ def make_console(no_color: bool, *, stderr: bool = False) -> Console:
 
 
 def state_location(given: str | None, *, sandbox: bool = False) -> str:
-    if given:
+    # An empty value is a mistake (an unset CI variable, a quoting slip), never "the default":
+    # the default may be another state than the one meant.
+    if given is not None:
+        if not given.strip():
+            raise typer.BadParameter(
+                "is empty: name a state file or a postgresql:// URI", param_hint="'--state'"
+            )
         return given
     if sandbox:
         # A sandbox run never reads $RECONCILER_STATE: it must not mark real tasks submitted.
         return SANDBOX_STATE
-    return os.environ.get("RECONCILER_STATE") or DEFAULT_STATE
+    from_env = os.environ.get("RECONCILER_STATE")
+    if from_env is not None:
+        if not from_env.strip():
+            raise typer.BadParameter(
+                "is set but empty: name a state file or a postgresql:// URI, or unset it "
+                f"for the default ({DEFAULT_STATE})",
+                param_hint="RECONCILER_STATE",
+            )
+        return from_env
+    return DEFAULT_STATE
 
 
 def state_origin(given: str | None, *, sandbox: bool = False) -> str:

@@ -42,6 +42,7 @@ from reconciler.cli.common import (
     make_console,
     open_store,
     print_json,
+    settle_in_range,
     state_location,
     state_origin,
     warn_if_missing,
@@ -407,7 +408,13 @@ def apply(
     selector: Selector = None,
     settle: Annotated[
         int | None,
-        typer.Option("--settle", min=0, help=f"{SETTLE_HELP} [default: 300]", show_default=False),
+        typer.Option(
+            "--settle",
+            min=0,
+            help=f"{SETTLE_HELP} [default: 300]",
+            show_default=False,
+            callback=settle_in_range,
+        ),
     ] = None,
     lock_timeout: LockTimeout = 60.0,
     choice: PlanFormatOption = PlanFormat.TEXT,

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-import typer
-
+from reconciler import interrupts
 from reconciler.cli import manifests, services, state
 from reconciler.cli.common import abandoned_senders, app, exiting_after_apply
 
@@ -20,12 +19,14 @@ __all__ = ["app", "main", "manifests", "services", "state"]
 
 def main() -> None:
     """Console-script entry point."""
+    interrupts.install()  # done already by the package's first line, unless imported otherwise
     exiting_after_apply.set()
     try:
-        app(prog_name="reconciler")
-    except KeyboardInterrupt:
-        typer.echo("Interrupted.", err=True)
-        code: object = 130
+        with interrupts.raising():
+            app(prog_name="reconciler")
+    except (KeyboardInterrupt, interrupts.Interrupted):
+        interrupts.announce()
+        code: object = interrupts.EXIT_CODE
     except SystemExit as exit_:
         if not abandoned_senders.is_set():
             raise
@@ -38,4 +39,4 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code if isinstance(code, int) else 1)
-    sys.exit(130)
+    sys.exit(interrupts.EXIT_CODE)

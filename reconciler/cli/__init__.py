@@ -18,8 +18,11 @@ __all__ = ["app", "main", "manifests", "services", "state"]
 
 
 def main() -> None:
-    """Console-script entry point."""
-    interrupts.install()  # done already by the package's first line, unless imported otherwise
+    """Console-script entry point.
+
+    Signals are handled from the package's first line on (reconciler/__init__.py), before
+    this module's imports; here, the command runs where a signal unwinds it.
+    """
     exiting_after_apply.set()
     try:
         with interrupts.raising():

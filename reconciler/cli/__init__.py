@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-import typer
-
+from reconciler import interrupts
 from reconciler.cli import manifests, services, state
 from reconciler.cli.common import abandoned_senders, app, exiting_after_apply
 
@@ -19,13 +18,18 @@ __all__ = ["app", "main", "manifests", "services", "state"]
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Signals are handled from the package's first line on (reconciler/__init__.py), before
+    this module's imports; here, the command runs where a signal unwinds it.
+    """
     exiting_after_apply.set()
     try:
-        app(prog_name="reconciler")
-    except KeyboardInterrupt:
-        typer.echo("Interrupted.", err=True)
-        code: object = 130
+        with interrupts.raising():
+            app(prog_name="reconciler")
+    except (KeyboardInterrupt, interrupts.Interrupted):
+        interrupts.announce()
+        code: object = interrupts.EXIT_CODE
     except SystemExit as exit_:
         if not abandoned_senders.is_set():
             raise
@@ -38,4 +42,4 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code if isinstance(code, int) else 1)
-    sys.exit(130)
+    sys.exit(interrupts.EXIT_CODE)

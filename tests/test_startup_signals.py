@@ -156,3 +156,18 @@ def test_a_signal_once_the_entry_point_runs(workdir: Path, command: str, signum:
         process.send_signal(signum)
         what = f"{process.args[0]} {command}, signal {delay} s after its handler"
         check(command, *finish(process), what)
+
+
+def test_a_third_signal_during_apply_unwinds_as_an_interrupt_not_clicks_abort() -> None:
+    """apply's own handling: the first signal stops, the second aborts, the third unwinds the
+    command as Interrupted, which main() ends with exit 130 and one line (a KeyboardInterrupt
+    would become Click's 'Aborted!' and exit 1)."""
+    from reconciler.cli.manifests import _stop_on_signals
+    from reconciler.interrupts import Interrupted
+
+    with pytest.raises(Interrupted), _stop_on_signals() as flags:
+        signal.raise_signal(signal.SIGINT)
+        assert flags.stop.is_set() and not flags.abort.is_set()
+        signal.raise_signal(signal.SIGTERM)
+        assert flags.abort.is_set()
+        signal.raise_signal(signal.SIGINT)

@@ -47,6 +47,7 @@ from reconciler.cli.common import (
     state_origin,
     warn_if_missing,
 )
+from reconciler.interrupts import Interrupted
 from reconciler.report import OutputFormat
 
 if TYPE_CHECKING:
@@ -297,13 +298,13 @@ def _stop_on_signals() -> Iterator[_Interrupts]:
 
     The second aborts: apply records the answers already received and returns within a
     second, leaving what is still in flight `pending`. The handler only sets flags, so it can
-    never interrupt a journal write halfway; a third raises KeyboardInterrupt.
+    never interrupt a journal write halfway; a third unwinds the command (exit 130).
     """
     interrupts = _Interrupts()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if interrupts.abort.is_set():
-            raise KeyboardInterrupt
+            raise Interrupted  # main(): exit 130 and one line
         if interrupts.stop.is_set():
             interrupts.abort.set()
             typer.echo(

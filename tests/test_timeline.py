@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.plan import MAX_SETTLE_SECONDS
 from reconciler.report import Timeline, TimelineBar, timeline_gantt
 from reconciler.state import State, StateEntry, StateStore, TaskStatus
 from reconciler.tasks import load_tasks
@@ -195,16 +196,17 @@ def test_one_bar_per_segment_grouped_by_action(tmp_path: Path) -> None:
 
 
 def test_settle_makes_recent_clips_wait(tmp_path: Path) -> None:
-    # `--settle` longer than the time since 2020: every clip not in the state waits.
+    # The longest `--settle` (about ten years, longer than the time since the fixtures' clips):
+    # every clip not in the state waits.
     write_clips(
         tmp_path,
         [
-            manifest("goal-1", "final", ("2020-06-01T19:11:40Z", "2020-06-01T19:13:10Z")),
-            manifest("goal-2", "final", ("2020-06-01T19:37:30Z", "2020-06-01T19:39:00Z")),
+            manifest("goal-1", "final", ("2025-06-01T19:11:40Z", "2025-06-01T19:13:10Z")),
+            manifest("goal-2", "final", ("2025-06-01T19:37:30Z", "2025-06-01T19:39:00Z")),
         ],
     )
     write_state(tmp_path, {"goal-1": TaskStatus.SUBMITTED})
-    charts = rendered(plan_markdown(tmp_path, "--settle", str(200 * 365 * 86400)))
+    charts = rendered(plan_markdown(tmp_path, "--settle", str(MAX_SETTLE_SECONDS)))
     assert bars_by_kind(charts["push.example.com/live/final"]) == {
         "waiting": ["goal-2"],
         "unchanged": ["goal-1"],

@@ -428,18 +428,7 @@ def _after_loss(
     never_marked = [_not_sent(item) for item in queue]
     queue.clear()
     claimed = [*unrecorded, *answers, *marked]  # each has a `pending` mark not yet resolved
-    now = clock()
-    submitted = [
-        _entry(o.item, TaskStatus.SUBMITTED, now, o.request_id)
-        for o in claimed
-        if o.kind is OutcomeKind.SUBMITTED
-    ]
-    removed = [
-        o.item.hash
-        for o in claimed
-        if o.kind in (OutcomeKind.FAILED, OutcomeKind.NOT_SENT)
-        and o.item.action is PlanAction.CREATE
-    ]
+    submitted, removed = _resolved(claimed, clock())
     try:
         store.append(submitted, removed=removed)
     except StateError as again:
@@ -528,6 +517,28 @@ def _not_sent(item: PlanItem) -> Outcome:
     return Outcome(item, OutcomeKind.NOT_SENT, message="not sent: apply was stopped")
 
 
+def _resolved(outcomes: Sequence[Outcome], now: datetime) -> tuple[list[StateEntry], list[str]]:
+    """What outcomes change in the state: the entries of tasks now submitted, and the hashes
+    whose `pending` marks go.
+
+    A final error created nothing, and a task never sent reached nobody: the mark goes, so a
+    later apply sends it (after the manifest is fixed, for a final error). A re-sent `pending`
+    task that fails finally keeps its mark: its first send may still have worked.
+    """
+    submitted = [
+        _entry(o.item, TaskStatus.SUBMITTED, now, o.request_id)
+        for o in outcomes
+        if o.kind is OutcomeKind.SUBMITTED
+    ]
+    removed = [
+        o.item.hash
+        for o in outcomes
+        if o.kind in (OutcomeKind.FAILED, OutcomeKind.NOT_SENT)
+        and o.item.action is PlanAction.CREATE
+    ]
+    return submitted, removed
+
+
 def _record(
     store: StateBackend,
     finished: Sequence[Outcome],
@@ -535,21 +546,7 @@ def _record(
     report: Callable[[Outcome], None],
 ) -> Iterable[Outcome]:
     """Make a group of outcomes durable with one journal write, then report them."""
-    now = clock()
-    submitted = [
-        _entry(o.item, TaskStatus.SUBMITTED, now, o.request_id)
-        for o in finished
-        if o.kind is OutcomeKind.SUBMITTED
-    ]
-    # A final error created nothing, and a task never sent reached nobody: drop the mark so a
-    # later apply sends it (after the manifest is fixed, for a final error). A re-sent
-    # `pending` task that fails finally keeps its mark: its first send may still have worked.
-    removed = [
-        o.item.hash
-        for o in finished
-        if o.kind in (OutcomeKind.FAILED, OutcomeKind.NOT_SENT)
-        and o.item.action is PlanAction.CREATE
-    ]
+    submitted, removed = _resolved(finished, clock())
     try:
         store.append(submitted, removed=removed)
     except StateError as error:

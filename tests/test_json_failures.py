@@ -160,6 +160,35 @@ def test_a_usage_error_after_parsing(
     assert option in document["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (("plan", "clips", "--settle", "-1"), "plan"),
+        (("plan", "clips", "--settle", str(10**20)), "plan"),
+        (("apply", "clips", "--sandbox", "--concurrency", "0"), "apply"),
+        (("validate", "clips", "--no-such-option"), "validate"),
+        (("plan", "clips", "--timezone", "Mars/Base"), "plan"),
+        (("state", "list", "--no-such-option"), "state list"),
+        (("state", "show"), "state show"),
+    ],
+    ids=["settle-negative", "settle-huge", "concurrency", "unknown-option", "zone", "list", "show"],
+)
+def test_a_usage_error_while_parsing(
+    project: Path, output_schema: Draft202012Validator, args: tuple[str, ...], command: str
+) -> None:
+    """Found before the command runs (a value out of range, an unknown option, a missing
+    argument): the arguments asked for JSON, so the failure is one JSON document too."""
+    document = failed_json(output_schema, project, *args, code=2)
+    assert document["command"] == command
+
+
+def test_a_usage_error_while_parsing_prints_no_json_unless_asked(project: Path) -> None:
+    done = run(project, "plan", "clips", "--settle", "-1")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "--settle" in done.stderr
+
+
 def test_plan_out_into_a_missing_folder(project: Path, output_schema: Draft202012Validator) -> None:
     document = failed_json(output_schema, project, "plan", "clips", "--out", "nowhere/plan.json")
     assert "the folder nowhere does not exist" in document["error"]["message"]

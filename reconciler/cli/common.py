@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -41,6 +41,28 @@ class Command(typer.core.TyperCommand):
         finally:
             json_failures.command = None
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        # A usage error found while parsing (a value out of range, an unknown option) comes
+        # before the command could say it prints JSON: the arguments say so instead.
+        wants_json = _asks_for_json(args) and self._prints_json()  # parsing consumes `args`
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _UsageError as error:
+            if wants_json:
+                group = parent.info_name if parent is not None and parent.parent else None
+                name = " ".join(part for part in (group, info_name) if part)
+                usage: Any = error
+                print_json(failure_document(name, usage.format_message(), usage.exit_code))
+            raise
+
+    def _prints_json(self) -> bool:
+        return any(
+            "--format" in param.opts and "json" in getattr(param.type, "choices", ())
+            for param in self.params
+        )
+
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
@@ -49,6 +71,23 @@ class Command(typer.core.TyperCommand):
             else:
                 pieces.extend(param.get_usage_pieces(ctx))
         return pieces
+
+
+# Click's UsageError, the base of every parse-time error: Typer may vendor its own Click
+# (typer._click), so it is reached through the class Typer exports rather than imported.
+_UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+def _asks_for_json(args: Sequence[str]) -> bool:
+    """Whether raw arguments ask for `--format json` (`-f json`, `--format=json`, `-fjson`)."""
+    for at, arg in enumerate(args):
+        if arg == "--":
+            return False
+        if arg in ("--format", "-f") and args[at + 1 : at + 2] == ["json"]:
+            return True
+        if arg in ("--format=json", "-fjson"):
+            return True
+    return False
 
 
 app = typer.Typer(

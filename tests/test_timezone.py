@@ -237,8 +237,10 @@ def test_state_list_and_show_in_a_zone(workspace: Path) -> None:
     listed = run(workspace, "state", "list")
     assert listed.returncode == 0, listed.stderr
     assert "2026-11-01T06:30:00Z" in listed.stdout
+    assert "Times are in" not in listed.stdout, "UTC is the default and says nothing"
     listed = run(workspace, "state", "list", "--timezone", "America/New_York")
     assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("Times are in America/New_York (UTC-0"), "says which zone"
     assert "2026-11-01T01:30:00-05:00" in listed.stdout
     shown = run(
         workspace, "state", "show", key[:8], env={"RECONCILER_TIMEZONE": "America/New_York"}

@@ -125,7 +125,8 @@ def state_list(
     from rich.table import Table
     from rich.text import Text
 
-    from reconciler.timezones import show_time
+    from reconciler.state import utc_timestamp
+    from reconciler.timezones import show_time, zone_note
 
     table = Table(box=None, pad_edge=False)
     for column in ("task", "status", "name", "requestId", "updated", "source"):
@@ -146,7 +147,10 @@ def state_list(
             )
         )
     console = make_console(no_color)
+    note = zone_note(timezone, utc_timestamp(datetime.now(UTC)))
     if entries:
+        if note is not None:
+            console.print(note, markup=False)
         console.print(table)
     pending = sum(1 for entry in entries if entry.status.value == "pending")
     console.print(

@@ -769,6 +769,8 @@ def _set_like(kind: Any) -> bool:
     read, so the kind itself is what is reported."""
     if not isinstance(kind, str):
         return False
+    if kind in KINDS:  # as written almost always: no need to guess what was meant
+        return kind == SET_KIND
     closest = difflib.get_close_matches(kind.lower(), [name.lower() for name in KINDS], n=1)
     return closest == [SET_KIND.lower()]
 

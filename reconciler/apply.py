@@ -25,6 +25,7 @@ from reconciler.client import (
 from reconciler.plan import Plan, PlanAction, PlanItem
 from reconciler.signing import Credentials
 from reconciler.state import State, StateBackend, StateEntry, StateError, TaskStatus, utc_timestamp
+from reconciler.state.model import external_id_to_send, generated_external_id
 
 DEFAULT_CONCURRENCY = 4
 # After a second Ctrl-C, how long requests in flight get to deliver an answer already on its way.
@@ -178,6 +179,7 @@ def _entry(
         stamp,
         request_id,
         stamp if status is TaskStatus.SUBMITTED else None,
+        external_id_to_send(item.hash, item.request),
     )
 
 
@@ -205,6 +207,7 @@ def follow_renames(plan: Plan, state: State, now: datetime) -> list[StateEntry]:
                     utc_timestamp(now),
                     entry.request_id,
                     entry.submitted_at,
+                    entry.external_id,
                 )
             )
     return updated
@@ -556,10 +559,22 @@ def _record(
     return finished
 
 
+def body_to_send(item: PlanItem) -> Mapping[str, Any]:
+    """The request body as sent: the declared one, with our taskExternalId when it sets none.
+
+    The task's hash stays that of the declared request (so every state keeps its identities);
+    the generated id is a function of that hash, so a re-plan or a saved plan sends the same.
+    """
+    body: Mapping[str, Any] = item.request["body"]
+    if body.get("taskExternalId") is not None:
+        return body
+    return {**body, "taskExternalId": generated_external_id(item.hash)}
+
+
 def submit_one(client: Submitter, item: PlanItem) -> Outcome:
     """Send one task and classify what happened; never raises."""
     try:
-        result = client.add_live_record_task(item.request["path"], item.request["body"])
+        result = client.add_live_record_task(item.request["path"], body_to_send(item))
     except UnknownOutcomeError as error:
         return Outcome(item, OutcomeKind.UNKNOWN, None, error.http_status, str(error))
     except (FinalError, AuthenticationError) as error:

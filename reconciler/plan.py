@@ -14,7 +14,7 @@ from reconciler.schema import LAST_TIME
 from reconciler.tasks import SHORT_HASH, Task, canonical_request, request_hash
 
 if TYPE_CHECKING:  # the state module (and filelock) load only when a state is read
-    from reconciler.state import State
+    from reconciler.state import RecordingSummary, State
 
 PLAN_FORMAT_VERSION = 1
 DEFAULT_SETTLE_SECONDS = 300
@@ -67,6 +67,9 @@ class PlanItem:
     replaced_by: str | None = None  # REPLACED: the hash now under this name
     state_status: str | None = None  # the status recorded in state, if any
     renamed_from: str | None = None  # UNCHANGED/PENDING: the name or source recorded before
+    # What the evidence (callbacks, the bucket) says of a task in the state; None: not in it.
+    # A `pending` task with evidence is settled: planned UNCHANGED, never sent again.
+    recording: RecordingSummary | None = field(default=None, compare=False)
 
     @property
     def short_hash(self) -> str:
@@ -114,6 +117,8 @@ class PlanItem:
         ):
             if value is not None:
                 document[key] = value
+        if self.recording is not None:
+            document["recording"] = self.recording.to_json()
         return document
 
     @classmethod
@@ -490,7 +495,9 @@ def make_plan(
         renamed = None
         if (entry.name, entry.source) != (task.name, source):
             renamed = f"{entry.name} ({entry.source})"
-        pending = entry.status == "pending"  # TaskStatus.PENDING, a StrEnum
+        recording = state.recording(task.hash)
+        # A `pending` task that evidence shows the service processed is settled: not sent again.
+        pending = entry.status == "pending" and not (recording and recording.settled)
         action = PlanAction.PENDING if pending else PlanAction.UNCHANGED
         items.append(
             PlanItem(
@@ -502,6 +509,7 @@ def make_plan(
                 line=task.location.line,
                 state_status=entry.status.value,
                 renamed_from=renamed,
+                recording=recording,
             )
         )
     for entry in state.entries.values():
@@ -519,6 +527,7 @@ def make_plan(
                 entry.request,
                 replaced_by=successor.hash if successor else None,
                 state_status=entry.status.value,
+                recording=state.recording(entry.hash),
             )
         )
     # Grouped by action in ACTION_ORDER, each group sorted by manifest file, name and hash.

@@ -295,6 +295,22 @@ def _segments(
         )
 
 
+# The taskExternalId prefix of ids reconciler generates (state.model.GENERATED_ID_PREFIX).
+_GENERATED_ID_PREFIX = "rc-"
+
+
+def _own_external_id(
+    validator: Validator, enabled: bool, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    # A manifest's rule, not the API's: the sandbox (check_spec) accepts the ids we generate.
+    if enabled and isinstance(instance, str) and instance.startswith(_GENERATED_ID_PREFIX):
+        yield ValidationError(
+            f"{instance!r} must not start with {_GENERATED_ID_PREFIX!r}: reconciler sends "
+            f"{_GENERATED_ID_PREFIX} and the task's hash for a manifest that sets no "
+            "taskExternalId, so callbacks can tell the two apart; choose another id"
+        )
+
+
 def _unique_file_types(
     validator: Validator, enabled: bool, instance: Any, schema: Mapping[str, Any]
 ) -> Iterator[ValidationError]:
@@ -436,6 +452,7 @@ RecordTaskValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-c
         "x-reconciler-calendarTime": _calendar_time,
         "x-reconciler-segments": _segments,
         "x-reconciler-uniqueFileTypes": _unique_file_types,
+        "x-reconciler-ownExternalId": _own_external_id,
         "x-reconciler-placeholders": _placeholders,
         "x-reconciler-uniqueClipNames": _unique_clip_names,
         "x-reconciler-fullNames": _full_names,
@@ -966,6 +983,8 @@ def check_spec(spec: Any) -> list[tuple[str, str]]:
     }
     found = []
     for error in _errors(wrapped):
+        if error.validator == "x-reconciler-ownExternalId":
+            continue  # the API takes any id; only a manifest may not use ours
         path, message = _describe(error)
         found.append((field_path(path[1:] if path[:1] == ("spec",) else path), message))
     times = spec.get("recordTimes") if isinstance(spec, dict) else None

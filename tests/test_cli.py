@@ -140,10 +140,10 @@ def test_corrupt_state_is_reported_and_never_overwritten(tmp_path: Path) -> None
 
 def test_newer_state_version_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "reconciler-state.json"
-    state.write_text('{"version": 2, "tasks": {}}\n')
+    state.write_text('{"version": 3, "tasks": {}}\n')
     result = cli(tmp_path, "plan", str(EXAMPLES))
     assert result.returncode == 1
-    assert "version 2" in result.stderr and "Traceback" not in result.stderr
+    assert "version 3" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_invalid_manifests_stop_plan_and_apply_before_anything(tmp_path: Path) -> None:
@@ -215,7 +215,7 @@ def test_init_creates_an_empty_state_once(tmp_path: Path) -> None:
     assert created.returncode == 0, created.stderr
     assert "Commit it" in created.stdout
     state = tmp_path / "states" / "team.json"
-    assert state.read_text() == '{\n  "tasks": {},\n  "version": 1\n}\n'
+    assert state.read_text() == '{\n  "tasks": {},\n  "version": 2\n}\n'
     assert oct(state.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
     refused = cli(tmp_path, "init", "--state", "states/team.json")
     assert refused.returncode == 1 and "already" in refused.stderr

@@ -165,7 +165,7 @@ def test_a_real_apply_refuses_a_missing_state_and_init_creates_one(
     assert created.returncode == 0, created.stdout + created.stderr
     assert json.loads((tmp_path / "reconciler-state.json").read_text()) == {
         "tasks": {},
-        "version": 1,
+        "version": 2,
     }
     again = cli("init", cwd=tmp_path, env=env)
     assert again.returncode == 1 and "already" in again.stderr

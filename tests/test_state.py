@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from reconciler.state import (
     STATE_VERSION,
+    Recording,
     State,
     StateEntry,
     StateError,
@@ -39,6 +40,7 @@ from reconciler.state import (
     utc_timestamp,
 )
 from reconciler.state import file as state_module
+from reconciler.state.model import entry_fields
 from reconciler.tasks import request_hash
 
 FIXTURES = Path(__file__).parent / "fixtures" / "state"
@@ -154,8 +156,8 @@ def test_entries_round_trip_through_the_journal_and_the_snapshot(store: StateSto
 
 
 def test_the_snapshot_is_sorted_indented_json_as_in_the_fixture(store: StateStore) -> None:
-    expected = (FIXTURES / "v1.json").read_bytes()
-    state = StateStore(FIXTURES / "v1.json").load()
+    expected = (FIXTURES / "v2.json").read_bytes()
+    state = StateStore(FIXTURES / "v2.json").load()
     store.write(state)
     assert store.path.read_bytes() == expected
     assert expected.endswith(b"}\n") and not expected.endswith(b"\n\n")
@@ -177,7 +179,7 @@ def test_the_fixture_loads_with_every_field(store: StateStore) -> None:
 
 
 def test_rewriting_an_unchanged_state_gives_identical_bytes(store: StateStore) -> None:
-    original = use_fixture(store, "v1.json")
+    original = use_fixture(store, "v2.json")
     store.write(store.load())
     assert store.path.read_bytes() == original
     # Replaying entries the snapshot already holds and compacting changes nothing either.
@@ -203,8 +205,8 @@ def test_the_request_may_be_any_mapping(store: StateStore) -> None:
 
 # -- sandbox states, exists and create ----------------------------------------------------------
 
-EMPTY_REAL = b'{\n  "tasks": {},\n  "version": 1\n}\n'
-EMPTY_SANDBOX = b'{\n  "sandbox": true,\n  "tasks": {},\n  "version": 1\n}\n'
+EMPTY_REAL = b'{\n  "tasks": {},\n  "version": 2\n}\n'
+EMPTY_SANDBOX = b'{\n  "sandbox": true,\n  "tasks": {},\n  "version": 2\n}\n'
 
 
 def test_create_writes_an_empty_real_state_with_no_sandbox_field(store: StateStore) -> None:
@@ -235,7 +237,7 @@ def test_a_sandbox_state_keeps_its_flag_through_every_write(store: StateStore) -
 
 
 def test_a_real_state_is_written_as_before(store: StateStore) -> None:
-    original = use_fixture(store, "v1.json")
+    original = use_fixture(store, "v2.json")
     assert store.load().sandbox is False
     store.append([make_entry(1)])
     store.compact()
@@ -364,12 +366,12 @@ def test_create_waits_for_the_lock(tmp_path: Path, lock_holder: subprocess.Popen
 
 
 def test_an_unknown_future_version_is_refused_and_never_rewritten(store: StateStore) -> None:
-    original = use_fixture(store, "v2.json")
+    original = use_fixture(store, "future-v3.json")
     with pytest.raises(StateError) as caught:
         store.load()
     message = str(caught.value)
     assert str(store.path) in message
-    assert "version 2" in message and f"understands version {STATE_VERSION}" in message
+    assert "version 3" in message and f"understands versions 1 and {STATE_VERSION}" in message
     assert_every_write_refused(store)
     assert store.path.read_bytes() == original
     assert not store.journal_path.exists(), "nothing may be journalled beside a newer state"
@@ -907,7 +909,7 @@ def assert_still_a_link(link: Path) -> None:
 
 def test_every_write_through_a_link_goes_to_its_target(linked: tuple[Path, Path]) -> None:
     link, target = linked
-    original = (FIXTURES / "v1.json").read_bytes()
+    original = (FIXTURES / "v2.json").read_bytes()
     target.write_bytes(original)
     store = StateStore(link, lock_timeout=5)
     with store.lock():
@@ -948,7 +950,7 @@ def test_a_link_to_a_file_not_there_yet_is_created_as_its_target(
     assert store.load() == State()
     store.create()
     assert_still_a_link(link)
-    assert target.read_bytes() == b'{\n  "tasks": {},\n  "version": 1\n}\n'
+    assert target.read_bytes() == b'{\n  "tasks": {},\n  "version": 2\n}\n'
     with pytest.raises(StateExistsError):
         store.create()
     # And a journal first (no snapshot yet): compaction creates the target, not a file at the link.
@@ -976,13 +978,13 @@ def test_two_names_of_one_state_share_its_lock(linked: tuple[Path, Path]) -> Non
 
 def test_messages_name_the_link_and_its_target(linked: tuple[Path, Path]) -> None:
     link, target = linked
-    target.write_bytes(b'{"tasks": {}, "version": 2}\n')
+    target.write_bytes(b'{"tasks": {}, "version": 3}\n')
     store = StateStore(link, lock_timeout=0)
     shown = f"{link} (-> {os.path.join(link.parent, 'shared', 'state.json')})"
     assert store.shown == shown
     with pytest.raises(StateError) as caught:
         store.load()
-    assert str(caught.value).startswith(f"{shown}: the state file is version 2")
+    assert str(caught.value).startswith(f"{shown}: the state file is version 3")
     with holding_lock(target), pytest.raises(StateLockedError) as locked, store.lock():
         pass
     assert str(locked.value).startswith(f"{shown} is locked by pid")
@@ -1288,3 +1290,96 @@ def test_removal_records_drop_marked_tasks_and_survive_compaction(tmp_path: Path
     assert set(StateStore(tmp_path / "state.json").load().entries) == {kept.hash}
     with pytest.raises(ValueError, match="not a task hash"):
         store.append([], removed=["nope"])
+
+
+# -- version 2: evidence of recordings (DESIGN §7), and version 1 states still read ------------
+
+
+def test_a_version_1_state_reads_as_it_is_and_is_written_as_version_2(store: StateStore) -> None:
+    """A state written before recording evidence keeps every entry and every identity."""
+    original = use_fixture(store, "v1.json")
+    before = json.loads(original)
+    state = store.load()
+    assert sorted(state.entries) == sorted(before["tasks"]), "identities unchanged"
+    assert not state.recordings and not state.unmatched
+    for key, entry in state.entries.items():
+        assert entry.external_id is None, "nothing says an id was sent before version 2"
+        assert entry_fields(entry) == before["tasks"][key]
+    assert store.path.read_bytes() == original, "reading never rewrites"
+    store.write(state)
+    after = json.loads(store.path.read_bytes())
+    assert after["version"] == 2
+    assert after["tasks"] == before["tasks"]
+
+
+def test_evidence_survives_a_round_trip_through_the_journal_and_the_snapshot(
+    store: StateStore,
+) -> None:
+    use_fixture(store, "v2.json")
+    state = store.load()
+    done = next(k for k, e in state.entries.items() if e.status is TaskStatus.SUBMITTED)
+    assert [r.format for r in state.recordings_of(done)] == ["mp4", "flv"]
+    assert state.recording(done).state.value == "recorded"  # type: ignore[union-attr]
+    assert len(state.unmatched) == 1
+    extra = Recording("8" * 64, "storage", "mp4", "success", "2026-11-21T00:00:00Z")
+    with store.lock():
+        assert store.record_evidence([(done, extra), (done, extra)]) == 1
+        assert store.record_evidence([(done, extra)]) == 0, "the same evidence is kept once"
+        store.append([submitted(state.entries[done])])  # apply's record never erases evidence
+        folded = store.load()
+        store.compact()
+    assert store.load() == folded
+    assert [r.evidence for r in folded.recordings_of(done)] == ["5" * 64, "6" * 64, "8" * 64]
+
+
+def test_a_removed_mark_with_evidence_stays(store: StateStore) -> None:
+    """apply removes the marks of tasks it never sent; evidence says the service processed it."""
+    store.create()
+    entry = make_entry(1)
+    with store.lock():
+        store.claim([entry])
+        found = Recording("9" * 64, "callback", "mp4", "success", "2026-11-21T00:00:00Z")
+        store.record_evidence([(entry.hash, found)])
+        store.append([], removed=[entry.hash])
+        state = store.load()
+    assert entry.hash in state.entries and state.settled(entry.hash)
+
+
+def test_a_version_1_file_with_version_2_fields_is_refused(store: StateStore) -> None:
+    document = json.loads((FIXTURES / "v1.json").read_bytes())
+    first = next(iter(document["tasks"].values()))
+    first["taskExternalId"] = "rc-" + "0" * 32
+    store.path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(StateError, match="taskExternalId in a version 1 state"):
+        store.load()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda task: task.__setitem__("recordings", {}), "'recordings' must be a JSON array"),
+        (
+            lambda task: task.__setitem__("recordings", [{"format": "mp4"}]),
+            "recording 1: recording: missing",
+        ),
+        (
+            lambda task: task["recordings"][0].__setitem__("source", "rumour"),
+            "unknown evidence source",
+        ),
+        (
+            lambda task: task["recordings"][0].__setitem__("evidence", "x"),
+            "evidence must be a sha256",
+        ),
+        (lambda task: task["recordings"][0].__setitem__("size", 3), "unknown field(s) size"),
+    ],
+)
+def test_a_hand_edited_recording_is_refused_naming_the_task(
+    store: StateStore, change: Any, message: str
+) -> None:
+    document = json.loads((FIXTURES / "v2.json").read_bytes())
+    task = next(t for t in document["tasks"].values() if "recordings" in t)
+    change(task)
+    store.path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(StateError) as caught:
+        store.load()
+    assert message in str(caught.value) and str(store.path) in str(caught.value)

@@ -261,6 +261,7 @@ def state_mark_submitted(
             stamp,
             request_id.strip(),
             stamp,
+            entry.external_id,
         )
         store.write(current.with_entries([marked]))
     typer.echo(

@@ -12,13 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from reconciler.state.file import StateStore
 from reconciler.state.model import (
     MIN_PREFIX,
     STATE_VERSION,
+    EvidenceSource,
     LockHolder,
+    Recording,
+    RecordingState,
+    RecordingSummary,
     State,
     StateEntry,
     StateError,
@@ -26,13 +30,18 @@ from reconciler.state.model import (
     StateLocationError,
     StateLockedError,
     TaskStatus,
+    UnmatchedCallback,
     utc_timestamp,
 )
 
 __all__ = [
     "MIN_PREFIX",
     "STATE_VERSION",
+    "EvidenceSource",
     "LockHolder",
+    "Recording",
+    "RecordingState",
+    "RecordingSummary",
     "State",
     "StateBackend",
     "StateEntry",
@@ -42,10 +51,14 @@ __all__ = [
     "StateLockedError",
     "StateStore",
     "TaskStatus",
+    "UnmatchedCallback",
     "is_database_location",
     "open_state",
     "utc_timestamp",
 ]
+
+if TYPE_CHECKING:
+    from reconciler.callbacks import Callback, StoredCallback
 
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 
@@ -111,7 +124,23 @@ class StatePersister(Protocol):
         ...
 
 
-class StateBackend(StateReader, StateLocker, StatePersister, Protocol):
+class EvidenceRecorder(Protocol):
+    """Record evidence of recordings (DESIGN §7): the receiver and verify call these.
+
+    Neither needs the apply lock held by the caller: the file state takes its lock for one
+    short hold per call; the database state commits one transaction without the lock.
+    """
+
+    def record_callback(self, callback: Callback, received_at: str) -> StoredCallback:
+        """Match `callback` against the state's tasks and make the outcome durable."""
+        ...
+
+    def record_evidence(self, recordings: Sequence[tuple[str, Recording]]) -> int:
+        """Add evidence for tasks by hash; returns how many records were new."""
+        ...
+
+
+class StateBackend(StateReader, StateLocker, StatePersister, EvidenceRecorder, Protocol):
     """A state's home. Close it (or use it as a context manager) when done."""
 
     def close(self) -> None: ...

@@ -10,20 +10,24 @@ import secrets
 import stat
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filelock
 
 from reconciler.collector import collector_paused
 from reconciler.state.model import (
+    READABLE_VERSIONS,
     STATE_VERSION,
     LockHolder,
+    Recording,
     State,
     StateEntry,
     StateError,
     StateExistsError,
     StateLockedError,
+    UnmatchedCallback,
     compact_json,
     entry_fields,
     holder_of_this_process,
@@ -32,6 +36,9 @@ from reconciler.state.model import (
     plain_json,
     require_own_hash,
 )
+
+if TYPE_CHECKING:
+    from reconciler.callbacks import Callback, StoredCallback
 
 __all__ = ["StateStore"]
 
@@ -186,7 +193,7 @@ class StateStore:
             journal = self._read_journal()
             if self.target.exists():
                 return None
-            state = self._fold({}, journal)
+            state = self._fold(_Snapshot(), journal)
             self._checked_snapshot = None
             return state
         except OSError as error:
@@ -214,22 +221,37 @@ class StateStore:
                 "restore it (e.g. from Git) or repair it by hand"
             ) from None
         del data  # a large state is parsed from text alone: its bytes need not stay in memory
-        entries, sandbox = self._parse_snapshot(text)
-        state = self._fold(entries, journal, sandbox=sandbox)
+        state = self._fold(self._parse_snapshot(text), journal)
         self._checked_snapshot = _identity(opened)
         return state
 
-    def _fold(
-        self, entries: dict[str, StateEntry], journal: bytes, *, sandbox: bool = False
-    ) -> State:
+    def _fold(self, snapshot: _Snapshot, journal: bytes) -> State:
         # The journal never records the sandbox flag: only the snapshot does, so a journal
         # without a snapshot (a first apply killed, in versions before `create`) is real.
-        for entry in self._parse_journal(journal):
-            if isinstance(entry, str):  # a removal: the task was marked but never sent
-                entries.pop(entry, None)
+        entries, recordings, unmatched = snapshot.entries, snapshot.recordings, snapshot.unmatched
+        unmatched_ids = {callback.id for callback in unmatched}
+        for line in self._parse_journal(journal):
+            if isinstance(line, StateEntry):
+                entries[line.hash] = line
+            elif isinstance(line, str):  # a removal: the task was marked but never sent
+                # Evidence says the service processed it: nothing apply records erases that.
+                if line not in recordings:
+                    entries.pop(line, None)
+            elif isinstance(line, UnmatchedCallback):
+                if line.id not in unmatched_ids:
+                    unmatched.append(line)
+                    unmatched_ids.add(line.id)
             else:
-                entries[entry.hash] = entry
-        return State._adopt(entries, sandbox=sandbox)
+                key, recording = line
+                held = recordings.setdefault(key, [])
+                if all(r.evidence != recording.evidence for r in held):
+                    held.append(recording)
+        return State._adopt(
+            entries,
+            sandbox=snapshot.sandbox,
+            recordings={key: tuple(held) for key, held in recordings.items() if key in entries},
+            unmatched=tuple(unmatched),
+        )
 
     def _read_journal(self) -> bytes:
         try:
@@ -239,8 +261,8 @@ class StateStore:
         except OSError as error:
             raise StateError(f"{self.journal_path}: cannot read the journal: {error}") from error
 
-    def _parse_snapshot(self, data: str | bytes) -> tuple[dict[str, StateEntry], bool]:
-        """The snapshot's entries and its sandbox flag.
+    def _parse_snapshot(self, data: str | bytes) -> _Snapshot:
+        """The snapshot's entries, evidence and sandbox flag.
 
         `"sandbox": true` marks a sandbox state; a real state has no such field. Any other
         value (`false` included) is refused: no reconciler writes it, so it was typed by hand,
@@ -268,13 +290,14 @@ class StateStore:
         if not isinstance(document, dict):
             raise StateError(f"{where}: the state file is not a JSON object; {untouched}")
         version = document.get("version")
-        if type(version) is not int or version != STATE_VERSION:
+        if type(version) is not int or version not in READABLE_VERSIONS:
             raise StateError(_version_message(where, version))
-        unknown = sorted(set(document) - {"version", "tasks", "sandbox"})
+        known = {"version", "tasks", "sandbox"} | ({"unmatched"} if version >= 2 else set())
+        unknown = sorted(set(document) - known)
         if unknown:
             raise StateError(
                 f"{where}: unknown top-level field(s) {', '.join(unknown)} in a version "
-                f"{STATE_VERSION} state file; {untouched}"
+                f"{version} state file; {untouched}"
             )
         sandbox = document.get("sandbox", False)
         if "sandbox" in document and sandbox is not True:
@@ -285,13 +308,37 @@ class StateStore:
         tasks = document.get("tasks")
         if not isinstance(tasks, dict):
             raise StateError(f"{where}: 'tasks' must be a JSON object; {untouched}")
-        entries: dict[str, StateEntry] = {}
+        snapshot = _Snapshot(sandbox=sandbox is True)
         for key, fields in tasks.items():
-            entries[key] = parse_entry(key, fields, where, untouched)
-        return entries, sandbox is True
+            if version >= 2 and isinstance(fields, dict) and "recordings" in fields:
+                fields = dict(fields)
+                listed = fields.pop("recordings")
+                snapshot.recordings[key] = _parse_recordings(
+                    listed, f"{where}: task {key}", untouched
+                )
+            elif isinstance(fields, dict) and version < 2 and "taskExternalId" in fields:
+                raise StateError(
+                    f"{where}: task {key}: unknown field(s) taskExternalId in a version 1 state "
+                    f"file; {untouched}"
+                )
+            snapshot.entries[key] = parse_entry(key, fields, where, untouched)
+        listed = document.get("unmatched", [])
+        if not isinstance(listed, list):
+            raise StateError(f"{where}: 'unmatched' must be a JSON array; {untouched}")
+        for number, fields in enumerate(listed, start=1):
+            try:
+                snapshot.unmatched.append(UnmatchedCallback.from_json(fields))
+            except ValueError as error:
+                raise StateError(
+                    f"{where}: unmatched callback {number}: {error}; {untouched}"
+                ) from None
+        return snapshot
 
-    def _parse_journal(self, data: bytes) -> Iterator[StateEntry | str]:
-        """Entries in journal order; a bare hash string stands for a removal."""
+    def _parse_journal(
+        self, data: bytes
+    ) -> Iterator[StateEntry | str | tuple[str, Recording] | UnmatchedCallback]:
+        """Lines in journal order: an entry, a removal (a bare hash), evidence for a task
+        (hash, recording), or an unmatched callback."""
         where = str(self.journal_path)
         untouched = (
             "the journal was left untouched; entries before this line are intact, "
@@ -316,11 +363,23 @@ class StateStore:
                 raise StateError(f"{at}: not UTF-8 ({error}); {untouched}") from None
             if not isinstance(fields, dict):
                 raise StateError(f"{at}: a journal line must be a JSON object; {untouched}")
+            if "unmatched" in fields and len(fields) == 1:
+                try:
+                    yield UnmatchedCallback.from_json(fields["unmatched"])
+                except ValueError as error:
+                    raise StateError(f"{at}: {error}; {untouched}") from None
+                continue
             key = fields.pop("hash", None)
             if not isinstance(key, str):
                 raise StateError(f"{at}: the line has no task 'hash'; {untouched}")
             if fields == {"removed": True}:
                 yield key
+                continue
+            if set(fields) == {"recording"} and is_task_hash(key):
+                try:
+                    yield key, Recording.from_json(fields["recording"])
+                except ValueError as error:
+                    raise StateError(f"{at}: {error}; {untouched}") from None
                 continue
             yield parse_entry(key, fields, where, untouched, number)
 
@@ -398,9 +457,61 @@ class StateStore:
         """
         if not entries and not removed:
             return
-        batch = b"".join(_journal_line(entry) for entry in entries) + b"".join(
-            _removal_line(hash) for hash in removed
+        self._append_lines(
+            [_journal_line(entry) for entry in entries] + [_removal_line(h) for h in removed]
         )
+
+    def record_callback(self, callback: Callback, received_at: str) -> StoredCallback:
+        """Match one callback against the state and make the outcome durable (one lock hold).
+
+        Returns once the evidence (or the unmatched record) is in the journal, fsynced: only
+        then may the receiver answer 200. A duplicate changes nothing.
+        """
+        from reconciler.callbacks import StoredCallback, decide
+
+        with self.lock(), self._mutex:
+            if not self.exists():
+                raise StateError(f"{self.shown}: the state does not exist; nothing was written")
+            state = self.load()
+            match, recording, unmatched = decide(
+                callback, state.entries.values(), state.recordings_of, received_at
+            )
+            if unmatched is not None and all(c.id != unmatched.id for c in state.unmatched):
+                self._append_lines([_unmatched_line(unmatched)])
+                return StoredCallback(None, match.reason, False)
+            if recording is not None and match.entry is not None:
+                self._append_lines([_recording_line(match.entry.hash, recording)])
+                return StoredCallback(match.entry, None, False)
+            return StoredCallback(match.entry, match.reason, True)
+
+    def record_evidence(self, recordings: Sequence[tuple[str, Recording]]) -> int:
+        """Add evidence for tasks (e.g. found in the bucket); returns how many were new.
+
+        The caller need not hold the lock: this takes it for one short hold.
+        """
+        with self.lock(), self._mutex:
+            state = self.load()
+            lines, seen = [], set()
+            for key, recording in recordings:
+                if key not in state.entries:
+                    raise StateError(
+                        f"{self.shown}: no task {key[:12]} in the state; nothing was written"
+                    )
+                held = state.recordings_of(key)
+                if recording.evidence in seen or any(
+                    r.evidence == recording.evidence for r in held
+                ):
+                    continue
+                seen.add(recording.evidence)
+                lines.append(_recording_line(key, recording))
+            self._append_lines(lines)
+            return len(lines)
+
+    def _append_lines(self, lines: Sequence[bytes]) -> None:
+        """Append whole journal lines with one write and one fsync (the lock is held)."""
+        if not lines:
+            return
+        batch = b"".join(lines)
         with self._mutex:
             self._check_snapshot()
             try:
@@ -424,7 +535,7 @@ class StateStore:
                     _write_all(fd, batch)
                     os.fsync(fd)
                 except OSError:
-                    # The caller will not send these tasks, so the journal must not keep them.
+                    # The caller acts on nothing in this batch, so the journal must not keep it.
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, valid)
                     raise
@@ -633,24 +744,63 @@ def _raise_first_repeated_key(text: str) -> None:
 
 
 def _version_message(where: str, version: object) -> str:
+    known = " and ".join(str(v) for v in READABLE_VERSIONS)
     if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
         return (
             f"{where}: the state file is version {version}, written by a newer reconciler; "
-            f"this reconciler understands version {STATE_VERSION} only. Upgrade reconciler; "
+            f"this reconciler understands versions {known} only. Upgrade reconciler; "
             "the file was left untouched"
         )
     return (
         f"{where}: the state file has version {json.dumps(version)}; this reconciler understands "
-        f"version {STATE_VERSION} only; the file was left untouched"
+        f"versions {known} only; the file was left untouched"
     )
 
 
 def _document(state: State) -> dict[str, Any]:
-    tasks = {key: entry_fields(entry) for key, entry in state.entries.items()}
+    tasks = {}
+    for key, entry in state.entries.items():
+        fields = entry_fields(entry)
+        recordings = state.recordings_of(key)
+        if recordings:  # in the order they arrived: a diff shows new evidence at the end
+            fields["recordings"] = [recording.to_json() for recording in recordings]
+        tasks[key] = fields
     document: dict[str, Any] = {"version": STATE_VERSION, "tasks": tasks}
     if state.sandbox:  # only then: a real state's file stays what it always was
         document["sandbox"] = True
+    if state.unmatched:
+        document["unmatched"] = [callback.to_json() for callback in state.unmatched]
     return document
+
+
+@dataclass
+class _Snapshot:
+    """What a snapshot holds, as the journal is folded into it."""
+
+    sandbox: bool = False
+    entries: dict[str, StateEntry] = field(default_factory=dict)
+    recordings: dict[str, list[Recording]] = field(default_factory=dict)
+    unmatched: list[UnmatchedCallback] = field(default_factory=list)
+
+
+def _parse_recordings(listed: object, where: str, untouched: str) -> list[Recording]:
+    if not isinstance(listed, list):
+        raise StateError(f"{where}: 'recordings' must be a JSON array; {untouched}")
+    recordings = []
+    for number, fields in enumerate(listed, start=1):
+        try:
+            recordings.append(Recording.from_json(fields))
+        except ValueError as error:
+            raise StateError(f"{where}: recording {number}: {error}; {untouched}") from None
+    return recordings
+
+
+def _recording_line(key: str, recording: Recording) -> bytes:
+    return (compact_json({"hash": key, "recording": recording.to_json()}) + "\n").encode("utf-8")
+
+
+def _unmatched_line(callback: UnmatchedCallback) -> bytes:
+    return (compact_json({"unmatched": callback.to_json()}) + "\n").encode("utf-8")
 
 
 def _snapshot_bytes(state: State) -> bytes:

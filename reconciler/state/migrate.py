@@ -65,6 +65,17 @@ def _verify(expected: State, copied: State, shown: str) -> None:
         for key, entry in expected.entries.items()
         if key in copied.entries and entry_fields(copied.entries[key]) != entry_fields(entry)
     )
+    if not (missing or extra or differing) and (
+        dict(copied.recordings) != dict(expected.recordings)
+        or sorted(c.id for c in copied.unmatched) != sorted(c.id for c in expected.unmatched)
+    ):
+        raise StateError(
+            f"{shown}: the copy's recording evidence differs from the source's "
+            f"({sum(map(len, copied.recordings.values()))} recordings and "
+            f"{len(copied.unmatched)} unmatched callbacks copied, "
+            f"{sum(map(len, expected.recordings.values()))} and {len(expected.unmatched)} "
+            "expected); do not use it"
+        )
     if missing or extra or differing:
         raise StateError(
             f"{shown}: the copy does not match the source ({len(missing)} missing, "

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -16,14 +16,21 @@ from typing import Any, cast
 
 from reconciler.tasks import request_hash
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+# Every version this reconciler reads: 1 (before recording evidence) is read as it is and
+# written as 2 by the next write (what 2 adds, a version 1 state simply does not have).
+READABLE_VERSIONS = (1, 2)
 MIN_PREFIX = 6
+# The taskExternalId apply sends for a manifest that sets none: `rc-` and the first 32 hex
+# digits of the task's hash (a function of the hash, so a re-plan sends the same one).
+GENERATED_ID_PREFIX = "rc-"
+GENERATED_ID_DIGITS = 32
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]+")
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _REQUIRED_FIELDS = frozenset({"name", "request", "source", "status", "updatedAt"})
-_ALLOWED_FIELDS = _REQUIRED_FIELDS | {"requestId", "submittedAt"}
+_ALLOWED_FIELDS = _REQUIRED_FIELDS | {"requestId", "submittedAt", "taskExternalId"}
 
 
 class TaskStatus(StrEnum):
@@ -134,6 +141,19 @@ class StateEntry:
     updated_at: str
     request_id: str | None = None
     submitted_at: str | None = None
+    # The taskExternalId sent with the request (JD Cloud echoes it in record callbacks). None
+    # for a task recorded before reconciler sent one (a version 1 state), unless the request
+    # itself sets one: `sent_external_id` says what the service was given.
+    external_id: str | None = None
+
+    @property
+    def sent_external_id(self) -> str | None:
+        """The taskExternalId the service was sent: the one recorded, else the request's own."""
+        if self.external_id is not None:
+            return self.external_id
+        body = self.request.get("body")
+        own = body.get("taskExternalId") if isinstance(body, Mapping) else None
+        return own if isinstance(own, str) else None
 
     def __post_init__(self) -> None:
         # Read back as plain objects: entries are also built from JSON on disk. One combined
@@ -153,6 +173,7 @@ class StateEntry:
             and _is_timestamp(self.updated_at)
             and (request_id is None or isinstance(request_id, str))
             and (submitted_at is None or _is_timestamp(submitted_at))
+            and (self.external_id is None or isinstance(self.external_id, str))
         ):
             if status.__class__ is not TaskStatus:
                 object.__setattr__(self, "status", _STATUSES[status])
@@ -175,8 +196,9 @@ def _entry_problem(fields: Mapping[str, object]) -> str:
             return f"{name} must be a string, not {fields[name]!r}"
     if not isinstance(fields["request"], Mapping):
         return f"request must be a JSON object, not {fields['request']!r}"
-    if not isinstance(fields["request_id"], str | None):
-        return f"request_id must be a string or None, not {fields['request_id']!r}"
+    for name in ("request_id", "external_id"):
+        if not isinstance(fields[name], str | None):
+            return f"{name} must be a string or None, not {fields[name]!r}"
     for name in ("updated_at", "submitted_at"):
         if not _is_timestamp(fields[name]) and (name == "updated_at" or fields[name] is not None):
             return f"{name} must be UTC 'YYYY-MM-DDTHH:MM:SSZ', not {fields[name]!r}"
@@ -186,16 +208,239 @@ def _entry_problem(fields: Mapping[str, object]) -> str:
 _STATUSES: dict[str, TaskStatus] = {status.value: status for status in TaskStatus}
 
 
+class EvidenceSource(StrEnum):
+    """Where evidence of a recording came from: JD Cloud's callback, or the bucket itself."""
+
+    CALLBACK = "callback"
+    STORAGE = "storage"
+
+
+SUCCESS = "success"
+# A storage check that found no file by the deadline: evidence of absence, not a failure the
+# service reported (a later callback or check can still find the file).
+MISSING = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """Evidence about one file of a task: what a callback said, or what the bucket holds.
+
+    `evidence` identifies it (the sha256 of the callback's body, or of the object's place), so
+    the same callback delivered twice, or the same object found twice, is one record.
+    `file_size` and `duration` are kept as the service gave them (their units are not
+    documented consistently).
+    """
+
+    evidence: str
+    source: EvidenceSource
+    format: str
+    status: str
+    received_at: str
+    download_url: str | None = None
+    file_size: str | None = None
+    duration: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.evidence, str) and _HASH.fullmatch(self.evidence)):
+            raise ValueError(f"evidence must be a sha256 (64 hex digits), not {self.evidence!r}")
+        source: object = self.source
+        if source not in _SOURCES:
+            raise ValueError(f"unknown evidence source {source!r} (known: {', '.join(_SOURCES)})")
+        if source.__class__ is not EvidenceSource:
+            object.__setattr__(self, "source", _SOURCES[str(source)])
+        for name in ("format", "status"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, not {getattr(self, name)!r}")
+        if not _is_timestamp(self.received_at):
+            raise ValueError(
+                f"receivedAt must be UTC 'YYYY-MM-DDTHH:MM:SSZ', not {self.received_at!r}"
+            )
+        for name in ("download_url", "file_size", "duration"):
+            if not isinstance(getattr(self, name), str | None):
+                raise ValueError(f"{name} must be a string, not {getattr(self, name)!r}")
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCESS
+
+    def to_json(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "evidence": self.evidence,
+            "format": self.format,
+            "receivedAt": self.received_at,
+            "source": self.source.value,
+            "status": self.status,
+        }
+        for key, value in (
+            ("downloadUrl", self.download_url),
+            ("fileSize", self.file_size),
+            ("duration", self.duration),
+        ):
+            if value is not None:
+                fields[key] = value
+        return fields
+
+    @classmethod
+    def from_json(cls, fields: object) -> Recording:
+        """A Recording from its stored form; ValueError says what is wrong."""
+        if not isinstance(fields, dict):
+            raise ValueError(f"a recording must be a JSON object, not {fields!r}")
+        unknown = sorted(set(fields) - _RECORDING_FIELDS)
+        missing = sorted(_RECORDING_REQUIRED - set(fields))
+        if unknown or missing:
+            problems = [f"missing {', '.join(missing)}"] if missing else []
+            problems += [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+            raise ValueError(f"recording: {'; '.join(problems)}")
+        return cls(
+            fields["evidence"],
+            fields["source"],
+            fields["format"],
+            fields["status"],
+            fields["receivedAt"],
+            fields.get("downloadUrl"),
+            fields.get("fileSize"),
+            fields.get("duration"),
+        )
+
+
+_SOURCES: dict[str, EvidenceSource] = {source.value: source for source in EvidenceSource}
+_RECORDING_REQUIRED = frozenset({"evidence", "format", "receivedAt", "source", "status"})
+_RECORDING_FIELDS = _RECORDING_REQUIRED | {"downloadUrl", "fileSize", "duration"}
+
+
+@dataclass(frozen=True, slots=True)
+class UnmatchedCallback:
+    """A callback no task could be told from (none, or several): kept, never dropped or guessed."""
+
+    id: str  # sha256 of the body as received: the same callback twice is kept once
+    received_at: str
+    reason: str
+    body: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.id, str) and _HASH.fullmatch(self.id)):
+            raise ValueError(f"id must be a sha256 (64 hex digits), not {self.id!r}")
+        if not _is_timestamp(self.received_at):
+            raise ValueError(
+                f"receivedAt must be UTC 'YYYY-MM-DDTHH:MM:SSZ', not {self.received_at!r}"
+            )
+        if not isinstance(self.reason, str):
+            raise ValueError(f"reason must be a string, not {self.reason!r}")
+        if not isinstance(self.body, Mapping):
+            raise ValueError(f"callback must be a JSON object, not {self.body!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "callback": self.body,
+            "id": self.id,
+            "reason": self.reason,
+            "receivedAt": self.received_at,
+        }
+
+    @classmethod
+    def from_json(cls, fields: object) -> UnmatchedCallback:
+        if not isinstance(fields, dict):
+            raise ValueError(f"an unmatched callback must be a JSON object, not {fields!r}")
+        if set(fields) != {"callback", "id", "reason", "receivedAt"}:
+            raise ValueError(
+                "an unmatched callback has exactly callback, id, reason and receivedAt, not "
+                + ", ".join(sorted(fields))
+            )
+        return cls(fields["id"], fields["receivedAt"], fields["reason"], fields["callback"])
+
+
+class RecordingState(StrEnum):
+    """What the evidence says of a submitted task's file(s), as every output shows it."""
+
+    RECORDED = "recorded"  # every format asked for reported success
+    FAILED = "recording failed"  # the service reported another status for some format
+    MISSING = "missing"  # the bucket was checked after the grace period: no file
+    AWAITING = "awaiting recording"  # accepted; no (complete) evidence yet
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingSummary:
+    """A task's recording as the evidence tells it; `settled`: a `pending` task that evidence
+    shows the service processed (never to be sent again; its requestId stays unknown)."""
+
+    state: RecordingState | None  # None: a `pending` task with no evidence (outcome unknown)
+    settled: bool
+    recordings: tuple[Recording, ...]
+
+    @property
+    def settled_by(self) -> EvidenceSource | None:
+        if not self.settled:
+            return None
+        found = [r.source for r in self.recordings if r.status != MISSING]
+        return (
+            EvidenceSource.CALLBACK if EvidenceSource.CALLBACK in found else EvidenceSource.STORAGE
+        )
+
+    @property
+    def words(self) -> str:
+        """`recorded`, `awaiting recording`, ..., with `pending settled by callback` first."""
+        if self.state is None:
+            return "pending"
+        if self.settled:
+            assert self.settled_by is not None
+            return f"pending settled by {self.settled_by.value}; {self.state.value}"
+        return self.state.value
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "state": self.state.value if self.state is not None else None,
+            "settled": self.settled,
+            "outputs": [recording.to_json() for recording in self.recordings],
+        }
+        if self.settled_by is not None:
+            document["settledBy"] = self.settled_by.value
+        return document
+
+
+def asked_formats(request: Mapping[str, Any]) -> tuple[str, ...]:
+    """The file formats a task's request asks for (`flv;mp4` -> ("flv", "mp4"))."""
+    body = request.get("body")
+    types = body.get("recordFileType") if isinstance(body, Mapping) else None
+    if not isinstance(types, str):
+        return ()
+    return tuple(part for part in types.lower().split(";") if part)
+
+
+def summarise_recording(entry: StateEntry, recordings: Sequence[Recording]) -> RecordingSummary:
+    """What the evidence says of `entry`'s recording (pure; outputs call it per task)."""
+    evidence = [r for r in recordings if r.status != MISSING]
+    settled = entry.status is TaskStatus.PENDING and bool(evidence)
+    if entry.status is TaskStatus.PENDING and not evidence:
+        return RecordingSummary(None, False, tuple(recordings))
+    succeeded = {r.format.lower() for r in evidence if r.succeeded}
+    asked = asked_formats(entry.request)
+    if asked and succeeded.issuperset(asked):
+        state = RecordingState.RECORDED
+    elif any(not r.succeeded for r in evidence):
+        state = RecordingState.FAILED
+    elif any(r.status == MISSING for r in recordings):
+        state = RecordingState.MISSING
+    else:
+        state = RecordingState.AWAITING
+    return RecordingSummary(state, settled, tuple(recordings))
+
+
 @dataclass(frozen=True)
 class State:
-    """Every task the state knows, by hash. A value: changes return a new State.
+    """Every task the state knows, by hash, and the evidence of their recordings. A value:
+    changes return a new State.
 
     `sandbox`: the state records tasks sent to the local sandbox, never to JD Cloud (a real
     apply must not trust it, and a sandbox apply must not write into a real one).
+    `recordings`: evidence per task hash (callbacks, the bucket), kept apart from the entries
+    so that nothing apply records can erase it. `unmatched`: callbacks no task could be told
+    from, kept with the reason.
     """
 
     entries: Mapping[str, StateEntry] = field(default_factory=dict)
     sandbox: bool = False
+    recordings: Mapping[str, tuple[Recording, ...]] = field(default_factory=dict)
+    unmatched: tuple[UnmatchedCallback, ...] = ()
 
     def __post_init__(self) -> None:
         entries = dict(self.entries)
@@ -204,6 +449,12 @@ class State:
                 raise ValueError(f"entry for {entry.hash} is filed under {key!r}")
         # Read-only, so a State shared between plan and apply cannot change under either.
         object.__setattr__(self, "entries", MappingProxyType(entries))
+        object.__setattr__(
+            self,
+            "recordings",
+            MappingProxyType({k: tuple(v) for k, v in self.recordings.items() if v}),
+        )
+        object.__setattr__(self, "unmatched", tuple(self.unmatched))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -215,11 +466,33 @@ class State:
     def get(self, hash: str) -> StateEntry | None:
         return self.entries.get(hash)
 
-    def fingerprint(self) -> str:
-        """sha256 of the state's canonical compact JSON: equal states, equal fingerprints.
+    def recordings_of(self, hash: str) -> tuple[Recording, ...]:
+        return self.recordings.get(hash, ())
 
-        Hashed entry by entry (the same bytes as the whole document dumped with sorted keys),
-        so a large state is never held in memory a second time as one string.
+    def recording(self, hash: str) -> RecordingSummary | None:
+        """What the evidence says of the task `hash` (None: no such task)."""
+        entry = self.entries.get(hash)
+        if entry is None:
+            return None
+        return summarise_recording(entry, self.recordings.get(hash, ()))
+
+    def settled(self, hash: str) -> bool:
+        """Whether `hash` is a `pending` task that evidence shows the service processed."""
+        entry = self.entries.get(hash)
+        return (
+            entry is not None
+            and entry.status is TaskStatus.PENDING
+            and any(r.status != MISSING for r in self.recordings.get(hash, ()))
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 of the tasks' canonical compact JSON: equal tasks, equal fingerprints.
+
+        Evidence (recordings, unmatched callbacks) is left out: it arrives at any time (the
+        receiver writes it while a saved plan waits for review) and never makes a task sent
+        again, so a plan made before it is still the plan. Hashed entry by entry (the same
+        bytes as the tasks dumped with sorted keys), so a large state is never held in memory
+        a second time as one string.
         """
         digest = hashlib.sha256(b'{"sandbox":true,"tasks":{' if self.sandbox else b'{"tasks":{')
         for number, key in enumerate(sorted(self.entries)):
@@ -231,20 +504,56 @@ class State:
     def with_entries(self, entries: Iterable[StateEntry]) -> State:
         merged = self._copy()
         merged.update((entry.hash, entry) for entry in entries)
-        return State._adopt(merged, sandbox=self.sandbox)
+        return State._adopt(
+            merged, sandbox=self.sandbox, recordings=self.recordings, unmatched=self.unmatched
+        )
 
     def without(self, hash: str) -> State:
+        """The state without the task `hash` and its evidence (`state rm`)."""
         remaining = self._copy()
         remaining.pop(hash, None)
-        return State._adopt(remaining, sandbox=self.sandbox)
+        recordings = {k: v for k, v in self.recordings.items() if k != hash}
+        return State._adopt(
+            remaining, sandbox=self.sandbox, recordings=recordings, unmatched=self.unmatched
+        )
+
+    def with_evidence(
+        self,
+        recordings: Iterable[tuple[str, Recording]] = (),
+        unmatched: Iterable[UnmatchedCallback] = (),
+    ) -> State:
+        """The state with more evidence; what it already holds (same `evidence` or id) stays once."""
+        merged = dict(self.recordings)
+        for hash, recording in recordings:
+            held = merged.get(hash, ())
+            if all(r.evidence != recording.evidence for r in held):
+                merged[hash] = (*held, recording)
+        kept = list(self.unmatched)
+        ids = {callback.id for callback in kept}
+        for callback in unmatched:
+            if callback.id not in ids:
+                kept.append(callback)
+                ids.add(callback.id)
+        return State._adopt(
+            dict(self.entries), sandbox=self.sandbox, recordings=merged, unmatched=tuple(kept)
+        )
 
     # apply records outcomes one task at a time: a change must not cost a pass over every entry.
     @classmethod
-    def _adopt(cls, entries: dict[str, StateEntry], *, sandbox: bool = False) -> State:
+    def _adopt(
+        cls,
+        entries: dict[str, StateEntry],
+        *,
+        sandbox: bool = False,
+        recordings: Mapping[str, tuple[Recording, ...]] | None = None,
+        unmatched: tuple[UnmatchedCallback, ...] = (),
+    ) -> State:
         """A State of `entries`, a dict keyed by hash that nothing else holds."""
         state = object.__new__(cls)
         object.__setattr__(state, "entries", MappingProxyType(entries))
         object.__setattr__(state, "sandbox", sandbox)
+        object.__setattr__(state, "recordings", MappingProxyType(dict(recordings or {})))
+        object.__setattr__(state, "unmatched", tuple(unmatched))
         return state
 
     def _copy(self) -> dict[str, StateEntry]:
@@ -302,6 +611,7 @@ def parse_entry(
             fields["updatedAt"],
             fields.get("requestId"),
             fields.get("submittedAt"),
+            fields.get("taskExternalId"),
         )
         # The hash is the task's identity: a request that no longer hashes to it would be
         # trusted as the clip already sent (or re-sent as a new one). Hashing is most of the
@@ -334,7 +644,21 @@ def entry_fields(entry: StateEntry) -> dict[str, Any]:
         fields["requestId"] = entry.request_id
     if entry.submitted_at is not None:
         fields["submittedAt"] = entry.submitted_at
+    if entry.external_id is not None:
+        fields["taskExternalId"] = entry.external_id
     return fields
+
+
+def generated_external_id(hash: str) -> str:
+    """The taskExternalId apply sends for a task whose manifest sets none."""
+    return GENERATED_ID_PREFIX + hash[:GENERATED_ID_DIGITS]
+
+
+def external_id_to_send(hash: str, request: Mapping[str, Any]) -> str:
+    """The taskExternalId the task `hash` is sent with: its manifest's own, else ours."""
+    body = request.get("body")
+    own = body.get("taskExternalId") if isinstance(body, Mapping) else None
+    return own if isinstance(own, str) else generated_external_id(hash)
 
 
 def compact_json(value: object) -> str:

@@ -6,6 +6,11 @@ in that schema that reconciler did not create, are refused before anything is re
 
 - `tasks`: one row per (state, hash), the primary key: a claim is an INSERT, so two appliers
   can never both claim (and send) one task, even if something bypassed the lock.
+- `recordings` (evidence per task: callbacks, the bucket) and `unmatched` (callbacks no task
+  could be told from) are apart from `tasks`, so the receiver writes them without the apply
+  lock, and nothing apply records (an upsert of a task's row) can erase a recording.
+- Version 1 tables (before evidence) are upgraded on first use, in one transaction: two new
+  tables, one new nullable column, three indexes; nothing existing is rewritten.
 - The apply lock is a session advisory lock: the server releases it when the holder's
   connection ends, so a killed runner never leaves a stale lock. `locks` holds who took it
   (host, pid, since, CI run) for whoever waits; a row whose backend no longer holds the
@@ -38,12 +43,14 @@ from urllib.parse import unquote
 
 from reconciler.state.model import (
     LockHolder,
+    Recording,
     State,
     StateEntry,
     StateError,
     StateExistsError,
     StateLocationError,
     StateLockedError,
+    UnmatchedCallback,
     compact_json,
     holder_of_this_process,
     parse_entry,
@@ -53,12 +60,15 @@ from reconciler.state.model import (
 if TYPE_CHECKING:
     import psycopg
 
+    from reconciler.callbacks import Callback, StoredCallback
+
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "DatabaseLocation", "PostgresStore", "StateConnectionError"]
 
 SCHEMA = "reconciler"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_NAME = "default"
-_TABLES = frozenset({"meta", "states", "tasks", "locks"})
+_TABLES_V1 = frozenset({"meta", "states", "tasks", "locks"})
+_TABLES = _TABLES_V1 | {"recordings", "unmatched"}
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # The advisory lock's first key: "reco" as a 32-bit integer, so reconciler's locks do not
 # collide with an application's own advisory locks on the same database.
@@ -111,18 +121,66 @@ CREATE TABLE {SCHEMA}.locks (
     backend_pid integer NOT NULL
 );
 INSERT INTO {SCHEMA}.meta (key, value) VALUES
-    ('schema_version', '{SCHEMA_VERSION}'),
+    ('schema_version', '1'),
     ('written_by', 'reconciler');
 """
+# Version 2: the taskExternalId sent, and recording evidence (DESIGN §7). Additive only.
+_UPGRADE_TO_2 = f"""
+ALTER TABLE {SCHEMA}.tasks ADD COLUMN external_id text;
+CREATE INDEX tasks_external_id ON {SCHEMA}.tasks (state, external_id);
+CREATE INDEX tasks_own_external_id ON {SCHEMA}.tasks (state, ((request->'body'->>'taskExternalId')));
+CREATE INDEX tasks_stream ON {SCHEMA}.tasks (state, ((request->'path'->>'streamName')));
+CREATE TABLE {SCHEMA}.recordings (
+    state text NOT NULL REFERENCES {SCHEMA}.states (name) ON DELETE CASCADE,
+    hash text NOT NULL CHECK (hash ~ '^[0-9a-f]{{64}}$'),
+    evidence text NOT NULL CHECK (evidence ~ '^[0-9a-f]{{64}}$'),
+    source text NOT NULL CHECK (source IN ('callback', 'storage')),
+    format text NOT NULL,
+    status text NOT NULL,
+    received_at text NOT NULL,
+    download_url text,
+    file_size text,
+    duration text,
+    seq bigserial,  -- arrival order, as the file keeps it
+    PRIMARY KEY (state, hash, evidence)
+);
+CREATE TABLE {SCHEMA}.unmatched (
+    state text NOT NULL REFERENCES {SCHEMA}.states (name) ON DELETE CASCADE,
+    id text NOT NULL CHECK (id ~ '^[0-9a-f]{{64}}$'),
+    received_at text NOT NULL,
+    reason text NOT NULL,
+    body json NOT NULL,
+    seq bigserial,
+    PRIMARY KEY (state, id)
+);
+UPDATE {SCHEMA}.meta SET value = '2' WHERE key = 'schema_version';
+"""
 
-_COLUMNS = "hash, status, name, source, request, request_id, updated_at, submitted_at"
+_COLUMNS = "hash, status, name, source, request, request_id, updated_at, submitted_at, external_id"
+_VALUES = "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _UPSERT = f"""
-INSERT INTO {SCHEMA}.tasks (state, {_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO {SCHEMA}.tasks (state, {_COLUMNS}) {_VALUES}
 ON CONFLICT (state, hash) DO UPDATE SET
     status = EXCLUDED.status, name = EXCLUDED.name, source = EXCLUDED.source,
     request = EXCLUDED.request, request_id = EXCLUDED.request_id,
-    updated_at = EXCLUDED.updated_at, submitted_at = EXCLUDED.submitted_at
+    updated_at = EXCLUDED.updated_at, submitted_at = EXCLUDED.submitted_at,
+    external_id = EXCLUDED.external_id
 """
+_RECORDING_COLUMNS = (
+    "hash, evidence, source, format, status, received_at, download_url, file_size, duration"
+)
+_INSERT_RECORDING = f"""
+INSERT INTO {SCHEMA}.recordings (state, {_RECORDING_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING hash
+"""
+_INSERT_UNMATCHED = f"""
+INSERT INTO {SCHEMA}.unmatched (state, id, received_at, reason, body)
+VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id
+"""
+_TASK_SELECT = (
+    "SELECT hash, status, name, source, request, request_id, updated_at, submitted_at, "
+    f"external_id FROM {SCHEMA}.tasks WHERE state = %s"
+)
 
 
 class StateConnectionError(StateError):
@@ -584,6 +642,9 @@ class PostgresStore:
                 f"reconciler; this reconciler understands version {SCHEMA_VERSION} only. "
                 "Upgrade reconciler; the database was left untouched"
             )
+        if int(version) == 1 and tables == _TABLES_V1:
+            self._upgrade(connection)
+            return True
         if int(version) != SCHEMA_VERSION or tables != _TABLES:
             raise StateError(
                 f"{self.shown}: the state's tables are version {version} with tables "
@@ -592,6 +653,25 @@ class PostgresStore:
             )
         self._checked = True
         return True
+
+    def _upgrade(self, connection: psycopg.Connection[Any]) -> None:
+        """Version 1 tables to version 2, in one transaction (two upgraders: one does it)."""
+        try:
+            with connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_CLASS,))
+                row = connection.execute(
+                    f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version' FOR UPDATE"
+                ).fetchone()
+                if row is not None and row[0] == "1":
+                    connection.execute(_UPGRADE_TO_2)
+        except _psycopg().errors.InsufficientPrivilege as error:
+            raise StateError(
+                f"{self.shown}: the state's tables are version 1; this reconciler upgrades them "
+                "to version 2 (two new tables, one new column) on first use, but this user may "
+                f"not: {self._text(error)}. Run any reconciler command once as the tables' "
+                "owner; nothing was changed"
+            ) from None
+        self._checked = True
 
     def _create_schema(self, connection: psycopg.Connection[Any]) -> None:
         with connection.transaction():
@@ -605,6 +685,7 @@ class PostgresStore:
             if exists is None:
                 connection.execute(f"CREATE SCHEMA {SCHEMA}")
             connection.execute(_CREATE_TABLES)
+            connection.execute(_UPGRADE_TO_2)
         self._checked = False
         self._schema_ready(connection)
 
@@ -632,33 +713,70 @@ class PostgresStore:
         )
 
     def load(self) -> State:
-        """The named state, read in one statement (one snapshot of the database)."""
+        """The named state: tasks and evidence, read in one snapshot of the database."""
         with self._database() as connection:
             if not self._schema_ready(connection):
                 return State()
-            cursor = connection.execute(
-                f"SELECT s.sandbox, t.hash, t.status, t.name, t.source, t.request, "
-                f"t.request_id, t.updated_at, t.submitted_at FROM {SCHEMA}.states s "
-                f"LEFT JOIN {SCHEMA}.tasks t ON t.state = s.name WHERE s.name = %s",
-                (self.name,),
-            )
-            sandbox = False
-            entries: dict[str, StateEntry] = {}
-            for row in cursor:
-                sandbox = row[0]
-                if row[1] is None:  # a state with no task yet
-                    continue
-                fields = {
-                    "status": row[2],
-                    "name": row[3],
-                    "source": row[4],
-                    "request": row[5],
-                    "requestId": row[6],
-                    "updatedAt": row[7],
-                    "submittedAt": row[8],
-                }
-                entries[row[1]] = parse_entry(row[1], fields, self.shown, _UNTOUCHED)
-        return State._adopt(entries, sandbox=sandbox is True)
+            with connection.transaction():
+                connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                row = connection.execute(
+                    f"SELECT sandbox FROM {SCHEMA}.states WHERE name = %s", (self.name,)
+                ).fetchone()
+                if row is None:
+                    return State()
+                sandbox = bool(row[0])
+                cursor = connection.execute(_TASK_SELECT, (self.name,))
+                entries: dict[str, StateEntry] = {}
+                for task in cursor:
+                    entries[task[0]] = self._entry(task)
+                recordings: dict[str, list[Recording]] = {}
+                for evidence in connection.execute(
+                    f"SELECT {_RECORDING_COLUMNS} FROM {SCHEMA}.recordings WHERE state = %s "
+                    "ORDER BY seq",
+                    (self.name,),
+                ):
+                    recordings.setdefault(evidence[0], []).append(self._recording(evidence))
+                unmatched = tuple(
+                    self._unmatched(callback)
+                    for callback in connection.execute(
+                        f"SELECT id, received_at, reason, body FROM {SCHEMA}.unmatched "
+                        "WHERE state = %s ORDER BY seq",
+                        (self.name,),
+                    )
+                )
+        return State._adopt(
+            entries,
+            sandbox=sandbox,
+            recordings={k: tuple(v) for k, v in recordings.items() if k in entries},
+            unmatched=unmatched,
+        )
+
+    def _entry(self, row: Sequence[Any]) -> StateEntry:
+        fields = {
+            "status": row[1],
+            "name": row[2],
+            "source": row[3],
+            "request": row[4],
+            "requestId": row[5],
+            "updatedAt": row[6],
+            "submittedAt": row[7],
+            "taskExternalId": row[8],
+        }
+        return parse_entry(row[0], fields, self.shown, _UNTOUCHED)
+
+    def _recording(self, row: Sequence[Any]) -> Recording:
+        try:
+            return Recording(*row[1:])
+        except ValueError as error:
+            raise StateError(f"{self.shown}: task {row[0]}: {error}; {_UNTOUCHED}") from None
+
+    def _unmatched(self, row: Sequence[Any]) -> UnmatchedCallback:
+        try:
+            return UnmatchedCallback(row[0], row[1], row[2], row[3])
+        except ValueError as error:
+            raise StateError(
+                f"{self.shown}: unmatched callback {row[0]}: {error}; {_UNTOUCHED}"
+            ) from None
 
     def lock_holder(self) -> LockHolder | None:
         """Who holds the lock, if its holder recorded itself and still holds it."""
@@ -771,8 +889,7 @@ class PostgresStore:
             self._require_state(connection)
             for entry in fresh:
                 row = connection.execute(
-                    f"INSERT INTO {SCHEMA}.tasks (state, {_COLUMNS}) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    f"INSERT INTO {SCHEMA}.tasks (state, {_COLUMNS}) {_VALUES} "
                     "ON CONFLICT (state, hash) DO NOTHING RETURNING hash",
                     self._row(entry),
                 ).fetchone()
@@ -781,18 +898,24 @@ class PostgresStore:
             for entry in again:
                 before = seen.get(entry.hash) if seen is not None else None
                 assert before is not None
+                # Not if a receiver recorded evidence meanwhile: the service processed it.
                 row = connection.execute(
                     f"UPDATE {SCHEMA}.tasks SET status = %s, name = %s, source = %s, "
-                    "updated_at = %s WHERE state = %s AND hash = %s AND status = 'pending' "
-                    "AND updated_at = %s RETURNING hash",
+                    "updated_at = %s, external_id = %s WHERE state = %s AND hash = %s "
+                    "AND status = 'pending' AND updated_at = %s AND NOT EXISTS (SELECT 1 FROM "
+                    f"{SCHEMA}.recordings r WHERE r.state = %s AND r.hash = %s "
+                    "AND r.status <> 'missing') RETURNING hash",
                     (
                         entry.status.value,
                         entry.name,
                         entry.source,
                         entry.updated_at,
+                        entry.external_id,
                         self.name,
                         entry.hash,
                         before.updated_at,
+                        self.name,
+                        entry.hash,
                     ),
                 ).fetchone()
                 if row is not None:
@@ -809,9 +932,11 @@ class PostgresStore:
             if rows:
                 connection.cursor().executemany(_UPSERT, rows)
             if removed:
+                # A mark with evidence stays: the service processed that task.
                 connection.execute(
-                    f"DELETE FROM {SCHEMA}.tasks WHERE state = %s AND hash = ANY(%s) "
-                    "AND status = 'pending'",
+                    f"DELETE FROM {SCHEMA}.tasks t WHERE t.state = %s AND t.hash = ANY(%s) "
+                    f"AND t.status = 'pending' AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.recordings "
+                    "r WHERE r.state = t.state AND r.hash = t.hash)",
                     (self.name, list(removed)),
                 )
 
@@ -835,8 +960,24 @@ class PostgresStore:
                 f"DELETE FROM {SCHEMA}.tasks WHERE state = %s AND NOT (hash = ANY(%s))",
                 (self.name, list(state.entries)),
             )
+            connection.execute(
+                f"DELETE FROM {SCHEMA}.recordings WHERE state = %s AND NOT (hash = ANY(%s))",
+                (self.name, list(state.entries)),
+            )
             if rows:
                 connection.cursor().executemany(_UPSERT, rows)
+            # Evidence is only ever added here: a receiver may have stored some since `state`
+            # was read, and that must not be lost.
+            evidence = [
+                self._recording_row(key, recording)
+                for key, recordings in state.recordings.items()
+                for recording in recordings
+            ]
+            if evidence:
+                connection.cursor().executemany(_INSERT_RECORDING, evidence)
+            callbacks = [self._unmatched_row(callback) for callback in state.unmatched]
+            if callbacks:
+                connection.cursor().executemany(_INSERT_UNMATCHED, callbacks)
 
     def _require_state(self, connection: psycopg.Connection[Any]) -> bool:
         """The state's sandbox flag, locked against removal for this transaction."""
@@ -867,7 +1008,92 @@ class PostgresStore:
             entry.request_id,
             entry.updated_at,
             entry.submitted_at,
+            entry.external_id,
         )
+
+    def _recording_row(self, key: str, recording: Recording) -> tuple[Any, ...]:
+        return (
+            self.name,
+            key,
+            recording.evidence,
+            recording.source.value,
+            recording.format,
+            recording.status,
+            recording.received_at,
+            recording.download_url,
+            recording.file_size,
+            recording.duration,
+        )
+
+    def _unmatched_row(self, callback: UnmatchedCallback) -> tuple[Any, ...]:
+        return (self.name, callback.id, callback.received_at, callback.reason, _json(callback.body))
+
+    # -- evidence (the receiver, verify) ---------------------------------------------------------
+
+    def record_callback(self, callback: Callback, received_at: str) -> StoredCallback:
+        """Match one callback and commit the outcome, in one transaction, without the lock.
+
+        Several receivers may store the same callback at once: the primary keys keep it once.
+        """
+        from reconciler.callbacks import StoredCallback, decide
+
+        with self._database() as connection, connection.transaction():
+            self._require_state(connection)
+            candidates = self._candidates(connection, callback)
+            held: dict[str, list[Recording]] = {}
+            if candidates:
+                for row in connection.execute(
+                    f"SELECT {_RECORDING_COLUMNS} FROM {SCHEMA}.recordings WHERE state = %s "
+                    "AND hash = ANY(%s)",
+                    (self.name, [entry.hash for entry in candidates]),
+                ):
+                    held.setdefault(row[0], []).append(self._recording(row))
+            match, recording, unmatched = decide(
+                callback, candidates, lambda key: held.get(key, []), received_at
+            )
+            if unmatched is not None:
+                row = connection.execute(
+                    _INSERT_UNMATCHED, self._unmatched_row(unmatched)
+                ).fetchone()
+                return StoredCallback(None, match.reason, row is None)
+            if recording is not None and match.entry is not None:
+                row = connection.execute(
+                    _INSERT_RECORDING, self._recording_row(match.entry.hash, recording)
+                ).fetchone()
+                return StoredCallback(match.entry, None, row is None)
+            return StoredCallback(match.entry, None, True)
+
+    def _candidates(
+        self, connection: psycopg.Connection[Any], callback: Callback
+    ) -> list[StateEntry]:
+        """The tasks `callback` could be about: by its id, else by its stream (indexed)."""
+        if callback.external_id is not None:
+            query = (
+                f"{_TASK_SELECT} AND (external_id = %s OR "
+                "(request->'body'->>'taskExternalId') = %s)"
+            )
+            parameters: tuple[Any, ...] = (self.name, callback.external_id, callback.external_id)
+        elif callback.stream_name is not None:
+            query = f"{_TASK_SELECT} AND (request->'path'->>'streamName') = %s"
+            parameters = (self.name, callback.stream_name)
+        else:
+            return []
+        return [self._entry(row) for row in connection.execute(query, parameters)]
+
+    def record_evidence(self, recordings: Sequence[tuple[str, Recording]]) -> int:
+        """Add evidence for tasks (e.g. found in the bucket), in one transaction; returns how
+        many were new."""
+        if not recordings:
+            return 0
+        added = 0
+        with self._database() as connection, connection.transaction():
+            self._require_state(connection)
+            for key, recording in recordings:
+                row = connection.execute(
+                    _INSERT_RECORDING, self._recording_row(key, recording)
+                ).fetchone()
+                added += row is not None
+        return added
 
 
 def _json(value: Mapping[str, Any]) -> Any:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
+import queue
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +39,7 @@ from reconciler.sandbox import (
     running_sandbox,
 )
 from reconciler.signing import Credentials, sign_request
-from tests.test_sandbox import assert_error
+from tests.test_sandbox import ROOT, assert_error, pump, read_banner
 
 PATH_KEYS = ("publishDomain", "appName", "streamName")
 DOMAIN = "push.example.com"
@@ -933,3 +937,87 @@ def test_the_faults_line_and_the_banner_list_the_recorder() -> None:
 )
 def test_masked_url_hides_every_place_a_token_can_be(url: str, shown: str) -> None:
     assert masked_url(url) == shown
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def test_the_sandbox_command_records_and_posts(
+    receiver: Receiver, tmp_path: Any, spec: dict[str, Any]
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "reconciler",
+        "sandbox",
+        "--port",
+        "0",
+        "--record-after",
+        "0",
+        "--notify-url",
+        receiver.url(),
+        "--callback-duplicates",
+        "1",
+        "--seed",
+        "1",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=pump, args=(process, lines))
+    reader.start()
+    try:
+        text = read_banner(process, lines)
+        endpoint = re.search(r"endpoint\s+(http://127\.0\.0\.1:\d+)", text)
+        access = re.search(r"JDCLOUD_ACCESS_KEY=(\S+)", text)
+        secret = re.search(r"JDCLOUD_SECRET_KEY=(\S+)", text)
+        assert endpoint and access and secret, text
+        credentials = Credentials(access[1], secret[1].strip("'"))
+        with LiveClient(credentials, endpoint=endpoint[1]) as client:
+            path = {key: spec[key] for key in PATH_KEYS}
+            assert client.add_live_record_task(path, spec).http_status == 200
+        deadline = time.monotonic() + 30
+        while len(receiver.posts) < 2:
+            assert time.monotonic() < deadline, receiver.posts
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join(timeout=10)
+    rest = "".join(lines.queue)
+    stderr = process.stderr.read() if process.stderr else ""
+
+    assert returncode == 0, stderr
+    assert "the-token" not in text + rest + stderr
+    assert "callback posted twice 100%" in text
+    assert "Recorder: 1 tasks recorded (1 files)" in rest
+    assert "2 callbacks sent" in rest
+    assert [body["taskExternalId"] for body in receiver.bodies()] == ["cup-final-goal-1"] * 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--record-after", "1", "--record-fail-rate", "1.5"], "--record-fail-rate"),
+        (["--record-after", "1", "--callback-delay", "5-1"], "low end above"),
+        (["--record-after", "1", "--callback-delay", "soon"], "SECONDS or LOW-HIGH"),
+        (["--record-after", "1", "--notify-url", "https://h/the-token"], "http://"),
+        (["--record-after", "-1"], "--record-after"),
+        (["--callback-duplicates", "0.5"], "add --record-after"),
+        (["--notify-url", "http://h/the-token"], "add --record-after"),
+    ],
+)
+def test_bad_recorder_options_are_usage_errors(
+    tmp_path: Any, args: list[str], message: str
+) -> None:
+    from tests.test_cli import cli
+
+    result = cli(tmp_path, "sandbox", "--port", "0", *args)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "the-token" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -15,7 +15,10 @@ step the invariant of DESIGN §3 is checked from the sandbox's record and the st
       kill -9 may leave (at most 2 x --concurrency per kill) or the requests in flight a double
       Ctrl-C abandons (at most --concurrency per abort);
   (d) nothing is accepted that no version of the manifests asked for (hashes computed here,
-      independently: a clip written in a set must send exactly what its single form sends).
+      independently: a clip written in a set must send exactly what its single form sends);
+  (e) a task JD Cloud's record callback reported a success for is never sent again (callbacks
+      delivered through the state operation the receiver uses, duplicated, delayed, lost, or
+      without taskExternalId; a `pending` task is settled by its callback).
 
 Also: exit codes are the documented ones, an apply exits 0 exactly when every task it was asked
 to submit is `submitted`, a refused saved plan sends and writes nothing, and no run prints a
@@ -75,7 +78,14 @@ from hypothesis.stateful import (
 )
 
 from reconciler.sandbox import Sandbox, SandboxConfig
-from reconciler.state import State, StateBackend, StateStore, is_database_location, open_state
+from reconciler.state import (
+    State,
+    StateBackend,
+    StateStore,
+    is_database_location,
+    open_state,
+    utc_timestamp,
+)
 from reconciler.state.model import generated_external_id
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -383,6 +393,44 @@ MANIFEST_EDITS = (
     "out-of-set",
 )
 IN_SET = 2  # Clip.style: written as a clip of a RecordTaskSet
+CALLBACKS = (
+    "delivered",
+    "delivered",
+    "duplicated",
+    "delayed",
+    "deliver-delayed",
+    "lost",
+    "without-id",
+)
+
+
+def callback_body(entry: Any, fmt: str, status: str, *, with_id: bool) -> dict[str, Any]:
+    """The documented record_done body JD Cloud posts for one file of `entry`'s task."""
+    body = entry.request["body"]
+
+    def millis(text: str) -> str:
+        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return str(int(moment.timestamp()) * 1000)
+
+    document: dict[str, Any] = {
+        "version": "v1.1",
+        "publishDomain": body["publishDomain"],
+        "appName": body["appName"],
+        "streamName": body["streamName"],
+        "event": "record_done",
+        "status": status,
+        "format": fmt,
+        "duration": "300000.0",
+        "fileSize": "1024",
+        "group": [
+            {"beginTime": millis(t["startTime"]), "endTime": millis(t["endTime"])}
+            for t in body["recordTimes"]
+        ],
+        "downloadUrl": f"http://{body['saveEndpoint']}/{body['saveBucket']}/{entry.hash[:12]}.{fmt}",
+    }
+    if with_id:
+        document["taskExternalId"] = entry.sent_external_id
+    return document
 
 
 class ExactlyOnce(RuleBasedStateMachine):
@@ -406,6 +454,10 @@ class ExactlyOnce(RuleBasedStateMachine):
         self.saved_clips: set[tuple[str, str, str, bool]] = set()
         # (d): every request any version of the manifests asked for, by this test's own hash
         self.asked_ever: set[str] = set()
+        # (e): tasks a success callback was stored for, and how often the sandbox had accepted
+        # each then: it may never accept one again. Callbacks held back for a later step.
+        self.called_back: dict[str, int] = {}
+        self.delayed: list[dict[str, Any]] = []
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -532,14 +584,19 @@ class ExactlyOnce(RuleBasedStateMachine):
             statuses = self.statuses()
             current = {clip.hash for clip in self.clips}
             pending = [key for key, status in statuses.items() if status == "pending"]
-            self.extra_allowed.update(key for key in pending if key in current)
+            settled = {key for key in pending if key in self.called_back}
+            self.extra_allowed.update(
+                key for key in pending if key in current and key not in settled
+            )
 
     def check_apply_exit(self, code: int, asked: set[str]) -> None:
         """Exit 0 exactly when every task the apply was asked to submit is `submitted` (DESIGN:
         0 all submitted and nothing pending; 1 any failure or any task left pending)."""
         assert code in (0, 1), f"apply exited {code}"
-        statuses = self.statuses()
-        all_submitted = all(statuses.get(key) == "submitted" for key in asked)
+        state = self.state()
+        statuses = {key: entry.status.value for key, entry in state.entries.items()}
+        # A pending task settled by its callback is done: the service processed it.
+        all_submitted = all(statuses.get(key) == "submitted" or state.settled(key) for key in asked)
         assert (code == 0) == all_submitted, (
             f"apply exited {code} but {'every' if all_submitted else 'not every'} task is submitted"
         )
@@ -815,6 +872,55 @@ class ExactlyOnce(RuleBasedStateMachine):
             marked = [key[:12] for key, status in after.items() if key not in before]
             assert not marked, f"{case}: tasks recorded although nothing was sent: {marked}"
 
+    @rule(
+        kind=st.sampled_from(CALLBACKS),
+        pick=st.integers(0, 10**6),
+        status=st.sampled_from(["success", "success", "success", "failed"]),
+    )
+    def callback(self, kind: str, pick: int, status: str) -> None:
+        """JD Cloud's record callback for a task the service accepted: delivered (through the
+        state operation the receiver calls), duplicated, delayed to a later step, or lost."""
+        if kind == "deliver-delayed":
+            held, self.delayed = self.delayed, []
+            for body in held:
+                self.deliver(body)
+            note(f"callback: delivered {len(held)} delayed")
+            return
+        state = self.state()
+        accepted = self.sandbox.accepted()
+        known = sorted(key for key in accepted if key in state.entries)
+        if not known:
+            return
+        entry = state.entries[known[pick % len(known)]]
+        bodies = [
+            callback_body(entry, fmt, status, with_id=kind != "without-id")
+            for fmt in entry.request["body"]["recordFileType"].split(";")
+        ]
+        note(f"callback {kind} {status} for {entry.name} ({entry.hash[:12]}, {entry.status})")
+        if kind == "lost":
+            return
+        if kind == "delayed":
+            self.delayed.extend(bodies)
+            return
+        for body in bodies * (2 if kind == "duplicated" else 1):
+            self.deliver(body)
+
+    def deliver(self, body: dict[str, Any]) -> None:
+        from reconciler.callbacks import parse_callback
+
+        with self.open(self.location) as store:
+            stored = store.record_callback(parse_callback(body), utc_timestamp(datetime.now(UTC)))
+        if stored.entry is None:
+            # Only a callback without an id may fail to tell two tasks of one stream and times
+            # apart (kept unmatched, never guessed).
+            assert "taskExternalId" not in body and "cannot tell which" in (stored.reason or ""), (
+                f"a callback for an accepted task went unmatched: {stored.reason}"
+            )
+            return
+        key = stored.entry.hash
+        if body["status"] == "success":
+            self.called_back.setdefault(key, self.sandbox.accepted()[key])
+
     @rule(faults=FAULTS)
     def change_faults(self, faults: dict[str, Any]) -> None:
         """New fault rates: a new sandbox with the same credentials (its history is kept)."""
@@ -869,6 +975,13 @@ class ExactlyOnce(RuleBasedStateMachine):
             if count > 1 + self.extra_allowed[key]
         }
         assert not twice, f"accepted more often than allowed: {twice}"
+        # (e) a task with a success callback is never sent again (settled if it was pending)
+        again = {
+            key[:12]: (before, accepted[key])
+            for key, before in self.called_back.items()
+            if accepted[key] > before
+        }
+        assert not again, f"sent again after a success callback (accepted then, now): {again}"
         # (c) nothing pending that was never sent (but for a kill's write-ahead window)
         pending = {key for key, status in statuses.items() if status == "pending"}
         budget, self.unsent_budget = self.unsent_budget, 0

@@ -267,3 +267,22 @@ def test_apply_sends_every_task_with_a_taskexternalid_and_records_it(
     assert state.entries[ours.hash].external_id == "rc-" + ours.hash[:32]
     assert state.entries[own.hash].external_id == "cup-final-goal-2"
     assert "rc-" + ours.hash[:32] in (tmp_path / "state.json").read_text()
+
+
+def test_a_long_running_receiver_keeps_the_file_journal_short(
+    tmp_path: Path, make_task: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.state import file as state_file
+
+    monkeypatch.setattr(state_file, "_RECEIVER_JOURNAL_BYTES", 2000)
+    store = StateStore(tmp_path / "state.json")
+    store.create()
+    tasks = [make_task(n) for n in range(8)]
+    with store.lock():
+        store.claim([entry_of(task) for task in tasks])
+    for task in tasks:
+        store.record_callback(parse_callback(callback_for(task)), STAMP)
+    assert store.journal_path.stat().st_size <= 2000 + 1500, "the journal was compacted"
+    state = store.load()
+    assert all(state.recording(t.hash).state is RecordingState.RECORDED for t in tasks)  # type: ignore[union-attr]
+    assert json.loads(store.path.read_text())["tasks"][tasks[0].hash]["recordings"]

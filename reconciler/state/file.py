@@ -45,6 +45,8 @@ __all__ = ["StateStore"]
 # A lockless reader (e.g. `plan`) can race a compaction; it re-reads, but not forever.
 _LOAD_ATTEMPTS = 20
 _TAIL_CHUNK = 8192
+# A receiver compacts the journal once it is this long (a few thousand callbacks).
+_RECEIVER_JOURNAL_BYTES = 1 << 20
 _MAX_LINKS = 40  # as Linux's MAXSYMLINKS
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise turn "\n" into "\r\n"
 
@@ -478,11 +480,18 @@ class StateStore:
             )
             if unmatched is not None and all(c.id != unmatched.id for c in state.unmatched):
                 self._append_lines([_unmatched_line(unmatched)])
-                return StoredCallback(None, match.reason, False)
-            if recording is not None and match.entry is not None:
+                stored = StoredCallback(None, match.reason, False)
+            elif recording is not None and match.entry is not None:
                 self._append_lines([_recording_line(match.entry.hash, recording)])
-                return StoredCallback(match.entry, None, False)
-            return StoredCallback(match.entry, match.reason, True)
+                stored = StoredCallback(match.entry, None, False)
+            else:
+                return StoredCallback(match.entry, match.reason, True)
+            # Every callback reads the journal whole: a long-running receiver folds it into
+            # the snapshot now and then, so that stays short.
+            with contextlib.suppress(OSError):
+                if os.stat(self.journal_path).st_size > _RECEIVER_JOURNAL_BYTES:
+                    self.compact()
+            return stored
 
     def record_evidence(self, recordings: Sequence[tuple[str, Recording]]) -> int:
         """Add evidence for tasks (e.g. found in the bucket); returns how many were new.

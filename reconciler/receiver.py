@@ -45,6 +45,7 @@ from reconciler.callbacks import Callback, CallbackError, StoredCallback, parse_
 from reconciler.state import (
     StateBackend,
     StateError,
+    StateLockedError,
     is_database_location,
     open_state,
     utc_timestamp,
@@ -185,6 +186,7 @@ class Stores:
         self._mutex = threading.Lock()
         self._opened: list[StateBackend] = []
         self._shared: StateBackend | None = None
+        self._serial = threading.Lock()
         self._closed = False
 
     def _open(self) -> StateBackend:
@@ -223,7 +225,18 @@ class Stores:
         """
         store = self._store()
         if not self.per_thread:
-            return store.record_callback(callback, received_at)
+            # One thread at a time asks for the file lock: the others wait here, woken at
+            # once when it is free (a file lock's waiters poll it), within the lock timeout.
+            if not self._serial.acquire(timeout=self.lock_timeout):
+                raise StateLockedError(
+                    f"{store.shown}: the callbacks before this one held the state for more "
+                    f"than the lock timeout ({self.lock_timeout:g} s)",
+                    None,
+                )
+            try:
+                return store.record_callback(callback, received_at)
+            finally:
+                self._serial.release()
         from reconciler.state.postgres import StateConnectionError
 
         try:
@@ -536,7 +549,11 @@ def serve(config: ReceiverConfig, *, err: TextIO | None = None) -> int:
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="receiver")
     app = ReceiverApp(config.token, stores, executor, log)
     server = _make_server(
-        app, config, on_started=lambda: log.line({"event": "listening", "url": url})
+        app,
+        config,
+        on_started=lambda: log.line({"event": "listening", "url": url}),
+        # Signalled: no new connections from now on; the callbacks in progress finish.
+        on_stopping=lambda: log.write("stopping", inFlight=len(server.server_state.tasks)),
     )
     previous: dict[int, Any] = {}
     try:
@@ -562,6 +579,7 @@ def _make_server(
     config: ReceiverConfig,
     *,
     on_started: Callable[[], None],
+    on_stopping: Callable[[], None],
 ) -> uvicorn.Server:
     import uvicorn
 
@@ -574,6 +592,10 @@ def _make_server(
             await super().startup(sockets=sockets)
             if self.started:
                 on_started()
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            on_stopping()
+            await super().shutdown(sockets=sockets)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

@@ -61,6 +61,9 @@ HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 64 * 1024
 #: How long a client may take to send a whole body: a slow one must not hold a slot forever.
 BODY_DEADLINE_SECONDS = 10.0
+#: How long a connection may stay without a request, from its start or its last answer, before
+#: it is closed: a client that sends nothing, or its headers a byte at a time, is cut off.
+REQUEST_DEADLINE_SECONDS = 5.0
 #: What a 503 asks the sender to wait before it tries again.
 RETRY_AFTER_SECONDS = 5
 #: How long SIGTERM waits for the callbacks in progress before it gives up on them.
@@ -574,6 +577,50 @@ def serve(config: ReceiverConfig, *, err: TextIO | None = None) -> int:
     return 0
 
 
+def _protocol_class() -> type[asyncio.Protocol]:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class DeadlineProtocol(H11Protocol):
+        """uvicorn's h11 protocol, with a deadline for each request's headers to arrive.
+
+        uvicorn's keep-alive timeout starts only after an answer, and any byte received
+        cancels it: a connection that trickles its headers would be held for ever, and enough
+        of them fill the connection limit. Here a connection that has had no new request for
+        REQUEST_DEADLINE_SECONDS since it opened, or since its last answer, is closed.
+        """
+
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(
+                REQUEST_DEADLINE_SECONDS, self._expire, self.cycle
+            )
+
+        def _expire(self, waiting_after: object) -> None:
+            # Still the request before (or none yet), answered: no new one came in time.
+            cycle = self.cycle
+            answered = cycle is None or cycle.response_complete
+            if cycle is waiting_after and answered and not self.transport.is_closing():
+                self.transport.close()
+
+    return DeadlineProtocol
+
+
 def _make_server(
     app: ReceiverApp,
     config: ReceiverConfig,
@@ -612,7 +659,7 @@ def _make_server(
         host=config.host,
         port=config.port,
         loop="asyncio",
-        http="h11",
+        http=_protocol_class(),
         ws="none",
         lifespan="off",
         interface="asgi3",

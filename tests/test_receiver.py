@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -599,3 +600,38 @@ def _table_locked(server: Any, database: str) -> Iterator[Callable[[], None]]:
 
         yield blocked
         holder.rollback()
+
+
+def test_a_connection_that_sends_no_whole_request_in_time_is_closed(
+    tmp_path: Path, receiver_factory: Callable[..., Receiver]
+) -> None:
+    where = str(tmp_path / "state.json")
+    StateStore(Path(where)).create()
+    receiver = receiver_factory(where)
+    connect = lambda: socket.create_connection((receiver.host, receiver.port), timeout=60)  # noqa: E731
+    with connect() as silent, connect() as trickling, connect() as answered:
+        answered.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = http.client.HTTPResponse(answered)
+        response.begin()
+        assert (response.status, response.read()) == (200, b'{"ok": true}\n')
+        trickling.sendall(f"POST /callbacks/{TOKEN} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode())
+        for _ in range(600):  # a byte every 0.1 s: each one would restart uvicorn's own timer
+            if select.select([trickling], [], [], 0)[0]:
+                break  # closed by the receiver
+            with contextlib.suppress(OSError):
+                trickling.sendall(b"a")
+            time.sleep(0.1)
+        for sock in (silent, trickling, answered):
+            assert _until_closed(sock) == b""  # closed by the receiver, with no answer
+    assert receiver.request("GET", "/healthz")[0] == 200
+    assert receiver.stop() == 0
+    assert receiver.events() == []
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """What the peer sends until it closes the connection (a reset counts as closed)."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(4096):
+            received += chunk
+    return received

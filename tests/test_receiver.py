@@ -252,6 +252,56 @@ def test_text_from_a_callback_is_escaped_in_the_log(
     assert not receiver.events("forged")
 
 
+def test_apply_against_the_sandbox_then_its_callbacks_make_the_task_recorded(
+    location: str,
+    receiver_factory: Callable[..., Receiver],
+    sandbox_factory: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """The whole flow: apply submits to the sandbox, which records and posts the callback to
+    the receiver (while apply may still hold a file state's lock: a 503 the sandbox retries)."""
+    receiver = receiver_factory(location)
+    notify = f"http://{receiver.host}:{receiver.port}/callbacks/{TOKEN}"
+    box = sandbox_factory(record_after=0.0, notify_url=notify, callback_backoff=0.2)
+    manifests = Path(__file__).parent / "fixtures" / "valid" / "minimal.yaml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JDCLOUD_", "RECONCILER_"))}
+    env.update(
+        JDCLOUD_ACCESS_KEY=box.credentials.access_key,
+        JDCLOUD_SECRET_KEY=box.credentials.secret_key,
+        NO_COLOR="1",
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "apply",
+            str(manifests),
+            "--state",
+            location,
+            "--endpoint",
+            box.url,
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    matched = receiver.wait_for("callback")
+    while matched["outcome"] != "matched":
+        assert matched["outcome"] == "unavailable", matched  # the lock, while apply held it
+        matched = receiver.wait_for("callback")
+    assert matched["task"] == "minimal" and matched["format"] == "mp4"
+    (entry,) = loaded(location).entries.values()
+    summary = loaded(location).recording(entry.hash)
+    assert summary is not None and summary.words == "recorded"
+    assert receiver.stop() == 0
+
+
 # --- refused ------------------------------------------------------------------------------------
 
 
@@ -371,6 +421,20 @@ def test_a_body_over_64_kib_is_413_by_length_before_it_is_sent_and_chunked_past_
     assert loaded(where).unmatched == ()
     assert receiver.stop() == 0
     assert [e["http"] for e in receiver.events()] == [413, 413, 400]
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_nothing_is_stored(
+    tmp_path: Path, receiver_factory: Callable[..., Receiver]
+) -> None:
+    where = str(tmp_path / "state.json")
+    StateStore(Path(where)).create()
+    receiver = receiver_factory(where)
+    head = f"POST /callbacks/{TOKEN} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    status, headers, answer = receiver.raw(head.encode() + b'{"event": "record_done"')
+    assert status == 408 and headers["connection"] == "close" and answer["ok"] is False
+    assert loaded(where).unmatched == ()
+    assert receiver.stop() == 0
+    assert [e["http"] for e in receiver.events()] == [408]
 
 
 # --- start-up -----------------------------------------------------------------------------------

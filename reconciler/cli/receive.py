@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from reconciler.cli.common import (
+    DEFAULT_STATE,
     Command,
-    StatePath,
     app,
     errors_reported,
     fail,
@@ -20,7 +20,15 @@ from reconciler.cli.common import (
 
 @app.command("receive", cls=Command)
 def receive_command(
-    state: StatePath = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            help=f"The state the callbacks go to: a file or a postgresql:// URI [default: "
+            f"$RECONCILER_STATE or {DEFAULT_STATE}].",
+            show_default=False,
+        ),
+    ] = None,
     host: Annotated[
         str,
         typer.Option(

@@ -302,6 +302,30 @@ def test_apply_against_the_sandbox_then_its_callbacks_make_the_task_recorded(
     assert receiver.stop() == 0
 
 
+def test_two_receivers_on_one_database_store_a_callback_once(
+    postgres_database: str, receiver_factory: Callable[..., Receiver], make_task: Any
+) -> None:
+    with open_state(postgres_database) as store:
+        store.create()
+    task = make_task(1)
+    with_task(postgres_database, task)
+    first, second = receiver_factory(postgres_database), receiver_factory(postgres_database)
+    body = callback_for(task)
+    answers: list[tuple[int, Any]] = []
+    posters = [
+        threading.Thread(target=lambda r=r: answers.append(r.post(body)))
+        for r in (first, second, first, second)
+    ]
+    for poster in posters:
+        poster.start()
+    for poster in posters:
+        poster.join(timeout=ANSWER_TIMEOUT)
+    assert sorted(a[1]["duplicate"] for a in answers) == [False, True, True, True]
+    assert {a[0] for a in answers} == {200}
+    assert len(loaded(postgres_database).recordings_of(task.hash)) == 1
+    assert first.stop() == 0 and second.stop() == 0
+
+
 # --- refused ------------------------------------------------------------------------------------
 
 
@@ -672,7 +696,10 @@ def test_a_connection_that_sends_no_whole_request_in_time_is_closed(
     where = str(tmp_path / "state.json")
     StateStore(Path(where)).create()
     receiver = receiver_factory(where)
-    connect = lambda: socket.create_connection((receiver.host, receiver.port), timeout=60)  # noqa: E731
+
+    def connect() -> socket.socket:
+        return socket.create_connection((receiver.host, receiver.port), timeout=60)
+
     with connect() as silent, connect() as trickling, connect() as answered:
         answered.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         response = http.client.HTTPResponse(answered)

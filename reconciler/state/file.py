@@ -45,8 +45,8 @@ __all__ = ["StateStore"]
 # A lockless reader (e.g. `plan`) can race a compaction; it re-reads, but not forever.
 _LOAD_ATTEMPTS = 20
 _TAIL_CHUNK = 8192
-# A receiver compacts the journal once it is this long (a few thousand callbacks).
-_RECEIVER_JOURNAL_BYTES = 1 << 20
+# A receiver compacts the journal once it is this long (about 500 callbacks).
+_RECEIVER_JOURNAL_BYTES = 256 << 10
 _MAX_LINKS = 40  # as Linux's MAXSYMLINKS
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise turn "\n" into "\r\n"
 

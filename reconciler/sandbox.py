@@ -12,15 +12,24 @@
 # Replays: a correctly signed request whose x-jdcloud-nonce was already used (within twice the
 # allowed clock skew) is refused 401 before any of this, as the real API may: a client must sign
 # every request, every retry included, afresh.
+# The record notify endpoints (/v1/recordNotifys...) are checked the same way (signature, nonce,
+# body) but take no faults: the fault draws, and so a seed's sequence, are the task POST's alone.
+# The recorder (record_after set) "records" every accepted task, dropped ones included, after
+# that delay and posts JD Cloud's record_done callback per format to the domain's notify URL. Its
+# own fault draws come from a generator of their own, made when the task is accepted, so a seed
+# gives the same recorder fates in arrival order whatever the timing of the posts.
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import heapq
 import hmac
 import ipaddress
 import json
+import math
 import random
+import re
 import secrets
 import shlex
 import signal
@@ -32,24 +41,32 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, TextIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
+
+import requests
 
 from reconciler import __version__
-from reconciler.schema import check_spec
+from reconciler.schema import check_spec, ecma_match, load_schema, parse_record_time
 from reconciler.signing import NONCE_HEADER, Credentials, SignatureError, verify_request
 
 TASK_PATH = "/v1/records/{publishDomain}/appNames/{appName}/streamNames/{streamName}/task"
 TASKS_PATH = "/_sandbox/tasks"
+RECORDINGS_PATH = "/_sandbox/recordings"
 HEALTH_PATH = "/_sandbox/health"
+# The record notify URL API, as the official SDK sends it (Set/Describe/Delete
+# LiveStreamRecordNotifyConfigRequest in jdcloud_sdk.services.live.apis).
+NOTIFY_CONFIG_PATH = "/v1/recordNotifys:config"
+NOTIFY_PATH = "/v1/recordNotifys/{publishDomain}"
 PATH_PARAMETERS = ("publishDomain", "appName", "streamName")
 REQUEST_ID_HEADER = "x-jdcloud-request-id"
 
@@ -65,8 +82,23 @@ IDLE_TIMEOUT_SECONDS = 300.0
 #: cannot grow the sandbox without bound.
 MAX_REMEMBERED_NONCES = 100_000
 
+#: What the service writes when a task sets no saveObject (the API documentation's default).
+DEFAULT_SAVE_OBJECT = (
+    "record/{Date}/{ServerId}/{AppName}/{StreamName}/{StartTime}_{EndTime}.{format}"
+)
+#: The sandbox's {ServerId}: one fixed token, so keys are predictable.
+SERVER_ID = "sandbox01"
+#: The callback body's version, as in JD Cloud's documented example.
+CALLBACK_VERSION = "v1.1"
+#: How long one callback post may take (connect and read) before it counts as failed.
+CALLBACK_TIMEOUT_SECONDS = 5.0
+#: Threads that record and post; a slow notify URL holds one of them, never an API answer.
+RECORDER_WORKERS = 4
+
 # The clock that expires remembered nonces (a name of its own, so tests can move it).
 _clock = time.monotonic
+# The clock the recorder schedules by (also its own name: the nonce tests move the other one).
+_recorder_clock = time.monotonic
 
 _REQUEST_ID_ALPHABET = string.ascii_lowercase + string.digits
 # JD Cloud's error.status names (Google API style) for the statuses the sandbox answers.
@@ -122,6 +154,25 @@ class SandboxConfig:
     max_clock_skew: timedelta | None = DEFAULT_MAX_CLOCK_SKEW
     #: Write one line per request to stderr (the request line only: never headers).
     log_requests: bool = False
+    #: Record every accepted task this many seconds after accepting it and post the record
+    #: callbacks; None: never record (the recorder options below then must stay unset).
+    record_after: float | None = None
+    #: Where callbacks go for a domain without a notify URL set through the API (None: nowhere).
+    notify_url: str | None = field(default=None, repr=False)
+    #: Probability that an accepted task is never recorded (no file, no callback).
+    record_fail_rate: float = 0.0
+    #: Probability that a callback is posted twice.
+    callback_duplicates: float = 0.0
+    #: Extra delay before a callback is posted: (low, high) seconds, drawn uniformly.
+    callback_delay: tuple[float, float] = (0.0, 0.0)
+    #: Probability that a callback leaves taskExternalId out (the receiver must match by stream).
+    callback_without_id: float = 0.0
+    #: Probability that a callback says status "failed" instead of "success".
+    callback_fail_status: float = 0.0
+    #: A failed post (no connection, a timeout, a non-2xx answer) is tried again this many times.
+    callback_retries: int = 3
+    #: The first retry waits this long; each next one twice as long.
+    callback_backoff: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +185,15 @@ class SandboxCounts:
     dropped: int = 0  # accepted, then the connection closed without an answer
     injected: Mapping[int, int] = field(default_factory=dict)  # status -> count
     rejected: Mapping[int, int] = field(default_factory=dict)  # 4xx from the checks
+    # The recorder (all 0 when it is off):
+    recorded: int = 0  # tasks recorded (a file per format)
+    recorded_files: int = 0  # files, one per format of each recorded task
+    record_failed: int = 0  # tasks the record fail rate left unrecorded
+    callbacks_sent: int = 0  # posts answered 2xx, duplicates included
+    callbacks_failed: int = 0  # callbacks given up on (every attempt failed)
+    callback_attempts_failed: int = 0  # failed attempts, retried ones included
+    callbacks_unaddressed: int = 0  # not posted: the domain had no notify URL
+    recorder_pending: int = 0  # tasks still to record and callbacks still to post
 
     @property
     def injected_total(self) -> int:
@@ -192,12 +252,203 @@ def _check_failures(failures: Mapping[int, float], *, drop_rate: float) -> None:
         )
 
 
+def parse_delay(text: str) -> tuple[float, float]:
+    """`"2"` -> `(2.0, 2.0)`, `"1-5"` -> `(1.0, 5.0)` (seconds); ValueError for anything else,
+    a negative or endless number, or a range whose low end is above its high end."""
+    low_text, dash, high_text = text.strip().partition("-")
+    try:
+        low = float(low_text)
+        high = float(high_text) if dash else low
+    except ValueError:
+        raise ValueError(f"{text!r} is not SECONDS or LOW-HIGH seconds (like 2 or 1-5)") from None
+    _check_delay((low, high))
+    return low, high
+
+
+def _check_delay(delay: tuple[float, float]) -> None:
+    low, high = delay
+    if not (math.isfinite(low) and math.isfinite(high)) or low < 0:
+        raise ValueError(f"the callback delay {low:g}-{high:g} is not a number of seconds >= 0")
+    if low > high:
+        raise ValueError(f"the callback delay {low:g}-{high:g} has its low end above its high end")
+
+
+@cache
+def _host_name_rule() -> dict[str, Any]:
+    rule: dict[str, Any] = load_schema()["$defs"]["hostName"]
+    return rule
+
+
+def publish_domain_problem(domain: object) -> str | None:
+    """Why `domain` is no publish domain (a lower-case DNS host name, the manifests' rule), or
+    None when it is one."""
+    rule = _host_name_rule()
+    if not isinstance(domain, str) or not domain:
+        return "publishDomain must be a host name like push.example.com"
+    if len(domain) > rule["maxLength"] or not ecma_match(rule["pattern"], domain):
+        return f"publishDomain {domain!r} {rule['patternErrorMessage']}"
+    return None
+
+
+def notify_url_problem(url: object) -> str | None:
+    """Why `url` is no record notify URL, or None when it is one. JD Cloud's rule: it starts
+    with http:// (not https://); it must also name a host, and hold no spaces or controls.
+    The message never repeats the URL: it may carry a receiver's token."""
+    if not isinstance(url, str) or not url:
+        return "notifyUrl must be a URL starting with http://"
+    if not url.startswith("http://"):
+        return "notifyUrl must start with http:// (JD Cloud's rule; https:// is not taken)"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "notifyUrl must not hold spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number or too big
+    except ValueError:
+        return "notifyUrl is not a usable URL (check the host and port)"
+    if not parts.hostname:
+        return "notifyUrl must name a host, like http://hooks.example.com:8080/callbacks"
+    return None
+
+
 def _check_config(config: SandboxConfig) -> None:
     _check_failures(config.failures, drop_rate=config.drop_rate)
     if config.latency_ms < 0:
         raise ValueError("the latency must not be negative")
     if not 0 <= config.port <= 65535:
         raise ValueError(f"the port {config.port} is not between 0 and 65535")
+    rates = {
+        "record fail rate": config.record_fail_rate,
+        "callback duplicates rate": config.callback_duplicates,
+        "callback without id rate": config.callback_without_id,
+        "callback fail status rate": config.callback_fail_status,
+    }
+    for name, rate in rates.items():
+        if not 0.0 <= rate <= 1.0:  # also refuses NaN
+            raise ValueError(f"the {name} {rate} is not between 0 and 1")
+    _check_delay(config.callback_delay)
+    if config.callback_retries < 0:
+        raise ValueError("the callback retries must not be negative")
+    if not (math.isfinite(config.callback_backoff) and config.callback_backoff >= 0):
+        raise ValueError("the callback backoff must be a number of seconds >= 0")
+    if config.notify_url is not None and (problem := notify_url_problem(config.notify_url)):
+        raise ValueError(f"the notify URL is refused: {problem}")
+    if config.record_after is None:
+        given = [name for name, rate in rates.items() if rate]
+        given += ["notify URL"] if config.notify_url is not None else []
+        given += ["callback delay"] if config.callback_delay != (0.0, 0.0) else []
+        if given:
+            raise ValueError(
+                f"the recorder settings ({', '.join(given)}) need record_after (--record-after "
+                "SECONDS): without it nothing is recorded"
+            )
+    elif not (math.isfinite(config.record_after) and config.record_after >= 0):
+        raise ValueError(f"record after {config.record_after} is not a number of seconds >= 0")
+
+
+# --- what the recorder writes and posts (pure) -------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z]+)\}")
+
+
+def record_formats(request_body: Mapping[str, Any]) -> list[str]:
+    """The file formats a task asks for, lower-case, in the order its recordFileType names them."""
+    return [part.strip().lower() for part in str(request_body["recordFileType"]).split(";")]
+
+
+def _segment_times(request_body: Mapping[str, Any]) -> list[tuple[datetime, datetime]]:
+    times = []
+    for segment in request_body["recordTimes"]:
+        start = parse_record_time(segment["startTime"])
+        end = parse_record_time(segment["endTime"])
+        assert start is not None and end is not None, "the sandbox records checked tasks only"
+        times.append((start, end))
+    return times
+
+
+def _digits(moment: datetime, *, time_of_day: bool) -> str:
+    # Not strftime: its %Y writes the year 999 as "999" on some platforms.
+    moment = moment.astimezone(UTC)
+    text = f"{moment.year:04d}{moment.month:02d}{moment.day:02d}"
+    return (
+        text + f"{moment.hour:02d}{moment.minute:02d}{moment.second:02d}" if time_of_day else text
+    )
+
+
+def record_key(request_body: Mapping[str, Any], fmt: str, server_id: str = SERVER_ID) -> str:
+    """The object key the service writes for one format of a task: its saveObject template
+    (DEFAULT_SAVE_OBJECT when unset) with {Date} (yyyyMMdd), {StartTime} and {EndTime}
+    (yyyyMMddHHmmss of the first start and the last end, UTC), {ServerId}, {AppName},
+    {StreamName} and {format} filled in. A template without {format} gets `.FORMAT` appended
+    when the task asks for more than one format (else the files would overwrite each other)."""
+    template = str(request_body.get("saveObject") or DEFAULT_SAVE_OBJECT)
+    times = _segment_times(request_body)
+    values = {
+        "Date": _digits(times[0][0], time_of_day=False),
+        "ServerId": server_id,
+        "AppName": str(request_body["appName"]),
+        "StreamName": str(request_body["streamName"]),
+        "StartTime": _digits(times[0][0], time_of_day=True),
+        "EndTime": _digits(times[-1][1], time_of_day=True),
+        "format": fmt,
+    }
+    key = _PLACEHOLDER.sub(lambda match: values.get(match[1], match[0]), template)
+    if "{format}" not in template and len(record_formats(request_body)) > 1:
+        key += f".{fmt}"
+    return key
+
+
+def download_url(request_body: Mapping[str, Any], key: str) -> str:
+    """`http://{saveEndpoint}/{saveBucket}/{key}`, the key percent-encoded (its `/` kept)."""
+    return f"http://{request_body['saveEndpoint']}/{request_body['saveBucket']}/{quote(key)}"
+
+
+def recording_content(request_body: Mapping[str, Any], fmt: str, key: str) -> bytes:
+    """The bytes of the sandbox's stand-in file: says what it is, never a playable video."""
+    about = {
+        "what": f"reconciler sandbox stand-in recording, not a real {fmt} file",
+        "key": key,
+        "stream": [request_body[name] for name in PATH_PARAMETERS],
+        "recordTimes": request_body["recordTimes"],
+    }
+    return (json.dumps(about, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+
+
+def callback_body(
+    request_body: Mapping[str, Any],
+    fmt: str,
+    *,
+    url: str,
+    file_size: int,
+    status: str = "success",
+    with_id: bool = True,
+) -> dict[str, Any]:
+    """JD Cloud's record_done callback for one file, numbers as strings as it sends them:
+    duration in milliseconds, group times in epoch milliseconds (one per recordTimes segment).
+    taskExternalId is the request's, when it had one and `with_id`."""
+    times = _segment_times(request_body)
+    duration_ms = sum(round((end - start).total_seconds() * 1000) for start, end in times)
+    body: dict[str, Any] = {
+        "version": CALLBACK_VERSION,
+        "publishDomain": request_body["publishDomain"],
+        "appName": request_body["appName"],
+        "streamName": request_body["streamName"],
+        "event": "record_done",
+        "status": status,
+        "format": fmt,
+        "duration": f"{duration_ms:.1f}",  # "18439.0", as the documented example writes it
+        "fileSize": str(file_size),
+        "group": [
+            {
+                "beginTime": str(round(start.timestamp() * 1000)),
+                "endTime": str(round(end.timestamp() * 1000)),
+            }
+            for start, end in times
+        ],
+        "downloadUrl": url,
+    }
+    if with_id and request_body.get("taskExternalId") is not None:
+        body["taskExternalId"] = request_body["taskExternalId"]
+    return body
 
 
 def new_request_id() -> str:
@@ -260,6 +511,11 @@ class Sandbox:
         self._injected: dict[int, int] = {}
         self._rejected: dict[int, int] = {}
         self._open: set[socket.socket] = set()
+        # publishDomain -> the record notify URL set through the API.
+        self._notify_urls: dict[str, str] = {}
+        self._recorder = (
+            None if config.record_after is None else _Recorder(config, self._notify_url_for)
+        )
         self._journal: IO[str] | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -296,10 +552,13 @@ class Sandbox:
             daemon=True,
         )
         self._thread.start()
+        if self._recorder is not None:
+            self._recorder.start(f"reconciler-sandbox-recorder:{self.port}")
         return self
 
     def stop(self) -> None:
-        """Stop accepting, close every open connection and the journal. Safe to call twice."""
+        """Stop accepting, close every open connection and the journal, stop the recorder (what
+        it has not recorded or posted yet is dropped). Safe to call twice."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -315,6 +574,8 @@ class Sandbox:
                 connection.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._recorder is not None:
+            self._recorder.stop()
         with self._lock:
             if self._journal is not None:
                 self._journal.close()
@@ -365,6 +626,7 @@ class Sandbox:
             return copy.deepcopy(self._received)
 
     def counts(self) -> SandboxCounts:
+        recorder = {} if self._recorder is None else self._recorder.counts()
         with self._lock:
             return SandboxCounts(
                 requests=self._requests,
@@ -373,9 +635,50 @@ class Sandbox:
                 dropped=self._dropped,
                 injected=dict(self._injected),
                 rejected=dict(self._rejected),
+                **recorder,
             )
 
+    def recordings(self) -> dict[str, Any]:
+        """What the recorder did (the GET /_sandbox/recordings document):
+        - "recordings": one per file: {"requestId" (the task's), "format", "key",
+          "downloadUrl", "fileSize", "status" ("success", or "failed" by the fail status
+          fault), "recordedAt"};
+        - "notRecorded": the tasks the record fail rate left unrecorded: {"requestId", "reason"};
+        - "callbacks": one per post (a duplicate is a second entry, "duplicate": true):
+          {"requestId", "format", "duplicate", "body", "delivery", "attempts", "lastResult"},
+          delivery "pending", "delivered" (a 2xx answer), "failed" (every attempt failed),
+          "unaddressed" (the domain had no notify URL) or "dropped" (the sandbox stopped first);
+        - "pending": tasks still to record plus posts still to make (0: all settled);
+        - "counts": the recorder's counts (camelCase names of SandboxCounts' fields).
+        Empty lists when the recorder is off."""
+        if self._recorder is None:
+            return {
+                "recordings": [],
+                "notRecorded": [],
+                "callbacks": [],
+                "pending": 0,
+                "counts": {},
+            }
+        return self._recorder.document()
+
+    def notify_url(self, publish_domain: str) -> str | None:
+        """The record notify URL set through the API for `publish_domain` (None when unset)."""
+        with self._lock:
+            return self._notify_urls.get(publish_domain)
+
     # --- used by the handler ------------------------------------------------------------------
+
+    def _notify_url_for(self, publish_domain: str) -> str | None:
+        """Where the recorder posts a domain's callbacks: the URL set through the API, else
+        the configured one, else nowhere."""
+        return self.notify_url(publish_domain) or self.config.notify_url
+
+    def _set_notify_url(self, publish_domain: str, url: str | None) -> None:
+        with self._lock:
+            if url is None:
+                self._notify_urls.pop(publish_domain, None)
+            else:
+                self._notify_urls[publish_domain] = url
 
     def _secret_for(self, access_key: str) -> str | None:
         known = self.credentials.access_key
@@ -449,6 +752,9 @@ class Sandbox:
             self._received.append({**record, "outcome": "dropped" if dropped else "accepted"})
             if dropped:
                 self._dropped += 1
+            if self._recorder is not None:
+                # Under the lock: the recorder's fates follow the order tasks were accepted in.
+                self._recorder.schedule(copy.deepcopy(record))
 
     def _inject(
         self,
@@ -466,6 +772,283 @@ class Sandbox:
     def _tasks_document(self) -> dict[str, Any]:
         tasks = self.accepted()
         return {"tasks": tasks, "count": len(tasks)}
+
+
+# --- the recorder ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CallbackFate:
+    """What the faults decided for one format's callback."""
+
+    without_id: bool
+    failed_status: bool
+    duplicate: bool
+    delay: float
+
+
+@dataclass(frozen=True)
+class _RecordFate:
+    """What the faults decided for one task: never recorded, or a fate per format."""
+
+    never: bool
+    callbacks: tuple[_CallbackFate, ...]
+
+
+_Job = Callable[[requests.Session], None]
+
+
+class _Recorder:
+    """Records accepted tasks after `record_after` and posts their callbacks: a queue of jobs
+    by due time, run by a few worker threads (never the threads that answer the API)."""
+
+    def __init__(self, config: SandboxConfig, notify_url_for: Callable[[str], str | None]) -> None:
+        assert config.record_after is not None
+        self._config = config
+        self._record_after = config.record_after
+        self._notify_url_for = notify_url_for
+        # A generator of its own: the task POST's fault sequence stays what it was.
+        seed = None if config.seed is None else f"recorder:{config.seed}"
+        self._random = random.Random(seed)
+        self._condition = threading.Condition()
+        self._jobs: list[tuple[float, int, _Job]] = []
+        self._sequence = 0
+        self._busy = 0
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._recordings: list[dict[str, Any]] = []
+        self._not_recorded: list[dict[str, Any]] = []
+        self._callbacks: list[dict[str, Any]] = []
+        self._recorded = 0
+        self._attempts_failed = 0
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        for number in range(RECORDER_WORKERS):
+            thread = threading.Thread(target=self._work, name=f"{name}-{number}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self) -> None:
+        """Drop what is still to do and end the workers; a post in flight may take up to
+        CALLBACK_TIMEOUT_SECONDS to end."""
+        with self._condition:
+            self._stopping = True
+            self._jobs.clear()
+            self._condition.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=2 * CALLBACK_TIMEOUT_SECONDS)
+        with self._condition:
+            for entry in self._callbacks:
+                if entry["delivery"] == "pending":
+                    entry["delivery"] = "dropped"
+
+    def _work(self) -> None:
+        with requests.Session() as session:
+            session.trust_env = False  # JD Cloud posts straight to the URL: no proxy, no .netrc
+            while (job := self._next_job()) is not None:
+                try:
+                    job(session)
+                except Exception:
+                    traceback.print_exc(file=sys.stderr)  # a sandbox bug; the worker goes on
+                finally:
+                    with self._condition:
+                        self._busy -= 1
+                        self._condition.notify_all()
+
+    def _next_job(self) -> _Job | None:
+        with self._condition:
+            while not self._stopping:
+                wait = None
+                if self._jobs:
+                    wait = self._jobs[0][0] - _recorder_clock()
+                    if wait <= 0:
+                        self._busy += 1
+                        return heapq.heappop(self._jobs)[2]
+                self._condition.wait(wait)
+            return None
+
+    def _push(self, delay: float, job: _Job) -> None:
+        """Queue `job` to run `delay` seconds from now (the caller holds the condition)."""
+        if self._stopping:
+            return
+        self._sequence += 1
+        heapq.heappush(self._jobs, (_recorder_clock() + delay, self._sequence, job))
+        self._condition.notify()
+
+    # --- what it does -------------------------------------------------------------------------
+
+    def schedule(self, record: Mapping[str, Any]) -> None:
+        """Record the accepted task `record` ({"requestId", "path", "body", ...}) later. Its
+        fates are drawn now, so they follow the order tasks were accepted in."""
+        request = {**record["path"], **record["body"]}
+        request_id = str(record["requestId"])
+        formats = record_formats(request)
+        with self._condition:
+            fate = self._draw(len(formats))
+            self._push(
+                self._record_after,
+                lambda session: self._record_task(request_id, request, formats, fate),
+            )
+
+    def _draw(self, formats: int) -> _RecordFate:
+        config, draw = self._config, self._random.random
+        never = draw() < config.record_fail_rate
+        callbacks = []
+        for _ in range(formats):
+            low, high = config.callback_delay
+            callbacks.append(
+                _CallbackFate(
+                    without_id=draw() < config.callback_without_id,
+                    failed_status=draw() < config.callback_fail_status,
+                    duplicate=draw() < config.callback_duplicates,
+                    delay=low + (high - low) * draw(),
+                )
+            )
+        return _RecordFate(never, tuple(callbacks))
+
+    def _record_task(
+        self, request_id: str, request: dict[str, Any], formats: list[str], fate: _RecordFate
+    ) -> None:
+        if fate.never:
+            with self._condition:
+                self._not_recorded.append(
+                    {"requestId": request_id, "reason": "record fail rate (never recorded)"}
+                )
+            return
+        notify_url = self._notify_url_for(str(request["publishDomain"]))
+        for fmt, callback_fate in zip(formats, fate.callbacks, strict=True):
+            self.record_format(request_id, request, fmt, callback_fate, notify_url)
+        with self._condition:
+            self._recorded += 1
+
+    def record_format(
+        self,
+        request_id: str,
+        request: Mapping[str, Any],
+        fmt: str,
+        fate: _CallbackFate,
+        notify_url: str | None,
+    ) -> None:
+        """Record one format of a task: its file, then its callback(s) queued for posting."""
+        key = record_key(request, fmt, SERVER_ID)
+        content = recording_content(request, fmt, key)
+        url = download_url(request, key)
+        status = "failed" if fate.failed_status else "success"
+        # Writing `content` at `key` in the bucket (--storage-endpoint, DESIGN §7b) belongs here,
+        # before the callback is queued; a "failed" recording writes nothing.
+        body = callback_body(
+            request,
+            fmt,
+            url=url,
+            file_size=len(content),
+            status=status,
+            with_id=not fate.without_id,
+        )
+        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        recorded_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with self._condition:
+            self._recordings.append(
+                {
+                    "requestId": request_id,
+                    "format": fmt,
+                    "key": key,
+                    "downloadUrl": url,
+                    "fileSize": len(content),
+                    "status": status,
+                    "recordedAt": recorded_at,
+                }
+            )
+            for duplicate in (False, True) if fate.duplicate else (False,):
+                entry = {
+                    "requestId": request_id,
+                    "format": fmt,
+                    "duplicate": duplicate,
+                    "body": body,
+                    "delivery": "pending" if notify_url else "unaddressed",
+                    "attempts": 0,
+                    "lastResult": None,
+                }
+                self._callbacks.append(entry)
+                if notify_url:
+                    self._push(fate.delay, self._poster(entry, notify_url, payload))
+
+    def _poster(self, entry: dict[str, Any], url: str, payload: bytes) -> _Job:
+        def post(session: requests.Session) -> None:
+            delivered, result = _post_callback(session, url, payload)
+            with self._condition:
+                entry["attempts"] += 1
+                entry["lastResult"] = result
+                if delivered:
+                    entry["delivery"] = "delivered"
+                    return
+                self._attempts_failed += 1
+                if self._stopping:
+                    entry["delivery"] = "dropped"
+                elif entry["attempts"] <= self._config.callback_retries:
+                    backoff = self._config.callback_backoff * 2 ** (entry["attempts"] - 1)
+                    self._push(backoff, post)
+                else:
+                    entry["delivery"] = "failed"
+
+        return post
+
+    # --- what it has done ---------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self._condition:
+            deliveries = [entry["delivery"] for entry in self._callbacks]
+            return {
+                "recorded": self._recorded,
+                "recorded_files": len(self._recordings),
+                "record_failed": len(self._not_recorded),
+                "callbacks_sent": deliveries.count("delivered"),
+                "callbacks_failed": deliveries.count("failed"),
+                "callback_attempts_failed": self._attempts_failed,
+                "callbacks_unaddressed": deliveries.count("unaddressed"),
+                "recorder_pending": len(self._jobs) + self._busy,
+            }
+
+    def document(self) -> dict[str, Any]:
+        counts = self.counts()
+        with self._condition:
+            return {
+                "recordings": copy.deepcopy(self._recordings),
+                "notRecorded": copy.deepcopy(self._not_recorded),
+                "callbacks": copy.deepcopy(self._callbacks),
+                "pending": counts["recorder_pending"],
+                "counts": {_camel(name): value for name, value in counts.items()},
+            }
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+def _post_callback(session: requests.Session, url: str, payload: bytes) -> tuple[bool, str]:
+    """Post one callback: (delivered, what happened). What happened never holds the URL, which
+    may carry the receiver's token."""
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "User-Agent": _Handler.server_version,
+    }
+    try:
+        with session.post(
+            url,
+            data=payload,
+            headers=headers,
+            timeout=CALLBACK_TIMEOUT_SECONDS,
+            allow_redirects=False,
+        ) as response:
+            return 200 <= response.status_code < 300, f"HTTP {response.status_code}"
+    except requests.Timeout:
+        return False, "timed out"
+    except requests.ConnectionError:
+        return False, "could not connect (or the connection broke)"
+    except requests.RequestException as error:
+        return False, type(error).__name__
 
 
 class _Server(ThreadingHTTPServer):
@@ -553,16 +1136,28 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self._read_body()
             raw_path, query = _split_target(self.path)
-            if raw_path in (TASKS_PATH, HEALTH_PATH):
+            if raw_path in (TASKS_PATH, RECORDINGS_PATH, HEALTH_PATH):
                 self._allow("GET", "HEAD")
                 if raw_path == TASKS_PATH:
                     self._send_json(200, box._tasks_document())
+                elif raw_path == RECORDINGS_PATH:
+                    self._send_json(200, box.recordings())
                 else:
                     self._send_json(200, {"status": "ok", "server": self.server_version})
                 return
+            if raw_path == NOTIFY_CONFIG_PATH:
+                self._allow("POST")
+                self._set_notify_config(raw_path, query, body)
+                return
+            domain = _notify_domain(raw_path)
+            if domain is not None:
+                self._allow("GET", "DELETE")
+                self._notify_config(raw_path, query, body, domain)
+                return
             segments = _task_segments(raw_path)
             if segments is None:
-                raise _Refusal(404, f"no such API: {raw_path} (this sandbox only has {TASK_PATH})")
+                apis = ", ".join((TASK_PATH, NOTIFY_CONFIG_PATH, NOTIFY_PATH))
+                raise _Refusal(404, f"no such API: {raw_path} (this sandbox has {apis})")
             self._allow("POST")
             self._add_record_task(raw_path, query, segments, body, received_at)
         except _Refusal as refusal:
@@ -615,14 +1210,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise ConnectionResetError("the client closed the connection mid-body")
         return body
 
-    def _add_record_task(
-        self,
-        raw_path: str,
-        query: str,
-        segments: dict[str, str],
-        raw_body: bytes,
-        received_at: str,
-    ) -> None:
+    def _check_signed(self, raw_path: str, query: str, raw_body: bytes) -> None:
+        """Refuse (401) a request whose JDCLOUD3 signature does not verify, or whose nonce was
+        already used."""
         box = self._sandbox
         headers = _joined_headers(self.headers.items())
         try:
@@ -646,6 +1236,16 @@ class _Handler(BaseHTTPRequestHandler):
                 "sign every request, every retry included, afresh (new date and nonce)",
             )
 
+    def _add_record_task(
+        self,
+        raw_path: str,
+        query: str,
+        segments: dict[str, str],
+        raw_body: bytes,
+        received_at: str,
+    ) -> None:
+        box = self._sandbox
+        self._check_signed(raw_path, query, raw_body)
         document = _json_object(raw_body)
         # The official SDK sends "saveObject": null for unset optional fields: null is absent.
         body = {key: value for key, value in document.items() if value is not None}
@@ -679,6 +1279,46 @@ class _Handler(BaseHTTPRequestHandler):
             return
         box._accept(self._request_id, received_at, segments, body, dropped=False)
         self._send_json(200, {"requestId": self._request_id})
+
+    # --- the record notify URL: set, read, delete ------------------------------------------------
+
+    def _set_notify_config(self, raw_path: str, query: str, raw_body: bytes) -> None:
+        self._check_signed(raw_path, query, raw_body)
+        document = _json_object(raw_body)
+        body = {key: value for key, value in document.items() if value is not None}
+        unknown = sorted(set(body) - {"publishDomain", "notifyUrl"})
+        if unknown:
+            raise _Refusal(
+                400,
+                f"unknown field(s) {', '.join(map(repr, unknown))}: the body takes "
+                "publishDomain and notifyUrl",
+            )
+        problem = publish_domain_problem(body.get("publishDomain")) or notify_url_problem(
+            body.get("notifyUrl")
+        )
+        if problem:
+            raise _Refusal(400, f"invalid request: {problem}")
+        self._sandbox._set_notify_url(body["publishDomain"], body["notifyUrl"])
+        self._send_json(200, {"requestId": self._request_id})
+
+    def _notify_config(self, raw_path: str, query: str, raw_body: bytes, domain: str) -> None:
+        self._check_signed(raw_path, query, raw_body)
+        problem = publish_domain_problem(domain)
+        if problem:
+            raise _Refusal(400, f"invalid request: {problem}")
+        box = self._sandbox
+        if self.command == "DELETE":
+            box._set_notify_url(domain, None)  # deleting what is not set is no error
+            self._send_json(200, {"requestId": self._request_id})
+            return
+        url = box.notify_url(domain)
+        if url is None:
+            # JD Cloud's answer for "none set": not a refused request, so not counted as one.
+            message = f"no record notify URL is set for the publish domain {domain!r}"
+            self._send_json(404, error_document(self._request_id, 404, message))
+            return
+        result = {"publishDomain": domain, "notifyUrl": url}
+        self._send_json(200, {"requestId": self._request_id, "result": result})
 
     def _send_json(
         self, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -727,6 +1367,20 @@ def _task_segments(raw_path: str) -> dict[str, str] | None:
         elif part != expected:
             return None
     return found
+
+
+def _notify_domain(raw_path: str) -> str | None:
+    """The decoded publishDomain when `raw_path` is NOTIFY_PATH, else None."""
+    prefix = NOTIFY_PATH.partition("{")[0]
+    if not raw_path.startswith(prefix) or "/" in raw_path[len(prefix) :]:
+        return None
+    segment = raw_path[len(prefix) :]
+    if not segment:
+        return None
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise _Refusal(400, f"the path segment {segment!r} is not UTF-8 text") from None
 
 
 def _joined_headers(items: list[tuple[str, str]]) -> dict[str, str]:
@@ -785,7 +1439,7 @@ def is_loopback(host: str) -> bool:
 
 
 def describe_faults(config: SandboxConfig) -> str:
-    """`latency 20 ms, drop 10%, 503 20%` or `none`."""
+    """`latency 20 ms, drop 10%, 503 20%, never recorded 5%, ...` or `none`."""
     parts = []
     if config.latency_ms:
         parts.append(f"latency {config.latency_ms} ms")
@@ -793,6 +1447,17 @@ def describe_faults(config: SandboxConfig) -> str:
         parts.append(f"drop {_percent(config.drop_rate)} (task created, no answer)")
     for status in sorted(config.failures):
         parts.append(f"{status} {_percent(config.failures[status])}")
+    if config.record_fail_rate:
+        parts.append(f"never recorded {_percent(config.record_fail_rate)} (no callback)")
+    if config.callback_duplicates:
+        parts.append(f"callback posted twice {_percent(config.callback_duplicates)}")
+    low, high = config.callback_delay
+    if high:
+        parts.append(f"callback delay {low:g}{f'-{high:g}' if high != low else ''} s")
+    if config.callback_without_id:
+        parts.append(f"callback without taskExternalId {_percent(config.callback_without_id)}")
+    if config.callback_fail_status:
+        parts.append(f'callback status "failed" {_percent(config.callback_fail_status)}')
     if config.seed is not None:
         parts.append(f"seed {config.seed}")
     return ", ".join(parts) or "none"
@@ -800,6 +1465,27 @@ def describe_faults(config: SandboxConfig) -> str:
 
 def _percent(rate: float) -> str:
     return f"{rate * 100:.4g}%"
+
+
+def masked_url(url: str) -> str:
+    """`url` with everything after its host and port hidden (`http://hooks:8080/***`): a notify
+    URL's path usually carries the receiver's token."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]  # never user:password either
+    return f"{parts.scheme}://{host}/***"
+
+
+def describe_recorder(config: SandboxConfig) -> str:
+    """What the recorder does, for the banner (a notify URL shown masked)."""
+    if config.record_after is None:
+        return "off (no callbacks; --record-after SECONDS turns it on)"
+    fallback = masked_url(config.notify_url) if config.notify_url else "nobody"
+    retries = f"{config.callback_retries} retries" if config.callback_retries != 1 else "1 retry"
+    return (
+        f"records each accepted task after {config.record_after:g} s; callbacks go to the "
+        f"domain's notify URL (set through /v1/recordNotifys:config), else {fallback}; "
+        f"a failed post gets {retries}"
+    )
 
 
 # The state the banner's commands use: apart from real states, and from apply --sandbox's own.
@@ -819,8 +1505,11 @@ def banner(sandbox: Sandbox) -> str:
         f"  secret key  {secret}",
         f"  faults      {describe_faults(sandbox.config)}",
         f"  journal     {sandbox.config.journal or '(none)'}",
+        f"  recorder    {describe_recorder(sandbox.config)}",
         f"  accepted    GET {sandbox.url}{TASKS_PATH}",
     ]
+    if sandbox.config.record_after is not None:
+        lines.append(f"  recordings  GET {sandbox.url}{RECORDINGS_PATH}")
     if sandbox.throwaway_secret:
         # A state of its own, so a run against this sandbox never marks real tasks submitted;
         # not apply --sandbox's file either, which only a sandbox apply may create.
@@ -902,4 +1591,13 @@ def serve(config: SandboxConfig, *, out: TextIO | None = None, err: TextIO | Non
         file=out,
         flush=True,
     )
+    if config.record_after is not None:
+        print(
+            f"Recorder: {counts.recorded} tasks recorded ({counts.recorded_files} files), "
+            f"{counts.record_failed} never recorded; {counts.callbacks_sent} callbacks sent, "
+            f"{counts.callbacks_failed} failed, {counts.callbacks_unaddressed} with no notify "
+            "URL to go to.",
+            file=out,
+            flush=True,
+        )
     return 0

@@ -11,10 +11,10 @@ import os
 import sys
 
 from reconciler import interrupts
-from reconciler.cli import manifests, services, state
+from reconciler.cli import manifests, receive, services, state
 from reconciler.cli.common import abandoned_senders, app, exiting_after_apply
 
-__all__ = ["app", "main", "manifests", "services", "state"]
+__all__ = ["app", "main", "manifests", "receive", "services", "state"]
 
 
 def main() -> None:

@@ -56,20 +56,113 @@ def sandbox_command(
             help="Share of requests read and then dropped without an answer.",
         ),
     ] = 0.0,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="Random seed for latency/failures.")
-    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed for the faults.")] = None,
     journal: Annotated[
         Path | None, typer.Option("--journal", help="Append every accepted task here (JSON lines).")
     ] = None,
+    record_after: Annotated[
+        float | None,
+        typer.Option(
+            "--record-after",
+            min=0.0,
+            metavar="SECONDS",
+            help="Record each accepted task this long after accepting it, and post its record "
+            "callbacks (one per format) to the domain's notify URL [default: never record].",
+        ),
+    ] = None,
+    notify_url: Annotated[
+        str | None,
+        typer.Option(
+            "--notify-url",
+            metavar="URL",
+            help="Where callbacks go for a domain with no notify URL set through the API "
+            "(http://...) [default: nowhere].",
+        ),
+    ] = None,
+    record_fail_rate: Annotated[
+        float,
+        typer.Option(
+            "--record-fail-rate",
+            min=0.0,
+            max=1.0,
+            help="Share of tasks never recorded (no callback).",
+        ),
+    ] = 0.0,
+    callback_duplicates: Annotated[
+        float,
+        typer.Option(
+            "--callback-duplicates", min=0.0, max=1.0, help="Share of callbacks posted twice."
+        ),
+    ] = 0.0,
+    callback_delay: Annotated[
+        str | None,
+        typer.Option(
+            "--callback-delay",
+            metavar="SECONDS|LOW-HIGH",
+            help="Extra delay before each callback is posted (a range: drawn per callback).",
+        ),
+    ] = None,
+    callback_without_id: Annotated[
+        float,
+        typer.Option(
+            "--callback-without-id",
+            min=0.0,
+            max=1.0,
+            help="Share of callbacks that leave taskExternalId out.",
+        ),
+    ] = 0.0,
+    callback_fail_status: Annotated[
+        float,
+        typer.Option(
+            "--callback-fail-status",
+            min=0.0,
+            max=1.0,
+            help='Share of callbacks that say status "failed".',
+        ),
+    ] = 0.0,
+    callback_retries: Annotated[
+        int,
+        typer.Option(
+            "--callback-retries",
+            min=0,
+            help="Times a failed callback post is tried again (with backoff: 1 s, 2 s, 4 s...).",
+        ),
+    ] = 3,
 ) -> None:
     """Run the local stand-in of the Live API (not JD Cloud) until Ctrl-C or SIGTERM."""
-    from reconciler.sandbox import SandboxConfig, parse_failures, serve
+    from reconciler.sandbox import (
+        SandboxConfig,
+        notify_url_problem,
+        parse_delay,
+        parse_failures,
+        serve,
+    )
 
     try:
         failures = parse_failures(fail or "")
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="'--fail'") from None
+    try:
+        delay = parse_delay(callback_delay) if callback_delay is not None else (0.0, 0.0)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--callback-delay'") from None
+    if notify_url is not None and (problem := notify_url_problem(notify_url)):
+        raise typer.BadParameter(problem, param_hint="'--notify-url'")
+    if record_after is None:
+        recorder_options = {
+            "--notify-url": notify_url is not None,
+            "--record-fail-rate": record_fail_rate,
+            "--callback-duplicates": callback_duplicates,
+            "--callback-delay": callback_delay is not None,
+            "--callback-without-id": callback_without_id,
+            "--callback-fail-status": callback_fail_status,
+        }
+        for option, given in recorder_options.items():
+            if given:
+                raise typer.BadParameter(
+                    "acts on recordings only: add --record-after SECONDS to record",
+                    param_hint=f"'{option}'",
+                )
     config = SandboxConfig(
         host=host,
         port=port,
@@ -80,5 +173,13 @@ def sandbox_command(
         drop_rate=drop_rate,
         seed=seed,
         journal=journal,
+        record_after=record_after,
+        notify_url=notify_url,
+        record_fail_rate=record_fail_rate,
+        callback_duplicates=callback_duplicates,
+        callback_delay=delay,
+        callback_without_id=callback_without_id,
+        callback_fail_status=callback_fail_status,
+        callback_retries=callback_retries,
     )
     raise typer.Exit(serve(config))

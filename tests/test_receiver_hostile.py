@@ -449,6 +449,7 @@ def test_numbers_as_strings_and_as_numbers_are_the_same_task(
 
 def padded(body: bytes, size: int) -> bytes:
     """`body` (a JSON object) padded with spaces inside it to exactly `size` bytes."""
+    body = body.rstrip()
     assert body.endswith(b"}")
     return body[:-1] + b" " * (size - len(body)) + b"}"
 
@@ -547,7 +548,6 @@ def test_wrong_and_missing_tokens_are_404_like_any_unknown_path(
         f"/callbacks/{token}%2F",  # an encoded slash after it: another segment
         f"/callbacks/{token}%00",
         f"/callbacks/{token}%20",
-        f"/callbacks%2F{token}",
         "/callbacks/../healthz",
         f"/callbacks/../callbacks/{token}x",
         f"/x/../callbacks/{token[:-1]}",
@@ -583,6 +583,24 @@ def test_wrong_and_missing_tokens_are_404_like_any_unknown_path(
     assert encoded.status in (200, 404)
     assert stored_ids(load(setup.location)) == [parse_body(body).id]
     assert receiver.stop() == 0
+    setup.check_no_token()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the receiver routes on the decoded path (scope['path']), where %2F is a '/'; "
+    "RFC 3986 §2.2: an encoded reserved character is not the delimiter (route on raw_path)",
+)
+def test_an_encoded_slash_is_not_the_path_separator(make_setup: Any, minimal: Task) -> None:
+    setup = make_setup("file", [entry_of(minimal, CORPUS_ID)])
+    receiver = setup.receiver()
+    body = (CORPUS / "matched" / "documented.json").read_bytes()
+    unknown = request(receiver, "/no/such/path", body)
+    for path in (f"/callbacks%2F{setup.token}", f"/callbacks%2f{setup.token}"):
+        answer = request(receiver, path, body)
+        setup.answers.append(answer.body)
+        assert (answer.status, answer.body) == (unknown.status, unknown.body), path
+    assert stored_ids(load(setup.location)) == []
     setup.check_no_token()
 
 
@@ -729,7 +747,8 @@ CALLBACKS = 500
 
 
 def flood_bodies(tasks: Sequence[Task]) -> list[bytes]:
-    """CALLBACKS distinct bodies: 4 of 5 for the tasks (each its own file), 1 of 5 unmatched."""
+    """CALLBACKS distinct bodies: 4 of 5 for the tasks (each its own file), 1 of 5 unmatched
+    (every task gets as many of each)."""
     bodies = []
     for index in range(CALLBACKS):
         task = tasks[index % len(tasks)]
@@ -742,7 +761,9 @@ def flood_bodies(tasks: Sequence[Task]) -> list[bytes]:
             "format": "mp4",
             "fileSize": str(1000 + index),
             "downloadUrl": f"http://s3.example.com/highlights/{index}.mp4",
-            "taskExternalId": generated_external_id(task.hash) if index % 5 else f"nobody-{index}",
+            "taskExternalId": (
+                generated_external_id(task.hash) if (index // len(tasks)) % 5 else f"nobody-{index}"
+            ),
         }
         bodies.append(json.dumps(document).encode())
     return bodies

@@ -400,6 +400,15 @@ def test_the_corpus_is_answered_and_stored_as_its_directories_say(
         callback = parse_body(path.read_bytes())
         assert kept.body == json.loads(path.read_bytes()), path.name  # as received
         assert kept.reason == match_callback(callback, entries).reason, path.name
+    reasons = {
+        path.name: kept.reason for path, kept in zip(unmatched, state.unmatched, strict=True)
+    }
+    assert reasons["unknown-event.json"] == (
+        "event 'stream_publish', not 'record_done': not a record callback"
+    )
+    assert reasons["unknown-external-id.json"] == (
+        "no task in this state was sent taskExternalId 'no-task-was-sent-this-id'"
+    )
 
     # Each again: duplicates, nothing new.
     for path in matched + unmatched:

@@ -45,6 +45,7 @@ from reconciler.callbacks import Callback, CallbackError, StoredCallback, parse_
 from reconciler.state import (
     StateBackend,
     StateError,
+    StateLockedError,
     is_database_location,
     open_state,
     utc_timestamp,
@@ -60,6 +61,9 @@ HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 64 * 1024
 #: How long a client may take to send a whole body: a slow one must not hold a slot forever.
 BODY_DEADLINE_SECONDS = 10.0
+#: How long a connection may stay without a request, from its start or its last answer, before
+#: it is closed: a client that sends nothing, or its headers a byte at a time, is cut off.
+REQUEST_DEADLINE_SECONDS = 5.0
 #: What a 503 asks the sender to wait before it tries again.
 RETRY_AFTER_SECONDS = 5
 #: How long SIGTERM waits for the callbacks in progress before it gives up on them.
@@ -185,6 +189,7 @@ class Stores:
         self._mutex = threading.Lock()
         self._opened: list[StateBackend] = []
         self._shared: StateBackend | None = None
+        self._serial = threading.Lock()
         self._closed = False
 
     def _open(self) -> StateBackend:
@@ -223,7 +228,18 @@ class Stores:
         """
         store = self._store()
         if not self.per_thread:
-            return store.record_callback(callback, received_at)
+            # One thread at a time asks for the file lock: the others wait here, woken at
+            # once when it is free (a file lock's waiters poll it), within the lock timeout.
+            if not self._serial.acquire(timeout=self.lock_timeout):
+                raise StateLockedError(
+                    f"{store.shown}: the callbacks before this one held the state for more "
+                    f"than the lock timeout ({self.lock_timeout:g} s)",
+                    None,
+                )
+            try:
+                return store.record_callback(callback, received_at)
+            finally:
+                self._serial.release()
         from reconciler.state.postgres import StateConnectionError
 
         try:
@@ -536,7 +552,11 @@ def serve(config: ReceiverConfig, *, err: TextIO | None = None) -> int:
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="receiver")
     app = ReceiverApp(config.token, stores, executor, log)
     server = _make_server(
-        app, config, on_started=lambda: log.line({"event": "listening", "url": url})
+        app,
+        config,
+        on_started=lambda: log.line({"event": "listening", "url": url}),
+        # Signalled: no new connections from now on; the callbacks in progress finish.
+        on_stopping=lambda: log.write("stopping", inFlight=len(server.server_state.tasks)),
     )
     previous: dict[int, Any] = {}
     try:
@@ -557,11 +577,56 @@ def serve(config: ReceiverConfig, *, err: TextIO | None = None) -> int:
     return 0
 
 
+def _protocol_class() -> type[asyncio.Protocol]:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class DeadlineProtocol(H11Protocol):
+        """uvicorn's h11 protocol, with a deadline for each request's headers to arrive.
+
+        uvicorn's keep-alive timeout starts only after an answer, and any byte received
+        cancels it: a connection that trickles its headers would be held for ever, and enough
+        of them fill the connection limit. Here a connection that has had no new request for
+        REQUEST_DEADLINE_SECONDS since it opened, or since its last answer, is closed.
+        """
+
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(
+                REQUEST_DEADLINE_SECONDS, self._expire, self.cycle
+            )
+
+        def _expire(self, waiting_after: object) -> None:
+            # Still the request before (or none yet), answered: no new one came in time.
+            cycle = self.cycle
+            answered = cycle is None or cycle.response_complete
+            if cycle is waiting_after and answered and not self.transport.is_closing():
+                self.transport.close()
+
+    return DeadlineProtocol
+
+
 def _make_server(
     app: ReceiverApp,
     config: ReceiverConfig,
     *,
     on_started: Callable[[], None],
+    on_stopping: Callable[[], None],
 ) -> uvicorn.Server:
     import uvicorn
 
@@ -574,6 +639,10 @@ def _make_server(
             await super().startup(sockets=sockets)
             if self.started:
                 on_started()
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            on_stopping()
+            await super().shutdown(sockets=sockets)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -590,7 +659,7 @@ def _make_server(
         host=config.host,
         port=config.port,
         loop="asyncio",
-        http="h11",
+        http=_protocol_class(),
         ws="none",
         lifespan="off",
         interface="asgi3",

@@ -469,16 +469,18 @@ def test_size_limit_depth_and_truncation(make_setup: Any, minimal: Task) -> None
     documented = (CORPUS / "matched" / "documented.json").read_bytes()
 
     assert post(receiver, padded(documented, LIMIT)).status == 200  # 64 KiB is allowed
-    assert post(receiver, padded(documented, LIMIT + 1)).status == 413
-    assert post(receiver, padded(documented, 1024 * 1024)).status == 413
 
     # Refused by Content-Length before reading: the answer comes though no body was sent.
-    headers = (
-        f"POST /callbacks/{setup.token} HTTP/1.1\r\nHost: x\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {1024 * 1024}\r\n\r\n"
-    ).encode()
-    answer = raw_exchange(receiver, headers)
-    assert answer is not None and answer.status == 413
+    for size in (LIMIT + 1, 1024 * 1024):
+        headers = (
+            f"POST /callbacks/{setup.token} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        ).encode()
+        answer = raw_exchange(receiver, headers)
+        assert answer is not None and answer.status == 413, size
+        # The whole body sent as well: 413, or the connection cut before the client read it.
+        answer = raw_exchange(receiver, headers + padded(documented, size), send_in_background=True)
+        assert answer is None or answer.status == 413, size
     huge = (
         f"POST /callbacks/{setup.token} HTTP/1.1\r\nHost: x\r\n"
         "Content-Length: 99999999999999999999999999\r\n\r\n"

@@ -152,6 +152,9 @@ class Receiver:
     def output(self) -> str:
         return b"".join(self._stdout + self._stderr).decode("utf-8", "replace")
 
+    def stderr_lines(self) -> list[bytes]:
+        return [line for line in self._stderr if line.strip()]
+
     def logs(self) -> list[dict[str, Any]]:
         """The JSON lines on stderr (callbacks, listening, stopped)."""
         documents = []
@@ -320,9 +323,12 @@ class Setup:
         return f"{self.location.partition('#')[0]}#{name}"
 
     def check_no_token(self, *locations: str) -> None:
+        """The token in no output, answer or state (nor the database's password in output);
+        no traceback; every line on stderr a JSON log line."""
         for receiver in self.receivers:
             assert self.token not in receiver.output
             assert "Traceback" not in receiver.output, receiver.output
+            assert len(receiver.logs()) == len(receiver.stderr_lines()), receiver.output
         for body in self.answers:
             assert self.token.encode() not in body
         for location in (self.location, *locations):

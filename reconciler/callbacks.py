@@ -83,8 +83,12 @@ def parse_callback(document: object) -> Callback:
     if not isinstance(document, dict):
         raise CallbackError(f"the body is a JSON {_json_kind(document)}, not an object")
     try:
-        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except (RecursionError, ValueError) as error:  # ValueError: a lone surrogate, say
+        canonical = json.dumps(
+            document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (RecursionError, ValueError) as error:
+        # ValueError: infinity (the decoder reads 1e400 as one, and the state cannot keep it),
+        # or an integer past int's digit limit.
         raise CallbackError(f"the body cannot be kept as JSON ({_short(error)})") from None
     external = _text(document.get("taskExternalId"))
     if external is None:

@@ -24,6 +24,7 @@ ROWS = (
     "apply-db",
     "plan-noop-db",
     "memory-db",
+    "receiver",
 )
 NUMBER = re.compile(r"\d+\.\d+")
 
@@ -71,6 +72,13 @@ def test_smoke_run_reports_every_case(tmp_path: Path) -> None:
     for case, cells in rows.items():
         assert NUMBER.search(cells[2]), f"{case}: no figure of ours in {cells}"
         assert cells[6] in ("pass", "MISS", "within noise"), f"{case}: {cells}"
-    for case in ("validate-small", "startup", "apply-vs-loop", "apply-db", "plan-noop-db"):
+    for case in (
+        "validate-small",
+        "startup",
+        "apply-vs-loop",
+        "apply-db",
+        "plan-noop-db",
+        "receiver",
+    ):
         assert NUMBER.search(rows[case][3]), f"{case}: no peer figure in {rows[case]}"
     assert (results.read_bytes() if results.exists() else None) == before

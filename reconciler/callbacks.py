@@ -70,7 +70,12 @@ class Match:
 def parse_body(raw: bytes) -> Callback:
     """A callback from the bytes of a request body; CallbackError if it is no JSON object."""
     try:
-        document = json.loads(raw, parse_constant=_no_constant)
+        # Decoded here, strictly: json.loads would also take UTF-16 and UTF-32 bytes.
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CallbackError(f"the body is not UTF-8 ({_short(error)})") from None
+    try:
+        document = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise CallbackError("the body is nested too deeply to be a callback") from None
     except (ValueError, UnicodeDecodeError) as error:

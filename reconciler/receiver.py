@@ -311,7 +311,11 @@ class ReceiverApp:
         await _respond(send, answer)
 
     async def _route(self, scope: Scope, receive: Receive) -> _Answer:
-        path: str = scope.get("path", "")
+        # Routed on the path as sent, not as decoded: `/callbacks%2FTOKEN` or a percent-encoded
+        # token is not our path (RFC 3986 §2.2: an encoded reserved character is data, not a
+        # delimiter), and a token is made of characters that are never encoded.
+        raw = scope.get("raw_path")
+        path: str = raw.decode("latin-1") if isinstance(raw, bytes) else scope.get("path", "")
         method: str = scope.get("method", "")
         if path == HEALTH_PATH:
             if method in ("GET", "HEAD"):

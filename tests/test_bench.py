@@ -25,6 +25,7 @@ ROWS = (
     "plan-noop-db",
     "memory-db",
     "receiver",
+    "verify",
 )
 NUMBER = re.compile(r"\d+\.\d+")
 

@@ -24,7 +24,7 @@ from jsonschema import Draft202012Validator
 
 from reconciler.callbacks import parse_callback
 from reconciler.plan import make_plan
-from reconciler.report import plan_timelines, recording_counts, recordings_line
+from reconciler.report import plan_timelines, recording_counts, recordings_line, visible
 from reconciler.state import (
     EvidenceSource,
     Recording,
@@ -654,3 +654,18 @@ def test_apply_of_a_saved_plan_reads_the_recordings_from_the_state(tmp_path: Pat
     assert "SANDBOX apply complete: 1 submitted, 1 pending (outcome unknown), 5 unchanged." in (
         result.stdout
     )
+
+
+def test_plan_markdown_renders_callback_text_as_text(
+    workspace: tuple[Path, dict[str, Task]],
+) -> None:
+    """Rendered as GitHub would (tests/test_review_text.py's checks: no raw HTML, link,
+    image or comment), the failed recording's cell shows the callback's text as written."""
+    from tests.test_review_text import cells_of, rendered
+
+    root, _ = workspace
+    page = rendered(cli(root, "plan", "clips", "--format", "markdown").stdout)
+    cells = cells_of(page)
+    detail = f"({visible(HOSTILE_FORMAT)}: {visible(HOSTILE_STATUS)} (callback))"
+    assert f"recording failed {detail}" in cells
+    assert "pending settled by callback; recorded; requestId unknown" in cells

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import json
 import re
 import unicodedata
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # Rich and the apply machinery load only for the commands tha
     from rich.console import Console
 
     from reconciler.apply import ApplyResult, Outcome
+    from reconciler.state import State
 
 FORMAT_VERSION = 1
 
@@ -356,13 +358,30 @@ def plan_text(
         items = plan.of(PlanAction(action))
         if not items or (quiet and action != "pending"):
             continue
+        title = f"{heading} ({len(items)})"
         if action == "unchanged" and not verbose:
-            continue
-        out.print(f"[bold {style}]{heading} ({len(items)}):[/]")
+            items, title = _unchanged_to_look_at(items)
+            if not items:
+                continue
+        out.print(f"[bold {style}]{title}:[/]")
         for item in items:
-            out.print(f"  [{style}]{mark}[/] {escape(plan_item_line(item, zone))}")
+            line = plan_item_line(item, zone)
+            words = recording_words(item)
+            out.print(f"  [{style}]{mark}[/] {escape(line + (f'  [{words}]' if words else ''))}")
         out.print()
+    recordings = recordings_line(plan.items)
+    if recordings and (not quiet or any(_needs_a_look(item) for item in plan.items)):
+        out.print(escape(recordings))
     out.print(f"[bold]{plan.summary()}[/]")
+
+
+def _unchanged_to_look_at(items: list[PlanItem]) -> tuple[list[PlanItem], str]:
+    """Without --verbose, the `unchanged` tasks whose recording failed or is missing, or that
+    evidence settled, and the heading that says they are not all."""
+    shown = [item for item in items if _needs_a_look(item)]
+    return shown, (
+        f"Unchanged, recording to look at ({len(shown)} of {len(items)}; --verbose lists all)"
+    )
 
 
 def plan_github(plan: Plan, out: TextIO, *, zone: tzinfo = UTC) -> None:
@@ -396,11 +415,52 @@ def plan_github(plan: Plan, out: TextIO, *, zone: tzinfo = UTC) -> None:
             )
             + "\n"
         )
-    out.write(plan.summary() + "\n")
+    for line in recording_annotations(plan, zone):
+        out.write(line + "\n")
+    recordings = recordings_line(plan.items)
+    if recordings:
+        out.write(recordings + "\n")
+    out.write(plan.summary() + "\n")  # last, as in every format
+
+
+def recording_annotations(
+    plan: Plan, zone: tzinfo = UTC, *, title: str = "reconciler plan"
+) -> list[str]:
+    """A `::warning` at the manifest for each task whose recording failed or is missing, and
+    a `::notice` for each `pending` task the evidence settled (never sent again)."""
+    lines = []
+    for item in plan.items:
+        state, source = recording_state(item), settled_by(item)
+        if state in RECORDING_PROBLEMS:
+            detail = recording_problem_detail(item)
+            message = f"{state}: {plan_item_line(item, zone)}" + (f": {detail}" if detail else "")
+            level = "warning"
+        elif source is not None:
+            message = (
+                f"pending settled by {source}: {plan_item_line(item, zone)}: the service "
+                "processed it, so it is never sent again (its requestId stays unknown)"
+            )
+            level = "notice"
+        else:
+            continue
+        orphaned = item.action is PlanAction.ORPHANED or item.line is None
+        lines.append(
+            github_annotation(
+                level,
+                message,
+                file=None if orphaned else item.source,
+                line=None if orphaned else item.line,
+                title=f"{title}: recording",
+            )
+        )
+    return lines
 
 
 def _md_table(items: Sequence[PlanItem], zone: tzinfo) -> list[str]:
-    rows = ["| name | task | stream | times | manifest |", "|---|---|---|---|---|"]
+    rows = [
+        "| name | task | stream | times | manifest | recording |",
+        "|---|---|---|---|---|---|",
+    ]
     for item in items:
         cells = [
             md_text(item.name),
@@ -408,9 +468,152 @@ def _md_table(items: Sequence[PlanItem], zone: tzinfo) -> list[str]:
             md_text(item.stream),
             md_text(item_times(item, zone)),
             md_text(item.source),
+            _md_recording(item),
         ]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
+
+
+def _md_recording(item: PlanItem) -> str:
+    """The recording cell: the words, bold when it failed or is missing, with what the service
+    said (callback text, so escaped as everything else)."""
+    words = recording_words(item)
+    if not words:
+        return "-"
+    if recording_state(item) in RECORDING_PROBLEMS:
+        detail = recording_problem_detail(item)
+        return f"**{md_text(words)}**" + (f" ({md_text(detail)})" if detail else "")
+    return md_text(words)
+
+
+# --- recordings: what the evidence (callbacks, the bucket) says of each task (DESIGN §7) -------
+
+# RecordingState's values, in the order summaries count them; compared as text so that printing
+# a plan does not import the state machinery. JSON keys for the counts beside them.
+RECORDING_WORDS = ("recorded", "awaiting recording", "recording failed", "missing")
+RECORDING_PROBLEMS = frozenset({"recording failed", "missing"})
+_RECORDING_KEYS = {
+    "recorded": "recorded",
+    "awaiting recording": "awaitingRecording",
+    "recording failed": "recordingFailed",
+    "missing": "missing",
+}
+_EVIDENCE_SOURCES = ("callback", "storage")
+
+
+def recording_state(item: PlanItem) -> str | None:
+    """`recorded`, `awaiting recording`, `recording failed`, `missing`; None for a task the
+    state does not know, or a `pending` one with no evidence (its outcome is unknown)."""
+    summary = item.recording
+    if summary is None or summary.state is None:
+        return None
+    return summary.state.value
+
+
+def settled_by(item: PlanItem) -> str | None:
+    """`callback` or `storage` for a `pending` task the evidence settled; else None."""
+    summary = item.recording
+    source = summary.settled_by if summary is not None else None
+    return source.value if source is not None else None
+
+
+def recording_words(item: PlanItem) -> str:
+    """What a plan line says of an item's recording: `recorded`, `pending settled by callback;
+    recorded; requestId unknown`, `no evidence yet` (a pending task); "" for a task not in the
+    state."""
+    summary = item.recording
+    if summary is None:
+        return ""
+    if summary.state is None:
+        looked = any(recording.status == "missing" for recording in summary.recordings)
+        return "no evidence yet; no file in the bucket yet" if looked else "no evidence yet"
+    if summary.settled:
+        return f"{summary.words}; requestId unknown"
+    return summary.words
+
+
+def recording_counts(items: Sequence[PlanItem]) -> dict[str, int]:
+    """How many items are in each recording state, and how many pending tasks each source of
+    evidence settled: the `recordings` object of the JSON outputs."""
+    counts = {key: 0 for key in _RECORDING_KEYS.values()}
+    counts.update({"settledByCallback": 0, "settledByStorage": 0})
+    for item in items:
+        state = recording_state(item)
+        if state in _RECORDING_KEYS:
+            counts[_RECORDING_KEYS[state]] += 1
+        source = settled_by(item)
+        if source is not None:
+            counts["settledBy" + source.capitalize()] += 1
+    return counts
+
+
+def recordings_line(items: Sequence[PlanItem], *, tense: str = "present") -> str | None:
+    """`Recordings: 12 recorded, 3 awaiting recording, 1 recording failed; 1 pending task
+    settled by callback: never sent again.`; None when no item is a task the state knows.
+    `tense="past"` for after an apply (`2 pending tasks were settled by callback`)."""
+    counts = recording_counts(items)
+    shown = [
+        f"{counts[_RECORDING_KEYS[word]]} {word}"
+        for word in RECORDING_WORDS
+        if counts[_RECORDING_KEYS[word]]
+    ]
+    settled = []
+    for source in _EVIDENCE_SOURCES:
+        count = counts["settledBy" + source.capitalize()]
+        if count:
+            verb = ("was" if count == 1 else "were") if tense == "past" else ""
+            what = plural(count, "pending task")
+            settled.append(f"{what} {verb + ' ' if verb else ''}settled by {source}")
+    if not shown and not settled:
+        return None
+    text = "Recordings: " + (", ".join(shown) if shown else "none yet")
+    if settled:
+        text += "; " + " and ".join(settled) + ": never sent again"
+    return text + "."
+
+
+def _needs_a_look(item: PlanItem) -> bool:
+    """An `unchanged` task a reader should see without --verbose: its recording failed or is
+    missing, or it was `pending` and evidence settled it."""
+    return recording_state(item) in RECORDING_PROBLEMS or settled_by(item) is not None
+
+
+def recording_problem_detail(item: PlanItem) -> str:
+    """`mp4: failed (callback)`, `flv: no file in the bucket`, one per output whose status is
+    not success: what the service (or the bucket) said, with control characters made visible."""
+    summary = item.recording
+    if summary is None:
+        return ""
+    parts = [
+        f"{visible(recording.format)}: "
+        + (
+            "no file in the bucket"
+            if recording.status == "missing"
+            else f"{visible(recording.status)} ({recording.source.value})"
+        )
+        for recording in summary.recordings
+        if recording.status != "success"
+    ]
+    return ", ".join(parts)
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """`plan --format json`: the saved-plan document with a `recordings` count object."""
+    document = plan.to_json()
+    document["recordings"] = recording_counts(plan.items)
+    return document
+
+
+def plan_with_recordings(plan: Plan, state: State) -> Plan:
+    """`plan` with every item the state knows carrying what the evidence says of it (a plan
+    read from a file carries none: evidence is read from the state, never from a plan file)."""
+    items = tuple(
+        item
+        if item.recording is not None or state.get(item.hash) is None
+        else dataclasses.replace(item, recording=state.recording(item.hash))
+        for item in plan.items
+    )
+    return dataclasses.replace(plan, items=items)
 
 
 # --- plan timeline: a Mermaid gantt chart per stream, for the Markdown plan ------------------
@@ -425,7 +628,23 @@ TIMELINE_SECTIONS = (
     (PlanAction.PENDING, "Pending", "crit"),
     (PlanAction.UNCHANGED, "Unchanged", "done"),
 )
-# More `unchanged` clips than this in one stream are drawn as one bar, first start to last end.
+# An `unchanged` clip's bar shows its recording instead (its label names it too): done when
+# recorded, active while the recording is awaited (as a clip still waiting), crit when it
+# failed or is missing (as a pending one: someone should look). A plan read from a file knows
+# no recordings: its unchanged bars stay `done`.
+TIMELINE_RECORDING_TAGS = {
+    "recorded": "done",
+    "awaiting recording": "active",
+    "recording failed": "crit",
+    "missing": "crit",
+}
+TIMELINE_LEGEND = (
+    "Timeline bars (Mermaid's colours): plain, to submit; light (active), waiting or awaiting "
+    "recording; grey (done), recorded; red (critical), pending, recording failed or missing. "
+    "An unchanged clip's label names its recording."
+)
+# More `unchanged` clips than this in one stream are drawn as one bar per recording state,
+# first start to last end.
 TIMELINE_COLLAPSE_UNCHANGED_AFTER = 20
 # A chart with more bars than this is left out (with a sentence saying so): it would not be
 # readable, and Mermaid refuses sources over 50,000 characters.
@@ -549,24 +768,59 @@ def plan_timelines(plan: Plan, zone: tzinfo = UTC) -> list[Timeline]:
         for stream, items in per_stream.items():
             bars = by_stream.setdefault(stream, [])
             if action is PlanAction.UNCHANGED and len(items) > TIMELINE_COLLAPSE_UNCHANGED_AFTER:
-                segments = [segment for item in items for segment in item.segments]
-                start = min(start for start, _ in segments)
-                end = max(end for _, end in segments)
-                bars.append(TimelineBar(section, f"{len(items)} unchanged clips", start, end, tag))
+                bars += _collapsed_unchanged_bars(section, items, tag)
                 continue
             drawn = []
             for item in items:
                 segments = item.segments
+                item_tag, suffix = tag, ""
+                if action is PlanAction.UNCHANGED:
+                    item_tag, suffix = _recording_bar(item, tag)
                 for number, (start, end) in enumerate(segments, 1):
                     label = item.name
                     if len(segments) > 1:
                         label += f" {number}/{len(segments)}"
-                    drawn.append(TimelineBar(section, label, start, end, tag))
+                    drawn.append(TimelineBar(section, label + suffix, start, end, item_tag))
             bars += sorted(drawn, key=lambda bar: (bar.start, bar.end, bar.label))
     return [
         Timeline(stream, tuple(by_stream[stream]), plan.created_at, zone)
         for stream in sorted(by_stream)
     ]
+
+
+def _recording_bar(item: PlanItem, tag: str) -> tuple[str, str]:
+    """An `unchanged` clip's tag and label suffix: ` (recorded)`, ` (settled by callback,
+    recorded)`; the section's own tag for a clip whose recording is not known."""
+    state = recording_state(item)
+    if state is None:
+        return tag, ""
+    source = settled_by(item)
+    words = f"settled by {source}, {state}" if source else state
+    return TIMELINE_RECORDING_TAGS.get(state, tag), f" ({words})"
+
+
+def _collapsed_unchanged_bars(
+    section: str, items: Sequence[PlanItem], tag: str
+) -> list[TimelineBar]:
+    """`37 unchanged clips (recorded)`: one bar per recording state, first start to last end,
+    the states in RECORDING_WORDS order (unknown last)."""
+    groups: dict[str | None, list[PlanItem]] = {}
+    for item in items:
+        groups.setdefault(recording_state(item), []).append(item)
+    order = [*RECORDING_WORDS, None]
+    bars = []
+    for state in sorted(groups, key=order.index):
+        group = groups[state]
+        segments = [segment for item in group for segment in item.segments]
+        start = min(start for start, _ in segments)
+        end = max(end for _, end in segments)
+        label = f"{len(group)} unchanged {'clip' if len(group) == 1 else 'clips'}"
+        if state is not None:
+            label += f" ({state})"
+        bars.append(
+            TimelineBar(section, label, start, end, TIMELINE_RECORDING_TAGS.get(state or "", tag))
+        )
+    return bars
 
 
 @dataclass(frozen=True, slots=True)
@@ -689,6 +943,8 @@ def timeline_markdown(plan: Plan, zone: tzinfo = UTC) -> list[str]:
             ]
         else:
             lines += ["```mermaid", source, "```", ""]
+    if lines and plan.of(PlanAction.UNCHANGED):
+        lines += [md_text(TIMELINE_LEGEND), ""]
     return lines
 
 
@@ -698,6 +954,9 @@ def plan_markdown(
     """A PR comment / $GITHUB_STEP_SUMMARY: the summary, a timeline per stream, then a table per
     action; long lists collapse. Every value from a manifest or the state is text (`md_text`)."""
     lines = [f"### {title}", "", f"**{plan.summary()}**", ""]
+    recordings = recordings_line(plan.items)
+    if recordings:
+        lines += [md_text(recordings), ""]
     note = zone_note(zone, plan.created_at)
     if note:
         lines += [md_text(note), ""]
@@ -820,6 +1079,7 @@ def apply_json(
         "summary": {
             kind: sum(1 for o in result.outcomes if o.kind == kind) for kind in OUTCOME_KINDS
         },
+        "recordings": recording_counts(plan.items),
         "outcomes": [
             {
                 "hash": o.item.hash,
@@ -871,7 +1131,18 @@ def apply_github(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: bool 
                 )
                 + "\n"
             )
+    for line in recording_annotations(plan, title="reconciler apply"):
+        out.write(line + "\n")
+    recordings = apply_recordings_line(plan)
+    if recordings:
+        out.write(recordings + "\n")
     out.write(apply_summary(result, plan, sandbox=sandbox) + "\n")
+
+
+def apply_recordings_line(plan: Plan) -> str | None:
+    """After an apply, what the evidence says of the planned tasks the state already knew:
+    `Recordings: 3 recorded; 2 pending tasks were settled by callback: never sent again.`"""
+    return recordings_line(plan.items, tense="past")
 
 
 def apply_markdown(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: bool = False) -> None:
@@ -881,6 +1152,9 @@ def apply_markdown(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: boo
         f"**{apply_summary(result, plan, sandbox=sandbox)}**",
         "",
     ]
+    recordings = apply_recordings_line(plan)
+    if recordings:
+        lines += [md_text(recordings), ""]
     if result.outcomes:
         rows = ["| outcome | name | task | requestId / message |", "|---|---|---|---|"]
         for o in result.outcomes:

@@ -46,7 +46,7 @@ PROBLEM_LINE = re.compile(r"^[^:\s][^:]*:\d+:\d+: .+")
 ANSI = "\x1b["
 # SGR colour parameters: 30-37/90-97 foreground, 40-47/100-107 background, 38/48 extended.
 ANSI_COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-8]|4[0-8]|9[0-7]|10[0-7])(?:;[0-9;]*)?m")
-MARKDOWN_TABLE_HEADER = "| name | task | stream | times | manifest |"
+MARKDOWN_TABLE_HEADER = "| name | task | stream | times | manifest | recording |"
 COLLAPSE_AFTER = 10  # the README promises that longer lists collapse
 
 SEASON_CLIPS = 15  # 01 unchanged, 02 renamed, 03 pending, 04..15 create (12: collapses)
@@ -528,13 +528,13 @@ def test_plan_markdown_tables_and_collapsing(workspace: Path) -> None:
     }
     for heading, rows, collapsed in blocks.values():
         assert rows[0] == MARKDOWN_TABLE_HEADER
-        assert rows[1] == "|---|---|---|---|---|"
+        assert rows[1] == "|---|---|---|---|---|---|"
         count = int(heading.rsplit("(", 1)[1].rstrip(")"))
         assert len(rows) - 2 == count
         # Long lists collapse; so does `unchanged`, which nobody needs to read.
         assert collapsed == (count > COLLAPSE_AFTER or heading.startswith("Unchanged")), heading
         # Every row has exactly the header's columns: a '|' in a value is escaped.
-        assert {unescaped_pipes(row) for row in rows} == {6}
+        assert {unescaped_pipes(row) for row in rows} == {7}
     create_rows = blocks["To submit"][1]
     assert any("cam\\|15" in row for row in create_rows)
 
@@ -599,8 +599,13 @@ def test_plan_markdown_draws_a_timeline_per_stream(workspace: Path) -> None:
     streams = {f"push.example.com/live/match-{n}" for n in range(1, 15)}
     streams |= {"push.example.com/live/cam|15", "push.example.com/live/final-2099"}
     assert set(charts) == streams
-    assert charts["push.example.com/live/match-1"] == {"Unchanged": ["clip-01"]}
-    assert charts["push.example.com/live/match-2"] == {"Unchanged": ["clip-02"]}
+    # An unchanged clip's label names its recording (tests/test_recording_outputs.py has more).
+    assert charts["push.example.com/live/match-1"] == {
+        "Unchanged": ["clip-01 (awaiting recording)"]
+    }
+    assert charts["push.example.com/live/match-2"] == {
+        "Unchanged": ["clip-02 (awaiting recording)"]
+    }
     assert charts["push.example.com/live/match-3"] == {"Pending": ["clip-03"]}
     assert charts["push.example.com/live/match-4"] == {"To submit": ["clip-04"]}
     assert charts["push.example.com/live/cam|15"] == {"To submit": ["clip-15"]}
@@ -806,8 +811,16 @@ def test_schema_rejects_a_dropped_or_renamed_field(
         for key in original:
             dropped = copy.deepcopy(documents[command])
             del _at(dropped, path)[key]
-            if key in ("saveObject", "taskExternalId"):
-                assert_valid(output_schema, dropped)  # optional in the request body
+            if key in (
+                "saveObject",
+                "taskExternalId",
+                "recording",
+                "recordings",
+                "unmatchedCallbacks",
+            ):
+                # Optional in the request body; the evidence fields (DESIGN §7) are optional so
+                # that documents from before them (saved plans) still validate.
+                assert_valid(output_schema, dropped)
                 continue
             assert_invalid(output_schema, dropped)
             renamed = copy.deepcopy(documents[command])

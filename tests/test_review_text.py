@@ -191,8 +191,8 @@ def test_plan_markdown_hostile_stream_and_app_names(value: str) -> None:
     plan_markdown(plan, out)
     page = rendered(out.getvalue())
     assert_shown(page, plan)
-    # The row is still a row of five cells: nothing closed the table or added a column.
-    assert len(page.cells) == 5 + 5
+    # The row is still a row of six cells: nothing closed the table or added a column.
+    assert len(page.cells) == 6 + 6
 
 
 @settings(max_examples=60, deadline=None)

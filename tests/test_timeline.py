@@ -8,6 +8,7 @@ with CI set (as in .ci/run, which installs both) it fails instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,7 +22,14 @@ import pytest
 
 from reconciler.plan import MAX_SETTLE_SECONDS
 from reconciler.report import Timeline, TimelineBar, timeline_gantt
-from reconciler.state import State, StateEntry, StateStore, TaskStatus
+from reconciler.state import (
+    EvidenceSource,
+    Recording,
+    State,
+    StateEntry,
+    StateStore,
+    TaskStatus,
+)
 from reconciler.tasks import load_tasks
 from tests.browser.render import Bar, RenderedChart, mermaid_blocks, missing, render
 
@@ -123,13 +131,24 @@ def rendered(markdown: str) -> dict[str, RenderedChart]:
     return by_stream
 
 
-def kind(bar: Bar) -> str:
-    """The action a bar was drawn as, from mermaid's classes (`done0`, `crit1`, `task0`...)."""
+def tag(bar: Bar) -> str:
+    """The tag a bar was drawn with, from mermaid's classes (`done0`, `crit1`, `task0`...)."""
     tags = {re.sub(r"\d+$", "", cls) for cls in bar.classes} - {"task"}
     assert len(tags) <= 1, bar
-    return {"done": "unchanged", "active": "waiting", "crit": "pending", "": "create"}[
-        tags.pop() if tags else ""
-    ]
+    return tags.pop() if tags else ""
+
+
+# An unchanged clip's label names its recording, and its tag shows it (done, active, crit).
+RECORDING_LABEL = re.compile(
+    r" \((?:settled by \w+, )?(recorded|awaiting recording|recording failed|missing)\)$"
+)
+
+
+def kind(bar: Bar) -> str:
+    """The action a bar was drawn as: an unchanged clip by its label, the others by tag."""
+    if RECORDING_LABEL.search(bar.label):
+        return "unchanged"
+    return {"done": "unchanged", "active": "waiting", "crit": "pending", "": "create"}[tag(bar)]
 
 
 def bars_by_kind(chart: RenderedChart) -> dict[str, list[str]]:
@@ -187,8 +206,10 @@ def test_one_bar_per_segment_grouped_by_action(tmp_path: Path) -> None:
     assert bars_by_kind(final) == {
         "create": ["reel 1/3", "reel 2/3", "reel 3/3", "trophy"],
         "pending": ["goal-3"],
-        "unchanged": ["goal-1", "goal-2"],
+        "unchanged": ["goal-1 (awaiting recording)", "goal-2 (awaiting recording)"],
     }
+    # Submitted, no evidence yet: drawn `active`, as a clip that is still being recorded.
+    assert {tag(bar) for bar in final.bars if kind(bar) == "unchanged"} == {"active"}
 
     press = charts["push.example.com/live/press"]
     assert press.sections == ["Waiting"]
@@ -209,8 +230,61 @@ def test_settle_makes_recent_clips_wait(tmp_path: Path) -> None:
     charts = rendered(plan_markdown(tmp_path, "--settle", str(MAX_SETTLE_SECONDS)))
     assert bars_by_kind(charts["push.example.com/live/final"]) == {
         "waiting": ["goal-2"],
-        "unchanged": ["goal-1"],
+        "unchanged": ["goal-1 (awaiting recording)"],
     }
+
+
+# --- an unchanged clip's bar shows its recording (DESIGN §7b) -------------------------------------
+
+
+def add_evidence(root: Path, statuses: dict[str, str]) -> None:
+    """One mp4 record per named clip in the state, with that status (`missing`: the bucket's)."""
+    store = StateStore(root / "reconciler-state.json")
+    by_name = {entry.name: entry for entry in store.load().entries.values()}
+    evidence = [
+        (
+            by_name[name].hash,
+            Recording(
+                hashlib.sha256(name.encode()).hexdigest(),
+                EvidenceSource.STORAGE if status == "missing" else EvidenceSource.CALLBACK,
+                "mp4",
+                status,
+                STAMP,
+            ),
+        )
+        for name, status in statuses.items()
+    ]
+    assert store.record_evidence(evidence) == len(evidence)
+
+
+def test_unchanged_bars_show_their_recording(tmp_path: Path) -> None:
+    clips = ("recorded", "awaiting", "failed", "missing", "settled")
+    write_clips(
+        tmp_path,
+        [
+            manifest(name, "final", (f"2020-06-01T19:{n:02d}:00Z", f"2020-06-01T19:{n:02d}:40Z"))
+            for n, name in enumerate(clips)
+        ],
+    )
+    write_state(
+        tmp_path, {**dict.fromkeys(clips[:4], TaskStatus.SUBMITTED), "settled": TaskStatus.PENDING}
+    )
+    add_evidence(
+        tmp_path,
+        {"recorded": "success", "failed": "failed", "missing": "missing", "settled": "success"},
+    )
+    markdown = plan_markdown(tmp_path)
+    assert "**Plan: 0 to submit, 5 unchanged.**" in markdown
+    (chart,) = rendered(markdown).values()
+    assert chart.sections == ["Unchanged"]
+    assert {bar.label: tag(bar) for bar in chart.bars} == {
+        "recorded (recorded)": "done",
+        "awaiting (awaiting recording)": "active",
+        "failed (recording failed)": "crit",
+        "missing (missing)": "crit",
+        "settled (settled by callback, recorded)": "done",
+    }
+    assert "Timeline bars (Mermaid" in markdown  # the legend says what the colours mean
 
 
 # --- 100 clips: more than 20 unchanged in a stream are one bar -----------------------------------
@@ -233,12 +307,14 @@ def test_hundred_clips_collapse_unchanged_beyond_twenty(tmp_path: Path) -> None:
 
     season_chart = charts["push.example.com/live/season"]
     assert len(season_chart.bars) == 43 + 1
-    assert bars_by_kind(season_chart)["unchanged"] == ["37 unchanged clips"]
+    assert bars_by_kind(season_chart)["unchanged"] == ["37 unchanged clips (awaiting recording)"]
     assert len(bars_by_kind(season_chart)["create"]) == 43
     assert season_chart.title == "push.example.com/live/season, 2020-05-01 to 2020-05-04 (UTC)"
 
     cup_chart = charts["push.example.com/live/cup"]
-    assert bars_by_kind(cup_chart) == {"unchanged": [f"cup-{n:03d}" for n in range(20)]}
+    assert bars_by_kind(cup_chart) == {
+        "unchanged": [f"cup-{n:03d} (awaiting recording)" for n in range(20)]
+    }
 
 
 # --- names that are Mermaid syntax ---------------------------------------------------------------

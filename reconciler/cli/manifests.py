@@ -127,7 +127,7 @@ def _print_plan(
     from reconciler.report import plan_github, plan_markdown, plan_text
 
     if fmt is OutputFormat.JSON:
-        sys.stdout.write(plan.dumps())  # JSON stays in UTC, whatever --timezone says
+        sys.stdout.write(_plan_document(plan))  # JSON stays in UTC, whatever --timezone says
         json_failures.printed = True
     elif fmt is OutputFormat.GITHUB:
         plan_github(plan, sys.stdout, zone=zone)
@@ -262,9 +262,16 @@ def _check_plan_out(out: Path) -> None:
         fail(f"cannot save the plan to {out}: it is a folder; nothing was planned")
 
 
+def _plan_document(the_plan: Plan) -> str:
+    """The plan as `--format json` prints it and `--out` saves it: one document, the same."""
+    from reconciler.report import plan_json
+
+    return json.dumps(plan_json(the_plan), indent=2, ensure_ascii=False) + "\n"
+
+
 def _save_plan(the_plan: Plan, out: Path) -> None:
     try:
-        out.write_text(the_plan.dumps(), encoding="utf-8")
+        out.write_text(_plan_document(the_plan), encoding="utf-8")
     except OSError as error:
         fail(f"cannot save the plan to {out}: {error.strerror or error}")
 
@@ -430,6 +437,7 @@ def apply(
     from reconciler.apply import ApplyOptions, refuse_missing_state, state_for_apply
     from reconciler.client import CredentialsError, credentials_from_env
     from reconciler.plan import DEFAULT_SETTLE_SECONDS, replan_saved
+    from reconciler.report import plan_with_recordings
 
     # Usage errors first: before credentials, the state or the lock are touched.
     plan_file = _plan_file_argument(paths, selector, settle)
@@ -480,8 +488,10 @@ def apply(
         if dry_run:
             if not sandbox:
                 warn_if_missing(store)
-            the_plan = planned(state_for_apply(store, sandbox=sandbox, dry_run=True, origin=origin))
-            _print_plan(the_plan, fmt, no_color, verbose, quiet, timezone)
+            current = state_for_apply(store, sandbox=sandbox, dry_run=True, origin=origin)
+            the_plan = planned(current)
+            shown = plan_with_recordings(the_plan, current)
+            _print_plan(shown, fmt, no_color, verbose, quiet, timezone)
             if fmt is OutputFormat.TEXT:
                 console.print("Dry run: nothing was sent and the state was not changed.")
             raise typer.Exit(0)
@@ -490,7 +500,8 @@ def apply(
             current = state_for_apply(store, sandbox=sandbox, origin=origin)
             the_plan = planned(current)
             if fmt is OutputFormat.TEXT:
-                _print_plan(the_plan, fmt, no_color, verbose, quiet, timezone)
+                shown = plan_with_recordings(the_plan, current)
+                _print_plan(shown, fmt, no_color, verbose, quiet, timezone)
             options = ApplyOptions(
                 credentials=credentials,
                 endpoint=endpoint,
@@ -518,8 +529,10 @@ def _apply_and_report(
         apply_hints,
         apply_json,
         apply_markdown,
+        apply_recordings_line,
         apply_summary,
         outcome_line,
+        plan_with_recordings,
     )
 
     text = fmt is OutputFormat.TEXT
@@ -559,6 +572,9 @@ def _apply_and_report(
                 # Senders still wait for an answer: the process exits without them (main()).
                 abandoned_senders.set()
         sandbox = options.sandbox
+        # What the evidence said of the planned tasks when apply read the state (a saved
+        # plan carries none of its own).
+        the_plan = plan_with_recordings(the_plan, current)
         if fmt is OutputFormat.JSON:
             document = apply_json(result, the_plan, sandbox=sandbox, state_path=store.shown)
             print_json(document)
@@ -569,6 +585,9 @@ def _apply_and_report(
         else:
             if not sending:
                 console.print("Nothing to submit.")
+            recordings = apply_recordings_line(the_plan)
+            if recordings:
+                console.print(recordings, markup=False)
             console.print(f"[bold]{apply_summary(result, the_plan, sandbox=sandbox)}[/]")
             for hint in apply_hints(result, the_plan, store.shown):
                 console.print(f"[yellow]note[/]: {hint}", markup=True)

@@ -87,7 +87,8 @@ def _load(store: StateBackend) -> State:
 StateFormatOption = Annotated[StateFormat, typer.Option("--format", "-f", help="text or json.")]
 
 
-def _entry_json(entry: Any) -> dict[str, Any]:
+def _entry_json(entry: Any, current: State) -> dict[str, Any]:
+    summary = current.recording(entry.hash)
     return {
         "hash": entry.hash,
         "status": entry.status.value,
@@ -97,7 +98,19 @@ def _entry_json(entry: Any) -> dict[str, Any]:
         "updatedAt": entry.updated_at,
         "submittedAt": entry.submitted_at,
         "request": entry.request,
+        # The id the service was sent (its callbacks echo it); null: none recorded.
+        "taskExternalId": entry.sent_external_id,
+        "recording": summary.to_json() if summary is not None else None,
     }
+
+
+def _recording_words(current: State, entry: Any) -> str:
+    """`recorded`, `awaiting recording`, `pending settled by callback; recorded`, ... and
+    `no evidence yet` for a pending task (its outcome is unknown), as plan says it."""
+    summary = current.recording(entry.hash)
+    if summary is None:
+        return "-"
+    return summary.words if summary.state is not None else "no evidence yet"
 
 
 @state_app.command("list", cls=Command)
@@ -106,19 +119,30 @@ def state_list(
     choice: StateFormatOption = StateFormat.TEXT,
     no_color: NoColor = False,
     timezone: Timezone = UTC,
+    unmatched: Annotated[
+        bool,
+        typer.Option(
+            "--unmatched",
+            help="List the record callbacks no task could be told from, instead of the tasks.",
+        ),
+    ] = False,
 ) -> None:
-    """List every task in the state file."""
+    """List every task in the state, with what the evidence says of its recording."""
     fmt = OutputFormat(choice)
     json_failures.expect("state list", fmt is OutputFormat.JSON)
     store = open_store(state_location(state))
     current = _load(store)
+    if unmatched:
+        _list_unmatched(current, store.shown, fmt, no_color, timezone)
+        return
     entries = sorted(current.entries.values(), key=lambda e: (e.source, e.name, e.hash))
     if fmt is OutputFormat.JSON:
         document = {
             "formatVersion": 1,
             "command": "state list",
             "state": store.shown,
-            "tasks": [_entry_json(entry) for entry in entries],
+            "tasks": [_entry_json(entry, current) for entry in entries],
+            "unmatchedCallbacks": len(current.unmatched),
         }
         print_json(document)
         return
@@ -129,8 +153,9 @@ def state_list(
     from reconciler.timezones import show_time, zone_note
 
     table = Table(box=None, pad_edge=False)
-    for column in ("task", "status", "name", "requestId", "updated", "source"):
+    for column in ("task", "status", "recording", "outputs", "name", "requestId", "updated"):
         table.add_column(column)
+    table.add_column("source")
     for entry in entries:
         # Text, not markup: a value of a hand-edited state is shown as it is, escaped.
         table.add_row(
@@ -139,6 +164,8 @@ def state_list(
                 for value in (
                     entry.hash[:12],
                     entry.status.value,
+                    _recording_words(current, entry),
+                    str(len(current.recordings_of(entry.hash))),
                     entry.name,
                     entry.request_id or "-",
                     show_time(entry.updated_at, timezone),
@@ -152,9 +179,115 @@ def state_list(
         if note is not None:
             console.print(note, markup=False)
         console.print(table)
-    pending = sum(1 for entry in entries if entry.status.value == "pending")
+    settled = sum(1 for entry in entries if current.settled(entry.hash))
+    pending = sum(1 for entry in entries if entry.status.value == "pending") - settled
+    counts = [f"{pending} pending"] if pending else []
+    counts += [f"{settled} pending settled by evidence (never sent again)"] if settled else []
     console.print(
-        f"{len(entries)} tasks in {store.shown}" + (f", {pending} pending." if pending else ".")
+        f"{len(entries)} tasks in {store.shown}" + (f", {', '.join(counts)}." if counts else ".")
+    )
+    for line in _evidence_lines(current, store.shown):
+        console.print(line, markup=False)
+
+
+def _evidence_lines(current: State, shown: str) -> list[str]:
+    """`Recordings: 3 recorded, 1 recording failed.` and where the unmatched callbacks are."""
+    from reconciler.report import RECORDING_WORDS
+
+    counts = dict.fromkeys(RECORDING_WORDS, 0)
+    for key in current.entries:
+        summary = current.recording(key)
+        if summary is not None and summary.state is not None:
+            counts[summary.state.value] += 1
+    lines = []
+    if any(counts.values()):
+        parts = [f"{count} {words}" for words, count in counts.items() if count]
+        lines.append(f"Recordings: {', '.join(parts)}.")
+    if current.unmatched:
+        number = len(current.unmatched)
+        lines.append(
+            f"{number} record callback{'s' if number != 1 else ''} matched no task: "
+            f"reconciler state list --unmatched --state {shown}"
+        )
+    return lines
+
+
+def _callback_fields(callback: Any) -> dict[str, Any]:
+    """What `state list --unmatched` shows of a kept callback, read as leniently as the
+    receiver read it (the stream, format, status and taskExternalId it names, if any)."""
+    from reconciler.callbacks import CallbackError, parse_callback
+
+    try:
+        read = parse_callback(dict(callback.body))
+    except CallbackError:  # kept as received; whatever it holds, it is still listed
+        return {"stream": None, "format": None, "status": None, "taskExternalId": None}
+    named = any(part is not None for part in (read.publish_domain, read.app_name, read.stream_name))
+    return {
+        "stream": read.stream if named else None,
+        "format": read.format,
+        "status": read.status,
+        "taskExternalId": read.external_id,
+    }
+
+
+def _list_unmatched(
+    current: State, shown: str, fmt: OutputFormat, no_color: bool, timezone: Any
+) -> None:
+    """`state list --unmatched`: each callback no task could be told from, in arrival order,
+    with the reason; text escaped (a callback's fields are anyone's text)."""
+    kept = list(current.unmatched)
+    if fmt is OutputFormat.JSON:
+        print_json(
+            {
+                "formatVersion": 1,
+                "command": "state list",
+                "state": shown,
+                "unmatched": [
+                    {
+                        "id": callback.id,
+                        "receivedAt": callback.received_at,
+                        "reason": callback.reason,
+                        **_callback_fields(callback),
+                        "callback": callback.body,
+                    }
+                    for callback in kept
+                ],
+            }
+        )
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    from reconciler.timezones import show_time
+
+    console = make_console(no_color)
+    if not kept:
+        console.print(f"No unmatched record callbacks in {shown}.", markup=False)
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("received", "reason", "stream", "format", "status", "taskExternalId"):
+        table.add_column(column)
+    for callback in kept:
+        fields = _callback_fields(callback)
+        table.add_row(
+            *(
+                Text(visible(value if value is not None else "-"))
+                for value in (
+                    show_time(callback.received_at, timezone),
+                    callback.reason,
+                    fields["stream"],
+                    fields["format"],
+                    fields["status"],
+                    fields["taskExternalId"],
+                )
+            )
+        )
+    console.print(table)
+    number = len(kept)
+    console.print(
+        f"{number} unmatched record callback{'s' if number != 1 else ''} in {shown}: kept "
+        "as received, matched to no task (`--format json` shows each body).",
+        markup=False,
     )
 
 
@@ -172,7 +305,7 @@ def state_show(
     current = _load(store)
     with errors_reported():
         entry = current.find(task)
-    document = _entry_json(entry)
+    document = _entry_json(entry, current)
     if fmt is OutputFormat.JSON:
         wrapped = {
             "formatVersion": 1,
@@ -184,14 +317,45 @@ def state_show(
         return
     from reconciler.timezones import show_time
 
+    settled = current.settled(entry.hash)
     for key in ("hash", "status", "name", "source", "requestId", "updatedAt", "submittedAt"):
         value = document[key]
         shown = (
             "-" if value is None else show_time(value, timezone) if key.endswith("At") else value
         )
+        if key == "requestId" and value is None and settled:
+            shown = "unknown (the evidence settled this pending task; it is never sent again)"
         typer.echo(f"{key + ':':13} {visible(str(shown))}")
+    for line in _recording_lines(current, entry, timezone):
+        typer.echo(line)
     typer.echo("request:")
     typer.echo(visible(json.dumps(entry.request, indent=2, ensure_ascii=False, sort_keys=True)))
+
+
+def _recording_lines(current: State, entry: Any, timezone: Any) -> list[str]:
+    """`state show`'s lines on the evidence: the taskExternalId sent, the recording, and every
+    output (format, status, source, when, downloadUrl, fileSize, duration), escaped."""
+    from reconciler.timezones import show_time
+
+    sent = entry.sent_external_id
+    lines = [
+        f"{'taskExternalId:':13} {visible(sent) if sent is not None else 'none recorded'}",
+        f"{'recording:':13} {_recording_words(current, entry)}",
+    ]
+    outputs = current.recordings_of(entry.hash)
+    lines.append(f"outputs: {len(outputs) if outputs else 'none yet'}")
+    for recording in outputs:
+        lines.append(
+            f"  - {visible(recording.format) or '(no format)'}: {visible(recording.status)}, "
+            f"from {recording.source.value} at {show_time(recording.received_at, timezone)}"
+        )
+        for key, value in (
+            ("downloadUrl", recording.download_url),
+            ("fileSize", recording.file_size),
+            ("duration", recording.duration),
+        ):
+            lines.append(f"    {key + ':':12} {visible(value) if value is not None else '-'}")
+    return lines
 
 
 @state_app.command("rm", cls=Command)

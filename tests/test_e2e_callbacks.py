@@ -204,3 +204,4 @@ def test_a_pending_task_left_by_kill_9_is_settled_by_its_callback_and_never_rese
     twice = sorted(stream for stream, count in after.items() if count > 1)
     assert not twice, f"accepted twice: {twice}"
     assert again.returncode == 0, again.stdout + again.stderr
+    assert "settled" in again.stdout + again.stderr

@@ -1383,3 +1383,69 @@ def test_a_hand_edited_recording_is_refused_naming_the_task(
     with pytest.raises(StateError) as caught:
         store.load()
     assert message in str(caught.value) and str(store.path) in str(caught.value)
+
+
+# -- the load cache: a second load reads only what was appended --------------------------------
+
+
+def count_snapshot_parses(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    parses = [0]
+    parse = store._parse_snapshot
+
+    def counted(data: Any) -> Any:
+        parses[0] += 1
+        return parse(data)
+
+    monkeypatch.setattr(store, "_parse_snapshot", counted)
+    return parses
+
+
+def test_a_second_load_of_an_unchanged_state_parses_nothing_again(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_fixture(store, "v2.json")
+    parses = count_snapshot_parses(store, monkeypatch)
+    first = store.load()
+    assert store.load() == first and parses == [1]
+    with store.lock():
+        store.append([make_entry(1)])
+    assert store.load() == first.with_entries([make_entry(1)])
+    assert parses == [1], "appended journal lines are folded onto the cached state"
+    fresh = StateStore(store.path).load()
+    assert store.load() == fresh
+
+
+def test_the_cache_follows_the_content_not_the_file_identity(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process rewrites the snapshot or the journal: what is there now is read."""
+    store.create()
+    with store.lock():
+        store.append([make_entry(1)])
+    store.load()
+    # The journal replaced by another one, holding another task.
+    entry2 = make_entry(2)
+    line = state_module._journal_line(entry2)
+    store.journal_path.write_bytes(line)
+    assert set(store.load().entries) == {entry2.hash}
+    # The snapshot rewritten in place with other content of the same length.
+    store.compact()
+    data = store.path.read_bytes()
+    swapped = json.loads(data)
+    swapped["tasks"][entry2.hash]["name"] = swapped["tasks"][entry2.hash]["name"][::-1]
+    rewritten = json.dumps(swapped, sort_keys=True, indent=2, ensure_ascii=False).encode() + b"\n"
+    assert len(rewritten) == len(data) and rewritten != data
+    with open(store.path, "r+b") as handle:
+        handle.write(rewritten)
+    assert store.load().entries[entry2.hash].name == entry2.name[::-1]
+
+
+def test_a_bad_line_appended_after_a_cached_load_is_named_by_its_line(store: StateStore) -> None:
+    store.create()
+    with store.lock():
+        store.append([make_entry(1), make_entry(2)])
+    store.load()
+    with open(store.journal_path, "ab") as handle:
+        handle.write(b'{"hash": 3}\n{"hash": "x"}\n')
+    with pytest.raises(StateError, match=r"\.journal:3: "):
+        store.load()

@@ -106,6 +106,8 @@ class StateStore:
         self._mutex = threading.RLock()
         # The snapshot this store last read whole and found valid (None: it was missing).
         self._checked_snapshot: _FileIdentity | _Unchecked | None = _UNCHECKED
+        # The last State loaded, keyed by the bytes it was read from (see _Cache).
+        self._cache: _Cache | None = None
 
     def __repr__(self) -> str:
         return f"StateStore({str(self.path)!r})"
@@ -206,6 +208,7 @@ class StateStore:
                 opened = os.fstat(handle.fileno())
             except OSError as error:
                 raise StateError(f"{self.shown}: cannot read the state file: {error}") from error
+            snapshot_key = hash(data)
             journal = self._read_journal()
             try:
                 current = os.stat(self.target)
@@ -223,16 +226,30 @@ class StateStore:
                 "restore it (e.g. from Git) or repair it by hand"
             ) from None
         del data  # a large state is parsed from text alone: its bytes need not stay in memory
-        state = self._fold(self._parse_snapshot(text), journal)
+        end = _journal_valid_end(journal)
+        cache = self._cache
+        if (
+            cache is not None
+            and cache.snapshot == snapshot_key
+            and end >= cache.consumed
+            and hash(journal[: cache.consumed]) == cache.journal
+        ):
+            # The same snapshot and the journal it was folded with, and perhaps more lines:
+            # only those are read (a receiver appends one per callback; verify loads twice).
+            first_line = journal.count(b"\n", 0, cache.consumed) + 1
+            state = self._fold(_Snapshot.of(cache.state), journal[cache.consumed : end], first_line)
+        else:
+            state = self._fold(self._parse_snapshot(text), journal[:end])
+        self._cache = _Cache(snapshot_key, end, hash(journal[:end]), state)
         self._checked_snapshot = _identity(opened)
         return state
 
-    def _fold(self, snapshot: _Snapshot, journal: bytes) -> State:
+    def _fold(self, snapshot: _Snapshot, journal: bytes, first_line: int = 1) -> State:
         # The journal never records the sandbox flag: only the snapshot does, so a journal
         # without a snapshot (a first apply killed, in versions before `create`) is real.
         entries, recordings, unmatched = snapshot.entries, snapshot.recordings, snapshot.unmatched
         unmatched_ids = {callback.id for callback in unmatched}
-        for line in self._parse_journal(journal):
+        for line in self._parse_journal(journal, first_line):
             if isinstance(line, StateEntry):
                 entries[line.hash] = line
             elif isinstance(line, str):  # a removal: the task was marked but never sent
@@ -337,7 +354,7 @@ class StateStore:
         return snapshot
 
     def _parse_journal(
-        self, data: bytes
+        self, data: bytes, first_line: int = 1
     ) -> Iterator[StateEntry | str | tuple[str, Recording] | UnmatchedCallback]:
         """Lines in journal order: an entry, a removal (a bare hash), evidence for a task
         (hash, recording), or an unmatched callback."""
@@ -349,7 +366,7 @@ class StateStore:
         end = _journal_valid_end(data)
         lines = data[:end].split(b"\n")
         lines.pop()  # what follows the last "\n": empty, since `end` is a line end
-        for number, line in enumerate(lines, start=1):
+        for number, line in enumerate(lines, start=first_line):
             at = f"{where}:{number}"
             try:
                 fields = _loads_unique(line)
@@ -790,6 +807,30 @@ class _Snapshot:
     entries: dict[str, StateEntry] = field(default_factory=dict)
     recordings: dict[str, list[Recording]] = field(default_factory=dict)
     unmatched: list[UnmatchedCallback] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, state: State) -> _Snapshot:
+        """A copy of `state` to fold more journal lines into (the State itself stays as it is)."""
+        return cls(
+            state.sandbox,
+            dict(state.entries),
+            {key: list(held) for key, held in state.recordings.items()},
+            list(state.unmatched),
+        )
+
+
+@dataclass(frozen=True)
+class _Cache:
+    """The last State a store loaded, and what it was read from: the snapshot's bytes and the
+    first `consumed` bytes of the journal (their hashes: equal bytes give equal hashes, and
+    anything else differs but for a collision no one can aim at, since bytes hash with a key
+    random per process). Keyed by content, not by file identity: an inode and a timestamp can be
+    reused within a clock tick, and a wrong state would be a clip sent twice."""
+
+    snapshot: int
+    consumed: int
+    journal: int
+    state: State
 
 
 def _parse_recordings(listed: object, where: str, untouched: str) -> list[Recording]:

@@ -16,9 +16,10 @@ step the invariant of DESIGN §3 is checked from the sandbox's record and the st
       Ctrl-C abandons (at most --concurrency per abort);
   (d) nothing is accepted that no version of the manifests asked for (hashes computed here,
       independently: a clip written in a set must send exactly what its single form sends);
-  (e) a task JD Cloud's record callback reported a success for is never sent again (callbacks
+  (e) a task JD Cloud's record callback reported a success for, or whose file `reconciler
+      verify` found in the bucket (a real S3 server, SeaweedFS), is never sent again (callbacks
       delivered through the state operation the receiver uses, duplicated, delayed, lost, or
-      without taskExternalId; a `pending` task is settled by its callback).
+      without taskExternalId; a `pending` task is settled by its callback or its file).
 
 Also: exit codes are the documented ones, an apply exits 0 exactly when every task it was asked
 to submit is `submitted`, a refused saved plan sends and writes nothing, and no run prints a
@@ -79,6 +80,7 @@ from hypothesis.stateful import (
 
 from reconciler.sandbox import Sandbox, SandboxConfig
 from reconciler.state import (
+    RecordingState,
     State,
     StateBackend,
     StateStore,
@@ -434,6 +436,8 @@ def callback_body(entry: Any, fmt: str, status: str, *, with_id: bool) -> dict[s
 
 
 class ExactlyOnce(RuleBasedStateMachine):
+    seaweed: Any = None  # the S3 server (tests.seaweed_server), set by the test from its fixture
+
     def __init__(self) -> None:
         super().__init__()
         self.root = Path(tempfile.mkdtemp(prefix="reconciler-exactly-once-"))
@@ -632,6 +636,8 @@ class ExactlyOnce(RuleBasedStateMachine):
         if future:
             self.clips.append(self.new_clip(future=True))
         self.write_manifests()
+        self.seaweed.bucket(BUCKET)  # empty: the service has written nothing yet
+        self.written: set[str] = set()
         if _has_init_command():
             result = self.run("init", "--state", self.location)
             assert result.returncode == 0, result.stdout + result.stderr
@@ -905,6 +911,51 @@ class ExactlyOnce(RuleBasedStateMachine):
         for body in bodies * (2 if kind == "duplicated" else 1):
             self.deliver(body)
 
+    @rule(pick=st.integers(0, 10**6), count=st.integers(0, 3))
+    def verify(self, pick: int, count: int) -> None:
+        """The service writes the files of some accepted tasks into the bucket (a real S3
+        server); `reconciler verify` looks for every task's file: what it finds is evidence, a
+        pending task it finds is settled, and none of them is ever sent again."""
+        from reconciler.sandbox import record_key
+
+        state = self.state()
+        accepted = self.sandbox.accepted()
+        known = sorted(key for key in accepted if key in state.entries)
+        chosen = {known[(pick + n) % len(known)] for n in range(count)} if known else set()
+        keys = [
+            record_key(state.entries[key].request["body"], fmt)
+            for key in sorted(chosen)
+            for fmt in state.entries[key].request["body"]["recordFileType"].split(";")
+        ]
+        self.seaweed.put(BUCKET, keys)
+        self.written |= chosen
+        env = {**self.sandbox.env(), **self.seaweed.reader.environ()}
+        args = ("verify", "--state", self.location, "--storage-endpoint", self.seaweed.endpoint)
+        result = subprocess.run(
+            self.command(*args, "--grace", "0", "--format", "json"),
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        note(f"$ reconciler {' '.join(args)} -> exit {result.returncode} (wrote {len(chosen)})")
+        self.check_output(result)
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        json.loads(result.stdout)  # one document, whatever it found
+        after = self.state()
+        for key in self.written:
+            if key not in after.entries:
+                continue
+            summary = after.recording(key)
+            assert summary is not None and summary.state is RecordingState.RECORDED, (
+                f"{key[:12]}: its file is in the bucket, but verify left it {summary}"
+            )
+            self.called_back.setdefault(key, accepted[key])
+        if result.returncode == 0:
+            assert all(key in self.written for key in after.entries), "0 with files missing"
+
     def deliver(self, body: dict[str, Any]) -> None:
         from reconciler.callbacks import parse_callback
 
@@ -1102,12 +1153,16 @@ def run_sequences(machine: type[ExactlyOnce]) -> None:
     )
 
 
-def test_every_task_is_sent_exactly_once() -> None:
+def test_every_task_is_sent_exactly_once(
+    seaweed_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ExactlyOnce, "seaweed", seaweed_server)
     run_sequences(ExactlyOnce)
 
 
 def test_every_task_is_sent_exactly_once_with_the_state_in_postgresql(
-    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+    postgres_database: str, seaweed_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(ExactlyOnce, "seaweed", seaweed_server)
     monkeypatch.setattr(ExactlyOnceInDatabase, "database", postgres_database)
     run_sequences(ExactlyOnceInDatabase)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,6 +24,7 @@ from reconciler.client import (
     SubmitResult,
     UnknownOutcomeError,
 )
+from reconciler.notify import ConfigOutcome, ConfigOutcomeKind, apply_configs
 from reconciler.plan import Plan, PlanAction, PlanItem
 from reconciler.signing import Credentials
 from reconciler.state import State, StateBackend, StateEntry, StateError, TaskStatus, utc_timestamp
@@ -76,6 +79,7 @@ class ApplyResult:
     aborted: bool = False  # a second interrupt: requests still in flight were left `pending`
     unreachable: bool = False  # the endpoint could not be reached; the rest was not sent
     state_lost: bool = False  # the state stopped recording mid-run (interrupted meanwhile)
+    configs: tuple[ConfigOutcome, ...] = ()  # the notify URLs, set before any task is sent
 
     def of(self, kind: OutcomeKind) -> list[Outcome]:
         return [outcome for outcome in self.outcomes if outcome.kind is kind]
@@ -92,7 +96,11 @@ class ApplyResult:
         if self.interrupted:
             return 130
         sent_all = all(outcome.kind is OutcomeKind.SUBMITTED for outcome in self.outcomes)
-        return 0 if sent_all and not self.still_pending else 1
+        configs_set = all(
+            outcome.kind in (ConfigOutcomeKind.UPDATED, ConfigOutcomeKind.UNCHANGED)
+            for outcome in self.configs
+        )
+        return 0 if sent_all and configs_set and not self.still_pending else 1
 
 
 ABANDONED = "still in flight when apply was aborted: the outcome is unknown"
@@ -218,7 +226,11 @@ class ApplyOptions:
     endpoint: str | None = None  # None: DEFAULT_ENDPOINT
     concurrency: int = DEFAULT_CONCURRENCY
     retry_pending: bool = False
-    sandbox: bool = False  # start a sandbox in-process for this run; credentials are its own
+    # Against a sandbox: one started in-process for this run (its own credentials), or, when
+    # credentials and endpoint are given, the one already running there.
+    sandbox: bool = False
+    # Where a notify URL's `${NAME}`s are read (None: os.environ).
+    environ: Mapping[str, str] | None = None
 
 
 def run_apply(
@@ -230,9 +242,12 @@ def run_apply(
     stop: threading.Event | None = None,
     abort: threading.Event | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    on_config_outcome: Callable[[ConfigOutcome], None] | None = None,
 ) -> ApplyResult:
     """Send `plan` with a client of its own (to a sandbox started for it with `sandbox`), then
-    bring the state to its committed form.
+    bring the state to its committed form. The plan's notify URLs are set first (read,
+    compared, set when they differ: notify.apply_configs), so that the callbacks of the tasks
+    sent after them go where the manifests say.
 
     The caller holds `store.lock()` and made `plan` from `state` under it. After an abort the
     client (and the sandbox) are left open: senders still wait on them and closing them would
@@ -240,7 +255,7 @@ def run_apply(
     """
     with contextlib.ExitStack() as connections:
         endpoint, credentials = options.endpoint or DEFAULT_ENDPOINT, options.credentials
-        if options.sandbox:
+        if options.sandbox and credentials is None:
             from reconciler.sandbox import running_sandbox
 
             box = connections.enter_context(running_sandbox())
@@ -249,6 +264,14 @@ def run_apply(
             raise ValueError("apply needs credentials, or the sandbox")
         client = connections.enter_context(
             LiveClient(credentials, endpoint=endpoint, pool_size=options.concurrency)
+        )
+        configs = apply_configs(
+            plan.configs,
+            client,
+            environ=os.environ if options.environ is None else options.environ,
+            stop=stop,
+            abort=abort,
+            on_outcome=on_config_outcome,
         )
         result = apply_plan(
             plan,
@@ -261,6 +284,7 @@ def run_apply(
             on_outcome=on_outcome,
             state=state,
         )
+        result = dataclasses.replace(result, configs=tuple(configs))
         if result.aborted:
             connections.pop_all()
     if not result.state_lost:

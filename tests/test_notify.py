@@ -1074,3 +1074,36 @@ def test_apply_sandbox_sets_the_notify_url_end_to_end(tmp_path: Path) -> None:
     assert document["summary"]["submitted"] == 1
     text = cli(tmp_path, "apply", ".", "--sandbox", "--dry-run", env={VARIABLE: TOKEN})
     assert f"none set -> {SHOWN}" in text.stdout  # a new sandbox each run: none set again
+
+
+@pytest.mark.e2e
+def test_apply_sets_the_url_in_a_running_sandbox_before_its_clip(
+    tmp_path: Path, sandbox_factory: Any
+) -> None:
+    if not _sandbox_has_notify_endpoints():
+        pytest.skip("the sandbox has no record notify endpoints yet (branch h1-sandbox adds them)")
+    box = sandbox_factory()
+    env = {
+        "JDCLOUD_ACCESS_KEY": box.credentials.access_key,
+        "JDCLOUD_SECRET_KEY": box.credentials.secret_key,
+        "RECONCILER_ENDPOINT": box.url,
+        VARIABLE: TOKEN,
+    }
+    (tmp_path / "notify.yaml").write_text(CONFIG.read_text())
+    clip = WAITING_TASK.replace("2099-01-01", "2026-01-01").replace("later", "goal")
+    (tmp_path / "clip.yaml").write_text(clip)
+    assert cli(tmp_path, "init").returncode == 0
+    planned = cli(tmp_path, "plan", ".", "--detailed-exitcode", env=env)
+    assert planned.returncode == 2 and f"none set -> {SHOWN}" in planned.stdout
+    applied = cli(tmp_path, "apply", ".", env=env)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert_masked(applied)
+    lines = applied.stdout.splitlines()
+    set_at = next(i for i, line in enumerate(lines) if line.startswith("updated notify URL"))
+    sent_at = next(i for i, line in enumerate(lines) if line.startswith("submitted goal-clip"))
+    assert set_at < sent_at  # the URL first: the clip's callback goes where the manifest says
+    with LiveClient(box.credentials, endpoint=box.url) as client:
+        assert client.get_record_notify_config(DOMAIN).notify_url == URL
+    again = cli(tmp_path, "plan", ".", "--detailed-exitcode", "-v", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"= push-example-com  push.example.com  {SHOWN}" in again.stdout

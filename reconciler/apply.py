@@ -12,7 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.client import (
     DEFAULT_ENDPOINT,
@@ -24,10 +24,12 @@ from reconciler.client import (
     SubmitResult,
     UnknownOutcomeError,
 )
-from reconciler.notify import ConfigOutcome, ConfigOutcomeKind, apply_configs
 from reconciler.plan import Plan, PlanAction, PlanItem
 from reconciler.signing import Credentials
 from reconciler.state import State, StateBackend, StateEntry, StateError, TaskStatus, utc_timestamp
+
+if TYPE_CHECKING:  # notify.py loads only for a plan with notify URLs
+    from reconciler.notify import ConfigOutcome
 
 DEFAULT_CONCURRENCY = 4
 # After a second Ctrl-C, how long requests in flight get to deliver an answer already on its way.
@@ -96,10 +98,8 @@ class ApplyResult:
         if self.interrupted:
             return 130
         sent_all = all(outcome.kind is OutcomeKind.SUBMITTED for outcome in self.outcomes)
-        configs_set = all(
-            outcome.kind in (ConfigOutcomeKind.UPDATED, ConfigOutcomeKind.UNCHANGED)
-            for outcome in self.configs
-        )
+        # ConfigOutcomeKind.UPDATED and UNCHANGED (StrEnum values).
+        configs_set = all(outcome.kind in ("updated", "unchanged") for outcome in self.configs)
         return 0 if sent_all and configs_set and not self.still_pending else 1
 
 
@@ -265,14 +265,18 @@ def run_apply(
         client = connections.enter_context(
             LiveClient(credentials, endpoint=endpoint, pool_size=options.concurrency)
         )
-        configs = apply_configs(
-            plan.configs,
-            client,
-            environ=os.environ if options.environ is None else options.environ,
-            stop=stop,
-            abort=abort,
-            on_outcome=on_config_outcome,
-        )
+        configs: list[ConfigOutcome] = []
+        if plan.configs:
+            from reconciler.notify import apply_configs
+
+            configs = apply_configs(
+                plan.configs,
+                client,
+                environ=os.environ if options.environ is None else options.environ,
+                stop=stop,
+                abort=abort,
+                on_outcome=on_config_outcome,
+            )
         result = apply_plan(
             plan,
             store,

@@ -197,11 +197,6 @@ class NotifyConfig:
         return self.location.file
 
 
-def is_notify_config(manifest: Manifest) -> bool:
-    doc = manifest.doc
-    return isinstance(doc, dict) and doc.get("kind") == NOTIFY_KIND
-
-
 def config_from_manifest(manifest: Manifest) -> NotifyConfig:
     """The NotifyConfig of a manifest that passed check_manifest."""
     doc = manifest.doc

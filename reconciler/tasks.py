@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from reconciler.collector import collector_paused
-from reconciler.manifests import Ignored, Manifest, find_manifests, iter_found
+from reconciler.manifests import NOTIFY_KIND, Ignored, Manifest, find_manifests, iter_found
 from reconciler.problems import Location, Problem, field_path
 from reconciler.schema import check_manifests, parse_record_time, utc_record_time
 
@@ -175,8 +175,6 @@ def load_tasks(
 
 
 def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | None) -> TaskSet:
-    from reconciler.notify import config_from_manifest, find_duplicate_configs, is_notify_config
-
     tasks: list[Task] = []
     configs: list[NotifyConfig] = []
     problems: list[Problem] = []
@@ -196,7 +194,10 @@ def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | N
         verdicts = check_manifests(loaded.manifests)
         problems.extend(verdicts.problems)
         for manifest, found in zip(loaded.manifests, verdicts.per_manifest, strict=True):
-            if not found and is_notify_config(manifest):
+            if not found and manifest.doc.get("kind") == NOTIFY_KIND:
+                # Imported only when a manifest is one: most manifest sets have none.
+                from reconciler.notify import config_from_manifest
+
                 configs.append(config_from_manifest(manifest))
                 results.append(ManifestResult(manifest.location, _name_of(manifest.doc), None, ()))
                 continue
@@ -212,10 +213,12 @@ def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | N
             results.append(
                 ManifestResult(manifest.location, name, task.hash if task else None, tuple(found))
             )
-    duplicates = [
-        *((task.location, problem) for task, problem in find_duplicates(tasks, fields)),
-        *((config.location, problem) for config, problem in find_duplicate_configs(configs)),
-    ]
+    duplicates = [(task.location, problem) for task, problem in find_duplicates(tasks, fields)]
+    if configs:
+        from reconciler.notify import find_duplicate_configs
+
+        twins = find_duplicate_configs(configs)
+        duplicates += [(config.location, problem) for config, problem in twins]
     if duplicates:
         extra: dict[Location, list[Problem]] = {}
         for location, problem in duplicates:

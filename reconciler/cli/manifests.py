@@ -88,12 +88,14 @@ def _load_tasks_or_exit(
 
     Loaded after the state, so tasks already recorded share the state's request objects.
     """
-    from reconciler.notify import with_substitution_problems
     from reconciler.report import problem_annotation, validate_json, validate_summary
     from reconciler.tasks import load_tasks
 
     result = load_tasks(paths, known=current.requests())
-    result = with_substitution_problems(result, os.environ, selector or {})
+    if result.configs:
+        from reconciler.notify import with_substitution_problems
+
+        result = with_substitution_problems(result, os.environ, selector or {})
     # The state and the tasks live until the process ends; leaving them out of the cyclic
     # collector's scans saves a full pass over a large heap (~0.2 s for 30,000 manifests).
     gc.freeze()
@@ -190,6 +192,8 @@ def _with_configs(
     """The plan with its notify URLs compared (notify.plan_configs) with what `read` finds set
     now. `refuse_stopped` (a real apply): a read refused with 401, or an endpoint that cannot
     be reached, stops the run before anything is sent."""
+    if not configs:
+        return the_plan
     from reconciler.notify import plan_configs, selected, unknown_warnings
 
     chosen = selected(configs, selector)
@@ -369,12 +373,17 @@ def _save_plan(the_plan: Plan, out: Path) -> None:
         fail(f"cannot save the plan to {out}: {error.strerror or error}")
 
 
-def _warn_if_selector_matches_nothing(tasks: TaskSet, chosen: dict[str, str]) -> None:
+def _any_config_selected(tasks: TaskSet, chosen: dict[str, str]) -> bool:
     from reconciler.notify import selected
+
+    return bool(selected(tasks.configs, chosen))
+
+
+def _warn_if_selector_matches_nothing(tasks: TaskSet, chosen: dict[str, str]) -> None:
     from reconciler.plan import matches
 
     if chosen and not any(matches(task, chosen) for task in tasks.tasks):
-        if selected(tasks.configs, chosen):
+        if tasks.configs and _any_config_selected(tasks, chosen):
             return
         wanted = ", ".join(f"{key}={value}" for key, value in chosen.items())
         typer.echo(

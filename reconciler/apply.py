@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -10,7 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.client import (
     DEFAULT_ENDPOINT,
@@ -26,6 +28,9 @@ from reconciler.plan import Plan, PlanAction, PlanItem
 from reconciler.signing import Credentials
 from reconciler.state import State, StateBackend, StateEntry, StateError, TaskStatus, utc_timestamp
 from reconciler.state.model import external_id_to_send, generated_external_id
+
+if TYPE_CHECKING:  # notify.py loads only for a plan with notify URLs
+    from reconciler.notify import ConfigOutcome
 
 DEFAULT_CONCURRENCY = 4
 # After a second Ctrl-C, how long requests in flight get to deliver an answer already on its way.
@@ -77,6 +82,7 @@ class ApplyResult:
     aborted: bool = False  # a second interrupt: requests still in flight were left `pending`
     unreachable: bool = False  # the endpoint could not be reached; the rest was not sent
     state_lost: bool = False  # the state stopped recording mid-run (interrupted meanwhile)
+    configs: tuple[ConfigOutcome, ...] = ()  # the notify URLs, set before any task is sent
 
     def of(self, kind: OutcomeKind) -> list[Outcome]:
         return [outcome for outcome in self.outcomes if outcome.kind is kind]
@@ -93,7 +99,9 @@ class ApplyResult:
         if self.interrupted:
             return 130
         sent_all = all(outcome.kind is OutcomeKind.SUBMITTED for outcome in self.outcomes)
-        return 0 if sent_all and not self.still_pending else 1
+        # ConfigOutcomeKind.UPDATED and UNCHANGED (StrEnum values).
+        configs_set = all(outcome.kind in ("updated", "unchanged") for outcome in self.configs)
+        return 0 if sent_all and configs_set and not self.still_pending else 1
 
 
 ABANDONED = "still in flight when apply was aborted: the outcome is unknown"
@@ -221,7 +229,11 @@ class ApplyOptions:
     endpoint: str | None = None  # None: DEFAULT_ENDPOINT
     concurrency: int = DEFAULT_CONCURRENCY
     retry_pending: bool = False
-    sandbox: bool = False  # start a sandbox in-process for this run; credentials are its own
+    # Against a sandbox: one started in-process for this run (its own credentials), or, when
+    # credentials and endpoint are given, the one already running there.
+    sandbox: bool = False
+    # Where a notify URL's `${NAME}`s are read (None: os.environ).
+    environ: Mapping[str, str] | None = None
 
 
 def run_apply(
@@ -233,9 +245,12 @@ def run_apply(
     stop: threading.Event | None = None,
     abort: threading.Event | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    on_config_outcome: Callable[[ConfigOutcome], None] | None = None,
 ) -> ApplyResult:
     """Send `plan` with a client of its own (to a sandbox started for it with `sandbox`), then
-    bring the state to its committed form.
+    bring the state to its committed form. The plan's notify URLs are set first (read,
+    compared, set when they differ: notify.apply_configs), so that the callbacks of the tasks
+    sent after them go where the manifests say.
 
     The caller holds `store.lock()` and made `plan` from `state` under it. After an abort the
     client (and the sandbox) are left open: senders still wait on them and closing them would
@@ -243,7 +258,7 @@ def run_apply(
     """
     with contextlib.ExitStack() as connections:
         endpoint, credentials = options.endpoint or DEFAULT_ENDPOINT, options.credentials
-        if options.sandbox:
+        if options.sandbox and credentials is None:
             from reconciler.sandbox import running_sandbox
 
             box = connections.enter_context(running_sandbox())
@@ -253,6 +268,18 @@ def run_apply(
         client = connections.enter_context(
             LiveClient(credentials, endpoint=endpoint, pool_size=options.concurrency)
         )
+        configs: list[ConfigOutcome] = []
+        if plan.configs:
+            from reconciler.notify import apply_configs
+
+            configs = apply_configs(
+                plan.configs,
+                client,
+                environ=os.environ if options.environ is None else options.environ,
+                stop=stop,
+                abort=abort,
+                on_outcome=on_config_outcome,
+            )
         result = apply_plan(
             plan,
             store,
@@ -264,6 +291,7 @@ def run_apply(
             on_outcome=on_outcome,
             state=state,
         )
+        result = dataclasses.replace(result, configs=tuple(configs))
         if result.aborted:
             connections.pop_all()
     if not result.state_lost:

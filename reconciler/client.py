@@ -12,7 +12,7 @@ import re
 import ssl
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from types import TracebackType
 from typing import Any
@@ -462,20 +462,24 @@ class LiveClient:
             raise InvalidRequestError(f"the body cannot be sent as JSON: {error}") from None
         return url, data
 
-    def _prepare(self, url: str, data: bytes) -> requests.PreparedRequest:
-        """The request of one attempt, signed now: its own x-jdcloud-date and nonce."""
+    def _prepare(
+        self, url: str, data: bytes, *, method: str = "POST", logged_body: str | None = None
+    ) -> requests.PreparedRequest:
+        """The request of one attempt, signed now: its own x-jdcloud-date and nonce.
+        `logged_body` is logged instead of the body (one that may hold a secret)."""
         request = requests.Request(
-            "POST", url, data=data, headers={"Content-Type": "application/json"}
+            method, url, data=data, headers={"Content-Type": "application/json"}
         )
         try:
             prepared = self._session.prepare_request(request)
         except ValueError as error:  # requests' InvalidURL, InvalidHeader
             raise InvalidRequestError(f"the request cannot be built: {error}") from None
         _log.debug(
-            "POST %s headers=%s body=%s",
+            "%s %s headers=%s body=%s",
+            method,
             prepared.url,
             redact_headers(prepared.headers),
-            _clip(prepared.body, _LOGGED_BODY_CHARS),
+            logged_body if logged_body is not None else _clip(prepared.body, _LOGGED_BODY_CHARS),
         )
         return prepared
 
@@ -581,15 +585,18 @@ class LiveClient:
     def _unknown_outcome(
         self, error: requests.RequestException, reason: Exception, host: str
     ) -> UnknownOutcomeError:
-        if isinstance(reason, ReadTimeoutError) or isinstance(error, requests.ReadTimeout):
-            what = f"no answer from {host} within {self._timeout[1]:g} s"
-        elif isinstance(reason, ProtocolError):
-            what = f"the connection to {host} was dropped ({_say(reason)})"
-        else:
-            what = f"the request to {host} failed ({_say(reason)})"
+        what = self._no_answer(error, reason, host)
         return UnknownOutcomeError(
             f"{what} after the request was sent; it is unknown whether the task was created"
         )
+
+    def _no_answer(self, error: requests.RequestException, reason: Exception, host: str) -> str:
+        """What became of a request whose bytes were sent and no answer came back."""
+        if isinstance(reason, ReadTimeoutError) or isinstance(error, requests.ReadTimeout):
+            return f"no answer from {host} within {self._timeout[1]:g} s"
+        if isinstance(reason, ProtocolError):
+            return f"the connection to {host} was dropped ({_say(reason)})"
+        return f"the request to {host} failed ({_say(reason)})"
 
     def _not_sent(
         self,
@@ -635,6 +642,207 @@ class LiveClient:
                 "whether the task was created"
             )
         return FinalError(f"the request could not be sent (unexpected {cause}); nothing was sent")
+
+    # --- the record notify URL (DESIGN §7a): read, and set ------------------------------------
+    #
+    # Unlike addLiveRecordTask, both requests may be retried whatever happened to an attempt:
+    # the GET only reads, and the POST sets a value (setting it twice is harmless). Neither the
+    # body sent nor the one received is logged: a notify URL holds the callback token.
+
+    def get_record_notify_config(self, publish_domain: str) -> NotifyConfigRead:
+        """GET /v1/recordNotifys/{publishDomain}: the notify URL set now (None: none is set,
+        which JD Cloud answers with a 404 in its error shape).
+
+        Raises AuthenticationError (401), EndpointUnreachableError (no connection or no TLS,
+        also after the retries), InvalidRequestError (a domain that is no path segment) and
+        FinalError for any other failure, retries included: a read changes nothing."""
+        what = f"reading the notify URL of {publish_domain}"
+        _PROGRESS.stage = _Stage.NOT_STARTED
+        try:
+            domain = _segment("publishDomain", publish_domain, None)
+            url = f"{self.endpoint}{NOTIFY_CONFIG_PATH}/{domain}"
+            response = self._send_idempotent("GET", url, b"", what, logged_body="")
+            answer = _parse_answer(response)
+            if response.status_code == 404 and answer.unreadable is None:
+                _log.debug("HTTP 404 requestId=%s: no notify URL is set", answer.request_id)
+                return NotifyConfigRead(None, answer.request_id, 404)
+            document = self._config_answer(response, answer, what, sets=False)
+        except ApiError:
+            raise
+        except Exception as error:
+            raise self._unexpected(error) from error
+        result = document.get("result")
+        if result is None:
+            return NotifyConfigRead(None, answer.request_id, response.status_code)
+        found = result.get("notifyUrl") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or not isinstance(found, str | None):
+            raise FinalError(
+                f"{what}: {_describe(response.status_code, None, None, answer.request_id)}; the "
+                'answer is not the expected {"result": {"notifyUrl": ...}}',
+                http_status=response.status_code,
+                request_id=answer.request_id,
+            )
+        return NotifyConfigRead(found or None, answer.request_id, response.status_code)
+
+    def set_record_notify_config(self, publish_domain: str, notify_url: str) -> SubmitResult:
+        """POST /v1/recordNotifys:config with {publishDomain, notifyUrl}.
+
+        Raises AuthenticationError (401), EndpointUnreachableError and InvalidRequestError
+        (nothing sent), FinalError (a 4xx: nothing was changed) and UnknownOutcomeError (no
+        usable answer after the retries: the URL may or may not be set now). No message
+        repeats `notify_url`."""
+        what = f"setting the notify URL of {publish_domain}"
+        _PROGRESS.stage = _Stage.NOT_STARTED
+        try:
+            _segment("publishDomain", publish_domain, None)  # the same rule as the GET's
+            body = {"publishDomain": publish_domain, "notifyUrl": notify_url}
+            try:
+                data = encode_body(body)
+            except (TypeError, ValueError):
+                raise InvalidRequestError(f"{what}: the body cannot be sent as JSON") from None
+            shown = encode_body({**body, "notifyUrl": _WITHHELD}).decode()
+            url = f"{self.endpoint}{NOTIFY_CONFIG_PATH}:config"
+            response = self._send_idempotent("POST", url, data, what, logged_body=shown)
+            answer = _parse_answer(response)
+            self._config_answer(response, answer, what, sets=True)
+        except ApiError:
+            raise
+        except Exception as error:
+            raise self._unexpected(error) from error
+        if not answer.request_id:
+            raise UnknownOutcomeError(
+                f"{what}: {_describe(response.status_code, None, None, None)}; the answer has "
+                "no requestId, so it is unknown whether the URL was set (plan reads it again)",
+                http_status=response.status_code,
+            )
+        return SubmitResult(request_id=answer.request_id, http_status=response.status_code)
+
+    def _send_idempotent(
+        self, method: str, url: str, data: bytes, what: str, *, logged_body: str
+    ) -> requests.Response:
+        """Send a request that may be repeated: retried (with the same back-off) on any
+        connection failure, at any stage, and on 429 and 5xx answers; the last answer is
+        returned. A failed TLS handshake is not retried (it fails the same way again)."""
+        host = urlsplit(url).netloc
+        retry = self._retry.new(
+            allowed_methods=frozenset({method}), status_forcelist=IDEMPOTENT_RETRIED_STATUSES
+        )
+        prepared = self._prepare(url, data, method=method, logged_body=logged_body)
+        settings = self._session.merge_environment_settings(prepared.url, {}, None, None, None)
+        while True:
+            _PROGRESS.stage = _Stage.NOT_STARTED
+            try:
+                response = self._session.send(
+                    prepared, timeout=self._timeout, allow_redirects=False, **settings
+                )
+            except requests.RequestException as error:
+                stage, reason = _PROGRESS.stage, _reason(error)
+                if stage is not _Stage.NOT_STARTED and not _is_tls_failure(error, reason):
+                    try:
+                        retry = retry.increment(method=method, url=url, error=reason)
+                    except MaxRetryError:
+                        pass
+                    else:
+                        _log.debug("%s failed (%s); retrying", what, _say(reason))
+                        retry.sleep()
+                        prepared = self._prepare(url, data, method=method, logged_body=logged_body)
+                        continue
+                retries = len(retry.history)
+                if stage is _Stage.WRITTEN:
+                    tried = f", also after {retries} {'retry' if retries == 1 else 'retries'}"
+                    sets = method == "POST"
+                    outcome = "it is unknown whether it was set" if sets else "nothing was read"
+                    lost: type[ApiError] = UnknownOutcomeError if sets else FinalError
+                    raise lost(
+                        f"{what}: {self._no_answer(error, reason, host)}"
+                        f"{tried if retries else ''}; {outcome}"
+                    ) from error
+                failure = self._not_sent(stage, error, reason, host, retries)
+                failure.args = (f"{what}: {failure}",)
+                raise failure from error
+            status = response.status_code
+            if not retry.is_retry(method, status, "Retry-After" in response.headers):
+                return response
+            _PROGRESS.stage = _Stage.NOT_STARTED
+            try:
+                retry = retry.increment(method=method, url=url, response=response.raw)
+            except MaxRetryError:
+                return response
+            _log.debug("HTTP %s %s; retrying", status, what)
+            retry.sleep(response.raw)
+            prepared = self._prepare(url, data, method=method, logged_body=logged_body)
+
+    def _config_answer(
+        self, response: requests.Response, answer: _Answer, what: str, *, sets: bool
+    ) -> dict[str, Any]:
+        """The JSON document of a successful notify-config answer, or the error it means."""
+        status = response.status_code
+        _log.debug(
+            "HTTP %s requestId=%s headers=%s body=(withheld: it may hold a notify URL)",
+            status,
+            answer.request_id,
+            redact_headers(response.headers),
+        )
+        fields: dict[str, Any] = {
+            "http_status": status,
+            "error_status": answer.error_status,
+            "error_message": answer.error_message,
+            "request_id": answer.request_id,
+        }
+        shown = _describe(
+            status,
+            answer.error_status,
+            answer.error_message or answer.unreadable,
+            answer.request_id,
+        )
+        if 200 <= status < 300 and not answer.has_error and answer.unreadable is None:
+            document: dict[str, Any] = json.loads(response.content)
+            return document
+        changed = "nothing was changed" if sets else "nothing was read"
+        if 200 <= status < 300:
+            error: type[ApiError] = UnknownOutcomeError if sets else FinalError
+            outcome = "it is unknown whether it was set" if sets else changed
+            raise error(f"{what}: {shown}; the answer is not the expected one; {outcome}", **fields)
+        if status == 401:
+            raise AuthenticationError(
+                f"{what}: {shown}; the credentials were refused; check JDCLOUD_ACCESS_KEY, "
+                "JDCLOUD_SECRET_KEY (and JDCLOUD_SESSION_TOKEN) and this machine's clock",
+                **fields,
+            )
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "nowhere")
+            raise FinalError(
+                f"{what}: {shown}; the endpoint redirects to {location}; {changed}, check the "
+                "endpoint",
+                **fields,
+            )
+        if 400 <= status < 500 and status != 429:
+            hint = "the access key may not use this domain" if status == 403 else "fix the cause"
+            raise FinalError(f"{what}: {shown}; {changed}; {hint}", **fields)
+        retried = f"still failing after {self._max_retries} retries"
+        if sets:
+            raise UnknownOutcomeError(
+                f"{what}: {shown}; {retried}; it is unknown whether it was set (plan reads it "
+                "again)",
+                **fields,
+            )
+        raise FinalError(f"{what}: {shown}; {retried}; {changed}", **fields)
+
+
+NOTIFY_CONFIG_PATH = "/v1/recordNotifys"
+#: The answers after which a repeatable request (the notify config's) is sent again.
+IDEMPOTENT_RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+_WITHHELD = "(withheld)"
+
+
+@dataclass(frozen=True)
+class NotifyConfigRead:
+    """What GET /v1/recordNotifys/{publishDomain} answered. `notify_url` may hold the callback
+    token: it is left out of the repr, and never logged."""
+
+    notify_url: str | None = field(repr=False)  # None: no notify URL is set
+    request_id: str | None
+    http_status: int
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -47,9 +47,10 @@ MAX_DEPTH = 32
 # has cost what the largest set written out costs, and never more.
 MAX_VALUES_PER_SET = 500_000
 SET_KIND = "RecordTaskSet"
-# The kinds there are, and those this version reads (RecordNotifyConfig is planned).
-KINDS = ("RecordTask", SET_KIND, "RecordNotifyConfig")
-SUPPORTED_KINDS = ("RecordTask", SET_KIND)
+# A publish domain's record notify URL (reconciler/notify.py), read, compared and set.
+NOTIFY_KIND = "RecordNotifyConfig"
+# The kinds there are.
+KINDS = ("RecordTask", SET_KIND, NOTIFY_KIND)
 # What a clip of a set writes besides spec fields: the rest of a clip entry is merged into spec.
 CLIP_OWN_KEYS = ("name", "labels")
 

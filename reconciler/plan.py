@@ -14,6 +14,7 @@ from reconciler.schema import LAST_TIME
 from reconciler.tasks import SHORT_HASH, Task, canonical_request, request_hash
 
 if TYPE_CHECKING:  # the state module (and filelock) load only when a state is read
+    from reconciler.notify import ConfigPlanItem, NotifyConfig
     from reconciler.state import RecordingSummary, State
 
 PLAN_FORMAT_VERSION = 1
@@ -30,10 +31,14 @@ class PlanAction(StrEnum):
     WAITING = "waiting"  # the recording is not complete yet: a later run submits it
     REPLACED = "replaced"  # in state under a name whose manifest now asks for something else
     ORPHANED = "orphaned"  # in state, no longer in any manifest
+    UPDATE = "update"  # a notify URL (notify.py) that differs from its manifest's: apply sets it
 
 
-# The order actions are shown in, and the words the summary uses for them.
-ACTION_ORDER = tuple(PlanAction)
+# The order tasks' actions are shown in, and the words the summary uses for them. (A notify URL
+# is `update` or `unchanged`: Plan.configs, see notify.py.)
+ACTION_ORDER: tuple[PlanAction, ...] = tuple(
+    action for action in PlanAction if action is not PlanAction.UPDATE
+)
 SUMMARY_WORDS = {
     PlanAction.CREATE: "to submit",
     PlanAction.UNCHANGED: "unchanged",
@@ -154,6 +159,8 @@ class Plan:
     # never needs it.
     fingerprint: str | None = field(default=None, compare=False, repr=False)
     made_against: State | None = field(default=None, compare=False, repr=False)
+    # The notify URLs (RecordNotifyConfig manifests) and what apply does with each.
+    configs: tuple[ConfigPlanItem, ...] = ()
 
     @property
     def state_fingerprint(self) -> str:
@@ -183,7 +190,9 @@ class Plan:
 
     @property
     def has_changes(self) -> bool:
-        return any(item.action is PlanAction.CREATE for item in self.items)
+        return any(item.action is PlanAction.CREATE for item in self.items) or any(
+            config.action is PlanAction.UPDATE for config in self.configs
+        )
 
     def summary(self) -> str:
         """`Plan: 3 to submit, 12 unchanged, 1 waiting, 1 pending.` (zero counts left out)."""
@@ -200,12 +209,22 @@ class Plan:
             )
             if counts[action] or action is PlanAction.CREATE
         ]
-        return f"Plan: {', '.join(parts)}."
+        return f"Plan: {', '.join(parts)}{self._configs_summary()}."
+
+    def _configs_summary(self) -> str:
+        """`; notify URLs: 1 to update, 1 unchanged` (nothing when no manifest declares one)."""
+        if not self.configs:
+            return ""
+        updates = sum(1 for config in self.configs if config.action is PlanAction.UPDATE)
+        parts = [f"{updates} to update"] if updates else []
+        if len(self.configs) > updates:
+            parts.append(f"{len(self.configs) - updates} unchanged")
+        return f"; notify URL{'s' if len(self.configs) > 1 else ''}: {', '.join(parts)}"
 
     def to_json(self) -> dict[str, Any]:
         """The saved-plan / `plan --format json` document."""
         counts = self.counts()
-        return {
+        document = {
             "formatVersion": PLAN_FORMAT_VERSION,
             "command": "plan",
             "createdAt": self.created_at,
@@ -217,6 +236,9 @@ class Plan:
             "summary": {action.value: counts[action] for action in ACTION_ORDER},
             "items": [item.to_json() for item in self.items],
         }
+        if self.configs:  # only when the manifests declare notify URLs: older readers see none
+            document["configs"] = [config.to_json() for config in self.configs]
+        return document
 
     @classmethod
     def from_json(cls, document: Any) -> Plan:
@@ -246,6 +268,7 @@ class Plan:
                 selector=dict(document.get("selector") or {}),
                 paths=tuple(_strings(document["paths"])),
                 directory=str(document["directory"]),
+                configs=_saved_configs(document.get("configs", [])),
             )
             plan.made_at  # noqa: B018 (a createdAt that is not a time is refused here)
         except (KeyError, TypeError, ValueError) as exc:
@@ -261,6 +284,14 @@ class Plan:
         return json.dumps(self.to_json(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 
 
+def _saved_configs(documents: Any) -> tuple[ConfigPlanItem, ...]:
+    from reconciler.notify import ConfigPlanItem
+
+    if not isinstance(documents, list):
+        raise TypeError("'configs' is not a list")
+    return tuple(ConfigPlanItem.from_json(document) for document in documents)
+
+
 def _strings(values: Any) -> list[str]:
     if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
         raise TypeError("'paths' is not a list of strings")
@@ -274,7 +305,14 @@ _FROM_MANIFESTS = frozenset(
 _SHOWN_DIFFERENCES = 10
 
 
-def replan_saved(saved: Plan, state: State, *, now: datetime, tasks: Sequence[Task]) -> Plan:
+def replan_saved(
+    saved: Plan,
+    state: State,
+    *,
+    now: datetime,
+    tasks: Sequence[Task],
+    configs: Sequence[NotifyConfig] = (),
+) -> Plan:
     """`saved`, once its own tasks and its manifests' are planned again and found unchanged.
 
     A saved plan is applied only if it is exactly what planning its tasks gives now: every
@@ -284,7 +322,8 @@ def replan_saved(saved: Plan, state: State, *, now: datetime, tasks: Sequence[Ta
     planning `tasks` (the manifests the plan records, loaded again) gives with the plan's own
     `now`, settle time and selector: an item appended by hand, however well-formed, is no
     manifest's, and a manifest edited since the plan was made no longer asks for what the
-    plan lists. PlanError lists what differs.
+    plan lists. PlanError lists what differs. The same for its notify URLs: each must be one
+    of `configs` (the manifests'), as written (see notify.saved_config_differences).
     """
     if saved.state_fingerprint != state.fingerprint():
         raise PlanError(
@@ -299,6 +338,10 @@ def replan_saved(saved: Plan, state: State, *, now: datetime, tasks: Sequence[Ta
             differences,
         )
     differences = _manifest_differences(saved, state, tasks)
+    if saved.configs:
+        from reconciler.notify import saved_config_differences
+
+        differences += saved_config_differences(saved.configs, configs, saved.selector)
     if differences:
         _refuse(
             "the plan is not what its manifests ask for (was it edited by hand, or were the "

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # Rich and the apply machinery load only for the commands tha
     from rich.console import Console
 
     from reconciler.apply import ApplyResult, Outcome
+    from reconciler.notify import ConfigOutcome, ConfigPlanItem
     from reconciler.state import State
 
 FORMAT_VERSION = 1
@@ -189,7 +190,8 @@ def validate_report(
                 out.write(line + "\n")
             for item in result.results:
                 if item.valid:
-                    out.write(f"{item.location}: ok {item.name} ({(item.hash or '')[:12]})\n")
+                    what = item.hash[:12] if item.hash else "notify URL"
+                    out.write(f"{item.location}: ok {item.name} ({what})\n")
         for problem in result.problems:
             out.write(f"{problem}\n")
         out.write(validate_summary(result) + "\n")
@@ -369,6 +371,7 @@ def plan_text(
             words = recording_words(item)
             out.print(f"  [{style}]{mark}[/] {escape(line + (f'  [{words}]' if words else ''))}")
         out.print()
+    _configs_text(plan, out, verbose=verbose, quiet=quiet)
     recordings = recordings_line(plan.items)
     if recordings and (not quiet or any(_needs_a_look(item) for item in plan.items)):
         out.print(escape(recordings))
@@ -382,6 +385,84 @@ def _unchanged_to_look_at(items: list[PlanItem]) -> tuple[list[PlanItem], str]:
     return shown, (
         f"Unchanged, recording to look at ({len(shown)} of {len(items)}; --verbose lists all)"
     )
+
+
+# --- plan: notify URLs (RecordNotifyConfig) ---------------------------------------------------
+
+_CONFIG_HEADINGS = {
+    "update": ("~", "Notify URLs to update", "yellow"),
+    "unchanged": ("=", "Notify URLs unchanged", "dim"),
+}
+
+
+def config_change(item: ConfigPlanItem) -> str:
+    """`http://old.example.com/*** -> http://hooks.example.com:8080/callbacks/***` for an
+    update, the URL alone when unchanged; values masked (notify.py), controls made visible."""
+    if item.action.value == "unchanged":
+        return visible(item.desired)
+    change = f"{visible(item.current.text)} -> {visible(item.desired)}"
+    if item.current.status.value == "set" and item.current.text == item.desired:
+        change += " (a masked value differs)"
+    return change
+
+
+def config_line(item: ConfigPlanItem) -> str:
+    """`push-example-com  push.example.com  none set -> http://hooks.../***  (file)`."""
+    return (
+        f"{visible(item.name)}  {visible(item.publish_domain)}  {config_change(item)}  "
+        f"({visible(item.source)})"
+    )
+
+
+def _configs_of(plan: Plan, action: str) -> list[ConfigPlanItem]:
+    return [config for config in plan.configs if config.action.value == action]
+
+
+def _configs_text(plan: Plan, out: Console, *, verbose: bool, quiet: bool) -> None:
+    from rich.markup import escape
+
+    for action, (mark, heading, style) in _CONFIG_HEADINGS.items():
+        items = _configs_of(plan, action)
+        if not items or quiet or (action == "unchanged" and not verbose):
+            continue
+        out.print(f"[bold {style}]{heading} ({len(items)}):[/]")
+        for item in items:
+            out.print(f"  [{style}]{mark}[/] {escape(config_line(item))}")
+        out.print()
+
+
+def _configs_github(plan: Plan, out: TextIO) -> None:
+    for item in _configs_of(plan, "update"):
+        level = "warning" if item.current.status.value == "unknown" else "notice"
+        out.write(
+            github_annotation(
+                level,
+                f"update notify URL: {config_line(item)}",
+                file=item.source,
+                line=item.line,
+                title="reconciler plan",
+            )
+            + "\n"
+        )
+
+
+def _configs_markdown(plan: Plan) -> list[str]:
+    lines: list[str] = []
+    for action, (_, heading, _) in _CONFIG_HEADINGS.items():
+        items = _configs_of(plan, action)
+        if not items:
+            continue
+        rows = ["| name | publishDomain | now | to set | manifest |", "|---|---|---|---|---|"]
+        for item in items:
+            now = item.current.text if action == "update" else item.desired
+            cells = [item.name, item.publish_domain, now, item.desired, item.source]
+            rows.append("| " + " | ".join(md_text(cell) for cell in cells) + " |")
+        if action == "unchanged":
+            summary = f"<summary>{heading} ({len(items)})</summary>"
+            lines += ["<details>", summary, "", *rows, "", "</details>", ""]
+        else:
+            lines += [f"#### {heading} ({len(items)})", "", *rows, ""]
+    return lines
 
 
 def plan_github(plan: Plan, out: TextIO, *, zone: tzinfo = UTC) -> None:
@@ -420,6 +501,7 @@ def plan_github(plan: Plan, out: TextIO, *, zone: tzinfo = UTC) -> None:
     recordings = recordings_line(plan.items)
     if recordings:
         out.write(recordings + "\n")
+    _configs_github(plan, out)
     out.write(plan.summary() + "\n")  # last, as in every format
 
 
@@ -978,6 +1060,7 @@ def plan_markdown(
             ]
         else:
             lines += [f"#### {heading} ({len(items)})", "", *table, ""]
+    lines += _configs_markdown(plan)
     out.write("\n".join(lines))
 
 
@@ -1021,7 +1104,89 @@ def apply_summary(result: ApplyResult, plan: Plan, *, sandbox: bool = False) -> 
         head = "Apply aborted"
     if sandbox:
         head = f"SANDBOX {head.lower()}"
-    return f"{head}: {', '.join(parts)}."
+    return f"{head}: {', '.join(parts)}{_config_outcomes_summary(result)}."
+
+
+# --- apply: notify URLs ------------------------------------------------------------------------
+
+# reconciler.notify.ConfigOutcomeKind's values.
+CONFIG_OUTCOME_KINDS = ("updated", "unchanged", "failed", "not-sent")
+
+
+def _config_outcomes_summary(result: ApplyResult) -> str:
+    """`; notify URLs: 1 updated, 1 unchanged` (nothing when the plan has none)."""
+    if not result.configs:
+        return ""
+    counts = {
+        kind: sum(1 for o in result.configs if o.kind == kind) for kind in CONFIG_OUTCOME_KINDS
+    }
+    parts = [
+        f"{counts[kind]} {kind.replace('-', ' ')}" for kind in CONFIG_OUTCOME_KINDS if counts[kind]
+    ]
+    return f"; notify URL{'s' if len(result.configs) > 1 else ''}: {', '.join(parts)}"
+
+
+def config_outcome_line(outcome: ConfigOutcome) -> str:
+    """One notify URL's outcome; every value masked (notify.py) and made visible."""
+    item = outcome.item
+    who = f"notify URL of {visible(item.publish_domain)} ({visible(item.name)})"
+    before = visible(outcome.before.text) if outcome.before is not None else "unknown"
+    request = f"; requestId {visible(outcome.request_id)}" if outcome.request_id else ""
+    if outcome.kind == "updated":
+        return f"updated {who}: {visible(item.desired)} (was {before}){request}"
+    if outcome.kind == "unchanged":
+        return f"unchanged {who}: already {visible(item.desired)}"
+    if outcome.kind == "failed":
+        return f"failed {who}: {visible(outcome.message or '')}"
+    return f"not sent {who}: apply was stopped before setting it"
+
+
+def config_outcomes_json(result: ApplyResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": o.item.name,
+            "source": o.item.source,
+            "line": o.item.line,
+            "publishDomain": o.item.publish_domain,
+            "notifyUrl": o.item.notify_url,
+            "shown": o.item.desired,
+            "outcome": o.kind.value,
+            "before": o.before.to_json() if o.before is not None else None,
+            "requestId": o.request_id,
+            "httpStatus": o.http_status,
+            "message": o.message,
+        }
+        for o in result.configs
+    ]
+
+
+def _config_outcomes_github(result: ApplyResult, out: TextIO) -> None:
+    levels = {"updated": "notice", "unchanged": "notice", "failed": "error", "not-sent": "warning"}
+    for outcome in result.configs:
+        out.write(
+            github_annotation(
+                levels[outcome.kind],
+                config_outcome_line(outcome),
+                file=outcome.item.source,
+                line=outcome.item.line,
+                title="reconciler apply",
+            )
+            + "\n"
+        )
+
+
+def _config_outcomes_markdown(result: ApplyResult) -> list[str]:
+    if not result.configs:
+        return []
+    rows = [
+        "| outcome | name | publishDomain | notify URL | requestId / message |",
+        "|---|---|---|---|---|",
+    ]
+    for o in result.configs:
+        detail = o.message if o.kind in ("failed", "not-sent") else o.request_id
+        cells = [o.kind.value, o.item.name, o.item.publish_domain, o.item.desired, detail or ""]
+        rows.append("| " + " | ".join(md_text(cell) for cell in cells) + " |")
+    return [*rows, ""]
 
 
 def apply_hints(result: ApplyResult, plan: Plan, state_path: str) -> list[str]:
@@ -1094,10 +1259,12 @@ def apply_json(
                 result.outcomes, key=lambda o: (o.item.source, o.item.name, o.item.hash)
             )
         ],
+        **({"configs": config_outcomes_json(result)} if result.configs else {}),
     }
 
 
 def apply_github(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: bool = False) -> None:
+    _config_outcomes_github(result, out)
     levels = {
         "submitted": "notice",
         "failed": "error",
@@ -1174,4 +1341,5 @@ def apply_markdown(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: boo
             ]
         else:
             lines += [*rows, ""]
+    lines += _config_outcomes_markdown(result)
     out.write("\n".join(lines))

@@ -21,7 +21,6 @@ from jsonschema.protocols import Validator
 
 from reconciler.manifests import (
     KINDS,
-    SUPPORTED_KINDS,
     ClipSet,
     DocPath,
     Manifest,
@@ -345,6 +344,17 @@ def _placeholders(
         )
 
 
+def _substitution(
+    validator: Validator, enabled: bool, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    """A notify URL's `${NAME}`s are well formed (what they stand for is read at plan time)."""
+    from reconciler.notify import template_problem
+
+    problem = template_problem(instance) if enabled and isinstance(instance, str) else None
+    if problem is not None:
+        yield ValidationError(problem)
+
+
 class _SeeAlso(ValidationError):
     """An error about one value that names another (its first use): `{at}` in the message
     becomes where that other value is written."""
@@ -456,6 +466,7 @@ RecordTaskValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-c
         "x-reconciler-placeholders": _placeholders,
         "x-reconciler-uniqueClipNames": _unique_clip_names,
         "x-reconciler-fullNames": _full_names,
+        "x-reconciler-substitution": _substitution,
     },
 )
 
@@ -695,6 +706,11 @@ def _describe(error: ValidationError) -> tuple[DocPath, str]:
         rule = schema.get("patternErrorMessage", f"must match {expected}")
         if schema.get("x-reconciler-calendarTime"):
             return path, _time_rule(value, rule)
+        if schema.get("x-reconciler-substitution") and str(value).lower().startswith("https://"):
+            return path, (
+                f"{value!r} is an https:// URL: JD Cloud posts record callbacks to http:// URLs "
+                "only (its rule for a notify URL), so write it with http://"
+            )
         lower = value.lower() if isinstance(value, str) else value
         if expected == _host_pattern() and lower != value and ecma_match(expected, lower):
             return path, (
@@ -750,14 +766,9 @@ def _kind_problem(doc: Any) -> str | None:
     """Why a document's `kind` is none that reconciler reads (None when it is one, or missing:
     the schema says a missing one is). The kinds are named closest first; a document of another
     kind gets no errors about fields it was never meant to have."""
-    kind = doc.get("kind", SUPPORTED_KINDS[0]) if isinstance(doc, dict) else SUPPORTED_KINDS[0]
-    if kind in SUPPORTED_KINDS:
-        return None
+    kind = doc.get("kind", KINDS[0]) if isinstance(doc, dict) else KINDS[0]
     if kind in KINDS:
-        return (
-            f"kind {kind!r} is not supported yet by this version of reconciler; it reads "
-            f"{' and '.join(SUPPORTED_KINDS)}"
-        )
+        return None
     written = str(kind).lower()
     ordered = sorted(
         KINDS, key=lambda name: -difflib.SequenceMatcher(None, written, name.lower()).ratio()

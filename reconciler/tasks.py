@@ -7,12 +7,15 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.collector import collector_paused
-from reconciler.manifests import Ignored, Manifest, find_manifests, iter_found
+from reconciler.manifests import NOTIFY_KIND, Ignored, Manifest, find_manifests, iter_found
 from reconciler.problems import Location, Problem, field_path
 from reconciler.schema import check_manifests, parse_record_time, utc_record_time
+
+if TYPE_CHECKING:
+    from reconciler.notify import NotifyConfig
 
 PATH_FIELDS = ("publishDomain", "appName", "streamName")
 BODY_FIELDS = (
@@ -149,6 +152,7 @@ class TaskSet:
     ignored: tuple[Ignored, ...] = ()  # what an ignore file left out of a directory walk
     # Paths with problems that are no manifest file: missing, a FIFO, an empty directory...
     unread: frozenset[str] = frozenset()
+    configs: list[NotifyConfig] = field(default_factory=list)  # valid RecordNotifyConfigs
 
     @property
     def ok(self) -> bool:
@@ -172,6 +176,7 @@ def load_tasks(
 
 def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | None) -> TaskSet:
     tasks: list[Task] = []
+    configs: list[NotifyConfig] = []
     problems: list[Problem] = []
     results: list[ManifestResult] = []
     files = 0
@@ -189,6 +194,13 @@ def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | N
         verdicts = check_manifests(loaded.manifests)
         problems.extend(verdicts.problems)
         for manifest, found in zip(loaded.manifests, verdicts.per_manifest, strict=True):
+            if not found and manifest.doc.get("kind") == NOTIFY_KIND:
+                # Imported only when a manifest is one: most manifest sets have none.
+                from reconciler.notify import config_from_manifest
+
+                configs.append(config_from_manifest(manifest))
+                results.append(ManifestResult(manifest.location, _name_of(manifest.doc), None, ()))
+                continue
             task = None if found else task_from_manifest(manifest, known)
             if task is not None:
                 tasks.append(task)
@@ -201,11 +213,16 @@ def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | N
             results.append(
                 ManifestResult(manifest.location, name, task.hash if task else None, tuple(found))
             )
-    duplicates = find_duplicates(tasks, fields)
+    duplicates = [(task.location, problem) for task, problem in find_duplicates(tasks, fields)]
+    if configs:
+        from reconciler.notify import find_duplicate_configs
+
+        twins = find_duplicate_configs(configs)
+        duplicates += [(config.location, problem) for config, problem in twins]
     if duplicates:
         extra: dict[Location, list[Problem]] = {}
-        for task, problem in duplicates:
-            extra.setdefault(task.location, []).append(problem)
+        for location, problem in duplicates:
+            extra.setdefault(location, []).append(problem)
             problems.append(problem)
         results = [
             ManifestResult(r.location, r.name, r.hash, r.problems + tuple(extra[r.location]))
@@ -214,7 +231,13 @@ def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | N
             for r in results
         ]
     return TaskSet(
-        tasks, sorted(problems), results, files, tuple(walked.ignored), frozenset(unread)
+        tasks,
+        sorted(problems),
+        results,
+        files,
+        tuple(walked.ignored),
+        frozenset(unread),
+        configs,
     )
 
 

@@ -41,9 +41,17 @@ SPEC_FIELDS = {
     "taskExternalId",
 }
 SET_FIELDS = {"template", "clips"}
+NOTIFY_FIELDS = {"publishDomain", "notifyUrl"}
 # Names of the schema's own definitions, which an editor shows when they leak into a kind
 # they are not part of.
-INTERNAL = {"setSpec", "recordTaskSet", "recordTask"}
+INTERNAL = {
+    "setSpec",
+    "recordTaskSet",
+    "recordTask",
+    "recordNotifyConfig",
+    "notifySpec",
+    "notifyMetadata",
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +89,7 @@ spec:
 """,
     )
     assert SPEC_FIELDS - {"appName"} <= offered, offered
-    assert not offered & (SET_FIELDS | INTERNAL), offered
+    assert not offered & (SET_FIELDS | {"notifyUrl"} | INTERNAL), offered
 
 
 def test_an_empty_record_task_spec_offers_every_request_field(server: LanguageServer) -> None:
@@ -141,9 +149,26 @@ spec:
     assert not in_clip & (SET_FIELDS | INTERNAL), in_clip
 
 
-def test_the_kind_completes_to_both_kinds(server: LanguageServer) -> None:
+def test_a_notify_config_spec_offers_its_two_fields_only(server: LanguageServer) -> None:
+    offered = complete(
+        server,
+        "notify.yaml",
+        """\
+apiVersion: reconciler/v1
+kind: RecordNotifyConfig
+metadata:
+  name: push-example-com
+spec:
+  <|>
+""",
+    )
+    assert offered >= NOTIFY_FIELDS, offered
+    assert not offered & ((SPEC_FIELDS - NOTIFY_FIELDS) | SET_FIELDS | INTERNAL), offered
+
+
+def test_the_kind_completes_to_every_kind(server: LanguageServer) -> None:
     offered = complete(server, "kind.yaml", "apiVersion: reconciler/v1\nkind: <|>\n")
-    assert {"RecordTask", "RecordTaskSet"} <= offered, offered
+    assert {"RecordTask", "RecordTaskSet", "RecordNotifyConfig"} <= offered, offered
 
 
 def diagnostics(server: LanguageServer, name: str, body: str) -> list[str]:
@@ -197,3 +222,25 @@ spec:
 """,
     )
     assert any("recordTime" in message for message in found), found
+
+
+NOTIFY = """\
+apiVersion: reconciler/v1
+kind: RecordNotifyConfig
+metadata:
+  name: push-example-com
+spec:
+  publishDomain: push.example.com
+  notifyUrl: {url}
+"""
+
+
+def test_a_valid_notify_config_has_no_diagnostics(server: LanguageServer) -> None:
+    url = "http://hooks.example.com:8080/callbacks/${RECONCILER_CALLBACK_TOKEN}"
+    assert diagnostics(server, "notify-valid.yaml", NOTIFY.format(url=url)) == []
+
+
+def test_an_https_notify_url_gets_a_diagnostic(server: LanguageServer) -> None:
+    url = "https://hooks.example.com/callbacks/${RECONCILER_CALLBACK_TOKEN}"
+    found = diagnostics(server, "notify-https.yaml", NOTIFY.format(url=url))
+    assert any("http://" in message for message in found), found

@@ -535,7 +535,11 @@ def test_check_jsonschema_refuses_a_set_with_a_structural_mistake(name: str, exp
 def test_the_schema_offers_both_kinds_and_keeps_ecma_patterns() -> None:
     schema = load_schema()
     Draft202012Validator.check_schema(schema)
-    assert schema["properties"]["kind"]["examples"] == ["RecordTask", "RecordTaskSet"]
+    assert schema["properties"]["kind"]["examples"] == [
+        "RecordTask",
+        "RecordTaskSet",
+        "RecordNotifyConfig",
+    ]
     assert schema["then"] == {"$ref": "#/$defs/recordTaskSet"}
     # A clip offers every spec field the template offers, and the template every spec field.
     spec = schema["$defs"]["spec"]["properties"]

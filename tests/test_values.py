@@ -637,13 +637,14 @@ def test_an_unknown_kind_names_the_kinds_closest_first(kind: str, closest: str) 
         assert all(name in kinds for name in ("RecordTask,", "RecordTaskSet", "RecordNotifyConfig"))
 
 
-def test_a_kind_that_is_not_supported_yet_says_so() -> None:
+def test_a_task_written_as_a_notify_config_is_checked_as_one() -> None:
     text = manifest_text("name", "minimal").replace(
         "kind: RecordTask\n", "kind: RecordNotifyConfig\n"
     )
-    (problem,) = check_manifest(_loaded_spec(text))
-    assert problem.field == "kind"
-    assert "not supported yet" in problem.message
+    problems = check_manifest(_loaded_spec(text))
+    assert "spec.notifyUrl" in {problem.field for problem in problems}
+    assert any("unknown field 'appName'" in problem.message for problem in problems)
+    assert not any(problem.field == "kind" for problem in problems)
 
 
 def test_a_mistyped_set_kind_on_a_large_set_is_told_about_its_kind(tmp_path: Path) -> None:

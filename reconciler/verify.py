@@ -1,0 +1,604 @@
+"""verify: look in the buckets for each due task's file(s) and record what is there (§7b).
+
+A task is due when its last endTime plus the grace period is past. For each due task, each
+format it asked for is looked for: first at the downloadUrl a successful callback gave (one
+HEAD), else among the objects under its saveObject prefix (one paginated listing per distinct
+endpoint, bucket and prefix, shared by every task that needs it), matched by
+`reconciler.storage`. What is found is written to the state as evidence (source: storage),
+through the same state operation the receiver uses; what is not is `missing`. A bucket that
+could not be read is named, and nothing is recorded for any task in it.
+
+Missing is recorded once per task and format (evidence id: sha256 of `missing/HASH/FORMAT`),
+with the time it was first found missing: a scheduled verify that finds the same clips missing
+again changes nothing in the state (no commit, no growth), and a file found later is recorded
+beside it and wins (see model.summarise_recording).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TextIO
+
+from reconciler.schema import parse_record_time
+from reconciler.state.model import (
+    MISSING,
+    SUCCESS,
+    EvidenceSource,
+    Recording,
+    State,
+    StateEntry,
+    TaskStatus,
+    asked_formats,
+    utc_timestamp,
+)
+from reconciler.storage import KeyPattern, ListedObject, Listing, key_pattern, match_listing
+
+if TYPE_CHECKING:
+    from reconciler.bucket import BucketReader, Place
+    from reconciler.signing import Credentials
+    from reconciler.state import StateBackend
+
+DEFAULT_GRACE_SECONDS = 30 * 60
+DEFAULT_CONCURRENCY = 4
+
+
+class CheckResult(StrEnum):
+    """What verify concluded for one due task."""
+
+    FOUND = "found"  # every format's file is in the bucket
+    SETTLED = "settled"  # found, and the task was `pending`: settled by evidence
+    MISSING = "missing"  # some format's file is not there
+    UNREADABLE = "unreadable"  # its bucket could not be read: nothing concluded, nothing recorded
+
+
+class Via(StrEnum):
+    HEAD = "head"  # the callback's downloadUrl, asked with HEAD
+    LISTING = "listing"  # found among the objects under the prefix
+
+
+@dataclass(frozen=True)
+class Target:
+    """A task to verify: its state entry, and where its manifest is (when one was given)."""
+
+    entry: StateEntry
+    source: str
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One format of a task: the object found (and how), or none."""
+
+    format: str
+    key: str | None = None
+    size: int | None = None
+    url: str | None = None
+    via: Via | None = None
+
+    @property
+    def found(self) -> bool:
+        return self.key is not None
+
+
+@dataclass(frozen=True)
+class TaskCheck:
+    target: Target
+    place: Place
+    prefix: str
+    result: CheckResult
+    files: tuple[FileCheck, ...]
+
+    @property
+    def entry(self) -> StateEntry:
+        return self.target.entry
+
+    @property
+    def missing_formats(self) -> tuple[str, ...]:
+        return tuple(check.format for check in self.files if not check.found)
+
+
+@dataclass(frozen=True)
+class BucketFailure:
+    place: Place
+    message: str
+    tasks: int
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    credentials: Credentials
+    storage_endpoint: str | None = None
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
+    concurrency: int = DEFAULT_CONCURRENCY
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    checked_at: str
+    grace_seconds: int
+    checks: tuple[TaskCheck, ...]
+    failures: tuple[BucketFailure, ...]
+    not_due: int
+    already_found: int
+    recorded: int  # evidence records new to the state
+    listings: int = 0
+    heads: int = 0
+    places: tuple[tuple[Place, tuple[str, ...]], ...] = field(default=())  # prefixes listed
+
+    def of(self, result: CheckResult) -> list[TaskCheck]:
+        return [check for check in self.checks if check.result is result]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures or self.of(CheckResult.MISSING) else 0
+
+
+def last_end(entry: StateEntry) -> datetime | None:
+    times = entry.request.get("body", {}).get("recordTimes") or []
+    return parse_record_time(times[-1]["endTime"]) if times else None
+
+
+def found_in_storage(entry: StateEntry, recordings: Sequence[Recording]) -> bool:
+    """Whether the bucket already showed a file of every format the task asked for."""
+    asked = set(asked_formats(entry.request))
+    seen = {
+        r.format.lower()
+        for r in recordings
+        if r.source is EvidenceSource.STORAGE and r.status == SUCCESS
+    }
+    return bool(asked) and seen >= asked
+
+
+def due_targets(
+    targets: Iterable[Target], state: State, now: datetime, grace_seconds: int
+) -> tuple[list[Target], int, int]:
+    """(the targets to look for, how many are not due yet, how many were found before)."""
+    due: list[Target] = []
+    not_due = already = 0
+    deadline = now - timedelta(seconds=grace_seconds)
+    for target in targets:
+        end = last_end(target.entry)
+        if end is None or end > deadline:
+            not_due += 1
+        elif found_in_storage(target.entry, state.recordings_of(target.entry.hash)):
+            already += 1
+        else:
+            due.append(target)
+    return due, not_due, already
+
+
+def found_evidence(place: Place, key: str) -> str:
+    """The evidence id of an object: sha256 of its endpoint, bucket and key."""
+    return hashlib.sha256(f"{place.endpoint}/{place.bucket}/{key}".encode()).hexdigest()
+
+
+def missing_evidence(hash: str, fmt: str) -> str:
+    return hashlib.sha256(f"missing/{hash}/{fmt}".encode()).hexdigest()
+
+
+def run_verify(
+    targets: Iterable[Target],
+    state: State,
+    store: StateBackend | None,
+    options: VerifyOptions,
+    *,
+    now: datetime,
+    reader: BucketReader | None = None,
+) -> VerifyResult:
+    """Look for every due target's files; record the evidence in `store` (None: record nothing)."""
+    from reconciler.bucket import BucketError, BucketReader
+
+    if reader is None:
+        reader = BucketReader(
+            options.credentials,
+            storage_endpoint=options.storage_endpoint,
+            pool_size=options.concurrency,
+        )
+    checked_at = utc_timestamp(now)
+    due, not_due, already = due_targets(targets, state, now, options.grace_seconds)
+    patterns: dict[str, KeyPattern] = {}
+    places: dict[str, Place] = {}
+    for target in due:
+        body = target.entry.request["body"]
+        patterns[target.entry.hash] = key_pattern(target.entry.request)
+        places[target.entry.hash] = reader.place(str(body["saveEndpoint"]), str(body["saveBucket"]))
+    failed: dict[Place, str] = {}
+    found: dict[str, dict[str, FileCheck]] = {target.entry.hash: {} for target in due}
+
+    # 1. HEAD the downloadUrl of each successful callback (one per task and format).
+    heads = _head_jobs(due, state, places)
+    with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="verify") as pool:
+
+        def head(job: tuple[str, str, str]) -> tuple[str, str, ListedObject | str | None]:
+            hash, fmt, key = job
+            try:
+                return hash, fmt, reader.head(places[hash], key)
+            except BucketError as error:
+                return hash, fmt, str(error)
+
+        for hash, fmt, outcome in pool.map(head, heads):
+            place = places[hash]
+            if isinstance(outcome, str):
+                failed.setdefault(place, outcome)
+            elif outcome is not None:
+                found[hash][fmt] = FileCheck(
+                    fmt, outcome.key, outcome.size, place.object_url(outcome.key), Via.HEAD
+                )
+
+        # 2. One listing per distinct (endpoint, bucket, prefix) for what is still unfound.
+        groups: dict[tuple[Place, str], list[str]] = {}
+        for target in due:
+            hash = target.entry.hash
+            if places[hash] in failed or set(found[hash]) >= set(patterns[hash].formats):
+                continue
+            groups.setdefault((places[hash], patterns[hash].prefix), []).append(hash)
+
+        def listing(job: tuple[Place, str]) -> tuple[Place, str, list[ListedObject] | str]:
+            place, prefix = job
+            try:
+                return place, prefix, reader.list(place, prefix)
+            except BucketError as error:
+                return place, prefix, str(error)
+
+        for place, prefix, listed in pool.map(listing, list(groups)):
+            if isinstance(listed, str):
+                failed.setdefault(place, listed)
+                continue
+            index = Listing(listed)
+            wanted = {hash: patterns[hash] for hash in groups[(place, prefix)]}
+            for hash, objects in match_listing(wanted, index).items():
+                for fmt, item in objects.items():
+                    found[hash].setdefault(
+                        fmt,
+                        FileCheck(
+                            fmt, item.key, item.size, place.object_url(item.key), Via.LISTING
+                        ),
+                    )
+
+    checks: list[TaskCheck] = []
+    recordings: list[tuple[str, Recording]] = []
+    for target in due:
+        hash = target.entry.hash
+        place, pattern = places[hash], patterns[hash]
+        files = tuple(found[hash].get(fmt, FileCheck(fmt)) for fmt in pattern.formats)
+        if place in failed:
+            result = CheckResult.UNREADABLE
+        elif all(file.found for file in files):
+            pending = target.entry.status is TaskStatus.PENDING
+            result = CheckResult.SETTLED if pending else CheckResult.FOUND
+        else:
+            result = CheckResult.MISSING
+        checks.append(TaskCheck(target, place, pattern.prefix, result, files))
+        if result is not CheckResult.UNREADABLE:
+            recordings.extend((hash, _recording(place, hash, file, checked_at)) for file in files)
+    recorded = store.record_evidence(recordings) if store is not None and recordings else 0
+    failures = tuple(
+        BucketFailure(place, message, sum(1 for c in checks if c.place == place))
+        for place, message in sorted(failed.items(), key=lambda item: item[0].shown)
+    )
+    prefixes: dict[Place, list[str]] = {}
+    for place, prefix in groups:
+        prefixes.setdefault(place, []).append(prefix)
+    return VerifyResult(
+        checked_at=checked_at,
+        grace_seconds=options.grace_seconds,
+        checks=tuple(sorted(checks, key=_check_order)),
+        failures=failures,
+        not_due=not_due,
+        already_found=already,
+        recorded=recorded,
+        listings=len(groups),
+        heads=len(heads),
+        places=tuple((place, tuple(sorted(p))) for place, p in prefixes.items()),
+    )
+
+
+def _check_order(check: TaskCheck) -> tuple[str, str, str]:
+    return (check.target.source, check.entry.name, check.entry.hash)
+
+
+def _head_jobs(
+    due: Sequence[Target], state: State, places: Mapping[str, Place]
+) -> list[tuple[str, str, str]]:
+    from reconciler.storage import object_key_from_url
+
+    jobs: list[tuple[str, str, str]] = []
+    for target in due:
+        hash = target.entry.hash
+        asked = set(asked_formats(target.entry.request))
+        done: set[str] = set()
+        for recording in state.recordings_of(hash):
+            fmt = recording.format.lower()
+            if (
+                recording.source is not EvidenceSource.CALLBACK
+                or not recording.succeeded
+                or recording.download_url is None
+                or fmt not in asked
+                or fmt in done
+            ):
+                continue
+            key = object_key_from_url(recording.download_url, places[hash].bucket)
+            if key is not None:
+                jobs.append((hash, fmt, key))
+                done.add(fmt)
+    return jobs
+
+
+def _recording(place: Place, hash: str, file: FileCheck, checked_at: str) -> Recording:
+    if file.key is None:
+        return Recording(
+            missing_evidence(hash, file.format),
+            EvidenceSource.STORAGE,
+            file.format,
+            MISSING,
+            checked_at,
+        )
+    return Recording(
+        found_evidence(place, file.key),
+        EvidenceSource.STORAGE,
+        file.format,
+        SUCCESS,
+        checked_at,
+        download_url=file.url,
+        file_size=None if file.size is None else str(file.size),
+    )
+
+
+# --- reports: text, json, github, markdown --------------------------------------------------
+
+
+def _stream(entry: StateEntry) -> str:
+    path = entry.request.get("path", {})
+    return f"{path.get('publishDomain')}/{path.get('appName')}/{path.get('streamName')}"
+
+
+def _times(entry: StateEntry, zone: tzinfo) -> str:
+    from reconciler.timezones import show_time
+
+    times = entry.request.get("body", {}).get("recordTimes") or []
+    if not times:
+        return ""
+    text = f"{show_time(times[0]['startTime'], zone)} .. {show_time(times[-1]['endTime'], zone)}"
+    return text + (f" ({len(times)} segments)" if len(times) > 1 else "")
+
+
+def check_line(check: TaskCheck, zone: tzinfo = UTC) -> str:
+    """One task's result as a line: name, hash, stream, times, then what was found or not."""
+    from reconciler.report import visible
+
+    entry = check.entry
+    head = (
+        f"{visible(entry.name)}  {entry.hash[:12]}  {visible(_stream(entry))}  "
+        f"{_times(entry, zone)}"
+    )
+    if check.result is CheckResult.UNREADABLE:
+        return f"{head}  (not checked: {visible(check.place.shown)} could not be read)"
+    found = [f"{f.format}: {visible(f.key or '')}" for f in check.files if f.found]
+    parts = [f"found {', '.join(found)}"] if found else []
+    if check.missing_formats:
+        parts.append(
+            f"no {'/'.join(check.missing_formats)} file in {visible(check.place.shown)} "
+            f"under prefix {visible(repr(check.prefix))}"
+        )
+    if check.result is CheckResult.SETTLED:
+        parts.append("pending task settled: it is never sent again")
+    elif check.result is CheckResult.MISSING and entry.status is TaskStatus.PENDING:
+        parts.append("pending: the service may never have received it")
+    return f"{head}  ({'; '.join(parts)})  [{visible(check.target.source)}]"
+
+
+def verify_summary(result: VerifyResult) -> str:
+    from reconciler.report import plural
+
+    found, settled = result.of(CheckResult.FOUND), result.of(CheckResult.SETTLED)
+    missing, unreadable = result.of(CheckResult.MISSING), result.of(CheckResult.UNREADABLE)
+    parts = [f"{len(found) + len(settled)} found"]
+    if settled:
+        parts[0] += f" ({len(settled)} pending settled)"
+    parts.append(f"{len(missing)} missing")
+    if unreadable:
+        parts.append(
+            f"{len(unreadable)} not checked ({plural(len(result.failures), 'bucket')} unreadable)"
+        )
+    tail = []
+    if result.already_found:
+        tail.append(f"{result.already_found} found earlier")
+    if result.not_due:
+        tail.append(f"{result.not_due} not due yet")
+    text = f"Verified {plural(len(result.checks), 'task')}: {', '.join(parts)}"
+    return text + (f"; {', '.join(tail)}." if tail else ".")
+
+
+_TEXT_SECTIONS = (
+    (CheckResult.MISSING, "Missing"),
+    (CheckResult.UNREADABLE, "Not checked (bucket unreadable)"),
+    (CheckResult.SETTLED, "Found, pending settled"),
+    (CheckResult.FOUND, "Found"),
+)
+
+
+def verify_text(
+    result: VerifyResult, out: TextIO, *, quiet: bool = False, zone: tzinfo = UTC
+) -> None:
+    from reconciler.report import visible
+    from reconciler.timezones import zone_note
+
+    note = zone_note(zone, result.checked_at)
+    if note and not quiet:
+        out.write(note + "\n")
+    for failure in result.failures:
+        out.write(
+            f"error: {visible(failure.message)}; nothing was recorded for its "
+            f"{failure.tasks} task(s)\n"
+        )
+    for kind, heading in _TEXT_SECTIONS:
+        checks = result.of(kind)
+        if not checks or (quiet and kind in (CheckResult.FOUND, CheckResult.SETTLED)):
+            continue
+        out.write(f"{heading} ({len(checks)}):\n")
+        for check in checks:
+            out.write(f"  {check_line(check, zone)}\n")
+        out.write("\n")
+    out.write(verify_summary(result) + "\n")
+    if result.of(CheckResult.MISSING) and not quiet:
+        out.write(
+            "note: missing means no file was found after the grace period; see the README "
+            "(verify) for what to check.\n"
+        )
+
+
+def verify_json(result: VerifyResult, *, state_path: str) -> dict[str, Any]:
+    """The documented `verify --format json` document (schemas/output.schema.json)."""
+    from reconciler.report import FORMAT_VERSION
+
+    def file_json(file: FileCheck) -> dict[str, Any]:
+        document: dict[str, Any] = {"format": file.format, "found": file.found}
+        if file.found:
+            document.update(key=file.key, downloadUrl=file.url, via=str(file.via))
+            if file.size is not None:
+                document["size"] = file.size
+        return document
+
+    def check_json(check: TaskCheck) -> dict[str, Any]:
+        entry = check.entry
+        times = entry.request.get("body", {}).get("recordTimes") or []
+        return {
+            "hash": entry.hash,
+            "name": entry.name,
+            "source": check.target.source,
+            "line": check.target.line,
+            "status": entry.status.value,
+            "stream": _stream(entry),
+            "startTime": times[0]["startTime"],
+            "endTime": times[-1]["endTime"],
+            "endpoint": check.place.endpoint,
+            "bucket": check.place.bucket,
+            "prefix": check.prefix,
+            "result": check.result.value,
+            "files": [file_json(file) for file in check.files],
+        }
+
+    failed = {failure.place: failure.message for failure in result.failures}
+    buckets = []
+    seen = dict.fromkeys([check.place for check in result.checks])
+    prefixes = dict(result.places)
+    for place in sorted(seen, key=lambda p: p.shown):
+        buckets.append(
+            {
+                "endpoint": place.endpoint,
+                "bucket": place.bucket,
+                "url": place.url,
+                "prefixes": list(prefixes.get(place, ())),
+                "readable": place not in failed,
+                "error": failed.get(place),
+            }
+        )
+    return {
+        "formatVersion": FORMAT_VERSION,
+        "command": "verify",
+        "state": state_path,
+        "exitCode": result.exit_code,
+        "checkedAt": result.checked_at,
+        "graceSeconds": result.grace_seconds,
+        "summary": {
+            "checked": len(result.checks),
+            **{kind.value: len(result.of(kind)) for kind in CheckResult},
+            "foundEarlier": result.already_found,
+            "notDue": result.not_due,
+            "recorded": result.recorded,
+        },
+        "buckets": buckets,
+        "tasks": [check_json(check) for check in result.checks],
+    }
+
+
+def verify_github(result: VerifyResult, out: TextIO, *, zone: tzinfo = UTC) -> None:
+    """An error per missing task at its manifest's line, one per unreadable bucket."""
+    from reconciler.report import github_annotation
+
+    for failure in result.failures:
+        out.write(
+            github_annotation(
+                "error",
+                f"{failure.message}; nothing was recorded for its {failure.tasks} task(s)",
+                title="reconciler verify",
+            )
+            + "\n"
+        )
+    levels = {CheckResult.MISSING: "error", CheckResult.SETTLED: "notice"}
+    for check in result.checks:
+        level = levels.get(check.result)
+        if level is None:
+            continue
+        out.write(
+            github_annotation(
+                level,
+                f"{check.result.value}: {check_line(check, zone)}",
+                file=check.target.source,
+                line=check.target.line,
+                title="reconciler verify",
+            )
+            + "\n"
+        )
+    out.write(verify_summary(result) + "\n")
+
+
+def verify_markdown(result: VerifyResult, out: TextIO, *, zone: tzinfo = UTC) -> None:
+    """For a job summary: what is missing (everything a person needs to look), then the rest."""
+    from reconciler.report import MARKDOWN_COLLAPSE_AFTER, md_text
+
+    lines = ["### reconciler verify", "", f"**{md_text(verify_summary(result))}**", ""]
+    for failure in result.failures:
+        lines.append(
+            f"- :x: {md_text(failure.message)}; nothing was recorded for its {failure.tasks} task(s)"
+        )
+    if result.failures:
+        lines.append("")
+    missing = result.of(CheckResult.MISSING)
+    if missing:
+        lines += [
+            "#### Missing",
+            "",
+            "| name | task | stream | times | bucket | prefix | missing | manifest |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for check in missing:
+            cells = [
+                md_text(check.entry.name),
+                f"`{check.entry.hash[:12]}`",
+                md_text(_stream(check.entry)),
+                md_text(_times(check.entry, zone)),
+                md_text(check.place.shown),
+                md_text(repr(check.prefix)),
+                md_text(", ".join(check.missing_formats)),
+                md_text(check.target.source),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    found = result.of(CheckResult.SETTLED) + result.of(CheckResult.FOUND)
+    if found:
+        rows = ["| name | task | result | files |", "|---|---|---|---|"]
+        for check in found:
+            files = ", ".join(f"{f.format}: {f.key}" for f in check.files)
+            rows.append(
+                f"| {md_text(check.entry.name)} | `{check.entry.hash[:12]}` | "
+                f"{check.result.value} | {md_text(files)} |"
+            )
+        if len(found) > MARKDOWN_COLLAPSE_AFTER:
+            lines += [
+                "<details>",
+                f"<summary>{len(found)} found</summary>",
+                "",
+                *rows,
+                "",
+                "</details>",
+                "",
+            ]
+        else:
+            lines += ["#### Found", "", *rows, ""]
+    out.write("\n".join(lines) + "\n")

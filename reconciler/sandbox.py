@@ -1789,6 +1789,10 @@ def banner(sandbox: Sandbox) -> str:
             "RECONCILER_ENDPOINT": sandbox.url,
             "RECONCILER_STATE": SANDBOX_RUN_STATE,
         }
+        storage = sandbox.config.storage_endpoint
+        if storage is not None:
+            # verify then reads the files the recorder wrote, with the same keys.
+            exports["RECONCILER_STORAGE_ENDPOINT"] = storage.rstrip("/")
         lines += [
             "",
             "Throwaway test credentials. To point reconciler at this sandbox, in another shell:",
@@ -1796,6 +1800,8 @@ def banner(sandbox: Sandbox) -> str:
             + " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items()),
             "  reconciler init",
             "  reconciler apply PATH...",
+            # --grace 0: the sandbox records each clip --record-after seconds after accepting it.
+            *(["  reconciler verify --grace 0 PATH..."] if storage else []),
             "",
             f"(PATH...: your manifests. The state {SANDBOX_RUN_STATE} is for this sandbox only;",
             "apply --sandbox keeps its own, reconciler-state.sandbox.json.)",

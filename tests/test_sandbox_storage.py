@@ -533,6 +533,21 @@ def test_the_banner_says_where_files_go_and_never_a_key(seaweed_server: SeaweedS
         assert "storage     none (files are not written" in banner(plain)
 
 
+def test_the_banner_exports_the_storage_endpoint_for_verify() -> None:
+    """With throwaway keys the banner says how to point reconciler here: verify too reads the
+    files the recorder wrote, with the same keys (a SeaweedFS without an S3 config takes any)."""
+    config = SandboxConfig(record_after=0.0, storage_endpoint="http://127.0.0.1:8333/")
+    with Sandbox(config) as sandbox:
+        text = banner(sandbox)
+    [export] = [line for line in text.splitlines() if line.startswith("  export ")]
+    assert "RECONCILER_STORAGE_ENDPOINT=http://127.0.0.1:8333" in export.split()
+    assert f"JDCLOUD_SECRET_KEY={sandbox.credentials.secret_key}" in export
+    assert "  reconciler verify --grace 0 PATH..." in text
+    with Sandbox(SandboxConfig(record_after=0.0)) as plain:
+        assert "RECONCILER_STORAGE_ENDPOINT" not in banner(plain)
+        assert "reconciler verify" not in banner(plain)
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 

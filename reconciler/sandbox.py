@@ -18,6 +18,10 @@
 # that delay and posts JD Cloud's record_done callback per format to the domain's notify URL. Its
 # own fault draws come from a generator of their own, made when the task is accepted, so a seed
 # gives the same recorder fates in arrival order whatever the timing of the posts.
+# With a storage endpoint (an S3-compatible server, path-style) the recorder also writes each
+# format's file into the task's saveBucket at its key, before that format's callback is queued;
+# a write that fails (no such bucket, refused, unreachable) is counted, writes nothing and makes
+# that format's callback say status "failed", as a service that cannot write the bucket would.
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import contextlib
 import copy
 import heapq
 import hmac
+import io
 import ipaddress
 import json
 import math
@@ -94,6 +99,11 @@ CALLBACK_VERSION = "v1.1"
 CALLBACK_TIMEOUT_SECONDS = 5.0
 #: Threads that record and post; a slow notify URL holds one of them, never an API answer.
 RECORDER_WORKERS = 4
+#: How long writing one file into the storage endpoint may wait to connect, and for an answer.
+STORAGE_CONNECT_TIMEOUT_SECONDS = 2.0
+STORAGE_READ_TIMEOUT_SECONDS = 5.0
+#: A write answered 5xx, or whose connection broke, is tried again this many times.
+STORAGE_RETRIES = 1
 
 # The clock that expires remembered nonces (a name of its own, so tests can move it).
 _clock = time.monotonic
@@ -173,6 +183,16 @@ class SandboxConfig:
     callback_retries: int = 3
     #: The first retry waits this long; each next one twice as long.
     callback_backoff: float = 1.0
+    #: An S3-compatible endpoint (`http(s)://host[:port]`) the recorder writes each file into:
+    #: the task's saveBucket there, path-style. None: no file is written anywhere.
+    storage_endpoint: str | None = None
+    #: The keys it signs those writes with; None: the sandbox's own access key and secret (the
+    #: ones reconciler signs with, as JD Cloud OSS takes the JD Cloud keys).
+    storage_access_key: str | None = None
+    storage_secret_key: str | None = field(default=None, repr=False)
+    #: Create a saveBucket that does not exist; else (as the service would) a write into it
+    #: fails, is counted, and the callback says "failed".
+    storage_create_buckets: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,6 +214,9 @@ class SandboxCounts:
     callback_attempts_failed: int = 0  # failed attempts, retried ones included
     callbacks_unaddressed: int = 0  # not posted: the domain had no notify URL
     recorder_pending: int = 0  # tasks still to record and callbacks still to post
+    objects_written: int = 0  # files written into the storage endpoint
+    objects_failed: int = 0  # files whose write failed (their callback says "failed")
+    buckets_created: int = 0  # saveBuckets the sandbox created (storage_create_buckets)
 
     @property
     def injected_total(self) -> int:
@@ -310,6 +333,27 @@ def notify_url_problem(url: object) -> str | None:
     return None
 
 
+def storage_endpoint_problem(url: object) -> str | None:
+    """Why `url` is no storage endpoint (`http(s)://host[:port]`: no path, query or
+    credentials, which come from the keys), or None when it is one."""
+    if not isinstance(url, str) or not url:
+        return "the storage endpoint must be a URL like http://127.0.0.1:8333"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "the storage endpoint must not hold spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number or too big
+    except ValueError:
+        return "the storage endpoint is not a usable URL (check the host and port)"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "the storage endpoint must be http(s)://host[:port]"
+    if parts.username is not None or parts.password is not None:
+        return "the storage endpoint must not carry credentials (give the storage keys instead)"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "the storage endpoint must be http(s)://host[:port], without a path or query"
+    return None
+
+
 def _check_config(config: SandboxConfig) -> None:
     _check_failures(config.failures, drop_rate=config.drop_rate)
     if config.latency_ms < 0:
@@ -332,10 +376,28 @@ def _check_config(config: SandboxConfig) -> None:
         raise ValueError("the callback backoff must be a number of seconds >= 0")
     if config.notify_url is not None and (problem := notify_url_problem(config.notify_url)):
         raise ValueError(f"the notify URL is refused: {problem}")
+    if config.storage_endpoint is not None and (
+        problem := storage_endpoint_problem(config.storage_endpoint)
+    ):
+        raise ValueError(f"the storage endpoint is refused: {problem}")
+    if (config.storage_access_key is None) != (config.storage_secret_key is None):
+        raise ValueError("the storage access key and secret key go together: give both or neither")
+    if config.storage_endpoint is None:
+        storage = {
+            "storage access key": config.storage_access_key is not None,
+            "storage secret key": config.storage_secret_key is not None,
+            "storage create buckets": config.storage_create_buckets,
+        }
+        if given_storage := [name for name, given in storage.items() if given]:
+            raise ValueError(
+                f"the storage settings ({', '.join(given_storage)}) need storage_endpoint "
+                "(--storage-endpoint URL): without it no file is written"
+            )
     if config.record_after is None:
         given = [name for name, rate in rates.items() if rate]
         given += ["notify URL"] if config.notify_url is not None else []
         given += ["callback delay"] if config.callback_delay != (0.0, 0.0) else []
+        given += ["storage endpoint"] if config.storage_endpoint is not None else []
         if given:
             raise ValueError(
                 f"the recorder settings ({', '.join(given)}) need record_after (--record-after "
@@ -379,8 +441,10 @@ def record_key(request_body: Mapping[str, Any], fmt: str, server_id: str = SERVE
     (DEFAULT_SAVE_OBJECT when unset) with {Date} (yyyyMMdd), {StartTime} and {EndTime}
     (yyyyMMddHHmmss of the first start and the last end, UTC), {ServerId}, {AppName},
     {StreamName} and {format} filled in. A template without {format} gets `.FORMAT` appended
-    when the task asks for more than one format (else the files would overwrite each other)."""
-    template = str(request_body.get("saveObject") or DEFAULT_SAVE_OBJECT)
+    when the task asks for more than one format (else the files would overwrite each other).
+    A leading `/` (the documented example writes `/xxx/yourobject`) is left out: an S3 key has
+    none, and verify reads the template so too."""
+    template = str(request_body.get("saveObject") or DEFAULT_SAVE_OBJECT).lstrip("/")
     times = _segment_times(request_body)
     values = {
         "Date": _digits(times[0][0], time_of_day=False),
@@ -397,9 +461,15 @@ def record_key(request_body: Mapping[str, Any], fmt: str, server_id: str = SERVE
     return key
 
 
-def download_url(request_body: Mapping[str, Any], key: str) -> str:
-    """`http://{saveEndpoint}/{saveBucket}/{key}`, the key percent-encoded (its `/` kept)."""
-    return f"http://{request_body['saveEndpoint']}/{request_body['saveBucket']}/{quote(key)}"
+def download_url(
+    request_body: Mapping[str, Any], key: str, storage_endpoint: str | None = None
+) -> str:
+    """`http://{saveEndpoint}/{saveBucket}/{key}`, the key percent-encoded (its `/` kept); with
+    a storage endpoint, the object's path-style URL there: `{storage_endpoint}/{bucket}/{key}`."""
+    base = f"http://{request_body['saveEndpoint']}"
+    if storage_endpoint is not None:
+        base = storage_endpoint.rstrip("/")
+    return f"{base}/{quote(str(request_body['saveBucket']))}/{quote(key)}"
 
 
 def recording_content(request_body: Mapping[str, Any], fmt: str, key: str) -> bytes:
@@ -514,7 +584,9 @@ class Sandbox:
         # publishDomain -> the record notify URL set through the API.
         self._notify_urls: dict[str, str] = {}
         self._recorder = (
-            None if config.record_after is None else _Recorder(config, self._notify_url_for)
+            None
+            if config.record_after is None
+            else _Recorder(config, self._notify_url_for, self.credentials)
         )
         self._journal: IO[str] | None = None
         self._server: _Server | None = None
@@ -642,7 +714,11 @@ class Sandbox:
         """What the recorder did (the GET /_sandbox/recordings document):
         - "recordings": one per file: {"requestId" (the task's), "format", "key",
           "downloadUrl", "fileSize", "status" ("success", or "failed" by the fail status
-          fault), "recordedAt"};
+          fault or a failed write), "recordedAt", "storage", "storageResult"}; "storage" is
+          "off" (no storage endpoint), "written" (the object is in the task's saveBucket at
+          the storage endpoint, at "key", and "downloadUrl" is its URL there), "failed" (the
+          write failed: "storageResult" says why, and the callback says "failed") or
+          "not written" (the fail status fault: nothing is written);
         - "notRecorded": the tasks the record fail rate left unrecorded: {"requestId", "reason"};
         - "callbacks": one per post (a duplicate is a second entry, "duplicate": true):
           {"requestId", "format", "duplicate", "body", "delivery", "attempts", "lastResult"},
@@ -798,13 +874,165 @@ class _RecordFate:
 _Job = Callable[[requests.Session], None]
 
 
+class StorageUnavailable(Exception):
+    """A storage endpoint was given, but the S3 client (the `storage` extra) is not installed."""
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What became of one file's write: written, or why not (words that carry no secret)."""
+
+    written: bool
+    result: str
+    bucket_created: bool = False
+
+
+class _BucketWriter:
+    """Writes the recorder's files into buckets at one S3-compatible endpoint, path-style, with
+    the `minio` client (the `storage` extra, the one verify reads buckets with), imported only
+    here: only a sandbox given a storage endpoint needs it. Shared by the recorder's workers."""
+
+    def __init__(self, endpoint: str, credentials: Credentials, *, create_buckets: bool) -> None:
+        try:
+            import urllib3
+            from minio import Minio
+        except ImportError:
+            raise StorageUnavailable(
+                "writing recordings into a storage endpoint needs the S3 client: "
+                "pip install 'reconciler[storage]'"
+            ) from None
+        parts = urlsplit(endpoint)
+        self.endpoint = endpoint.rstrip("/")
+        self._create_buckets = create_buckets
+        self._lock = threading.Lock()
+        self._known_buckets: set[str] = set()
+        self._http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(
+                connect=STORAGE_CONNECT_TIMEOUT_SECONDS, read=STORAGE_READ_TIMEOUT_SECONDS
+            ),
+            maxsize=RECORDER_WORKERS,
+            retries=urllib3.Retry(
+                total=STORAGE_RETRIES, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
+        self._client = Minio(
+            parts.netloc,
+            access_key=credentials.access_key,
+            secret_key=credentials.secret_key,
+            secure=parts.scheme == "https",
+            # Named, so the client never asks GetBucketLocation first: a stand-in has one region.
+            region="us-east-1",
+            http_client=self._http,
+        )
+
+    def put(self, bucket: str, key: str, content: bytes) -> _Written:
+        """Write `content` at `key` in `bucket`; never raises (a failure is a result).
+
+        The bucket is looked up first (once it is found, never again): some S3 servers
+        (SeaweedFS) make a missing bucket on the first write into it, the service does not."""
+        try:
+            created = self._find_bucket(bucket)
+            if created is None:
+                return _Written(False, "no such bucket (NoSuchBucket): it was not written")
+            self._client.put_object(
+                bucket,
+                key,
+                io.BytesIO(content),
+                len(content),
+                content_type="application/json; charset=utf-8",
+                num_parallel_uploads=1,
+            )
+        except Exception as error:
+            return _Written(False, _storage_failure(error, self.endpoint))
+        return _Written(True, "written", created)
+
+    def _find_bucket(self, bucket: str) -> bool | None:
+        """False: `bucket` exists; True: it did not and was made here; None: it does not."""
+        with self._lock:
+            if bucket in self._known_buckets:
+                return False
+        if self._client.bucket_exists(bucket):
+            created = False
+        elif not self._create_buckets:
+            return None
+        else:
+            with self._lock:  # two workers that find it missing together make it once
+                if bucket in self._known_buckets:
+                    return False
+                created = self._make_bucket(bucket)
+        with self._lock:
+            self._known_buckets.add(bucket)
+        return created
+
+    def _make_bucket(self, bucket: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self._client.make_bucket(bucket)
+        except S3Error as error:
+            if error.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+            return False
+        return True
+
+    def close(self) -> None:
+        self._http.clear()
+
+
+def _storage_failure(error: BaseException, endpoint: str) -> str:
+    """Why a write failed, in words with no credential: an S3 error code (a word from a fixed
+    list), an HTTP status, or what the connection did."""
+    import urllib3.exceptions as http_errors
+    from minio.error import InvalidResponseError, S3Error, ServerError
+
+    host = urlsplit(endpoint).hostname
+    if isinstance(error, S3Error):
+        code = error.code if re.fullmatch(r"[A-Za-z0-9.]{1,64}", error.code or "") else "an error"
+        status = error.response.status if error.response is not None else "?"
+        return f"the storage endpoint answered {code} (HTTP {status})"
+    if isinstance(error, ServerError):
+        return f"the storage endpoint answered HTTP {error.status_code}"
+    if isinstance(error, InvalidResponseError):
+        return "the storage endpoint's answer is not an S3 answer"
+    reason: object = error
+    if isinstance(error, http_errors.MaxRetryError):
+        reason = error.reason
+    if isinstance(reason, http_errors.NewConnectionError | http_errors.ConnectTimeoutError):
+        return f"cannot connect to the storage endpoint {host}"
+    if isinstance(reason, http_errors.ReadTimeoutError):
+        return (
+            f"no answer from the storage endpoint {host} within {STORAGE_READ_TIMEOUT_SECONDS:g} s"
+        )
+    if isinstance(reason, http_errors.ResponseError):
+        return "the storage endpoint kept answering with errors (HTTP 5xx)"
+    if isinstance(reason, http_errors.HTTPError | OSError):
+        return f"the connection to the storage endpoint {host} failed ({type(reason).__name__})"
+    if isinstance(error, ValueError):  # the client's own checks, e.g. of a bucket name
+        return "the S3 client refused the request (an invalid bucket name or key)"
+    return f"unexpected {type(error).__name__}"
+
+
 class _Recorder:
     """Records accepted tasks after `record_after` and posts their callbacks: a queue of jobs
     by due time, run by a few worker threads (never the threads that answer the API)."""
 
-    def __init__(self, config: SandboxConfig, notify_url_for: Callable[[str], str | None]) -> None:
+    def __init__(
+        self,
+        config: SandboxConfig,
+        notify_url_for: Callable[[str], str | None],
+        credentials: Credentials,
+    ) -> None:
         assert config.record_after is not None
         self._config = config
+        self._writer: _BucketWriter | None = None
+        if config.storage_endpoint is not None:
+            if config.storage_access_key is not None and config.storage_secret_key is not None:
+                credentials = Credentials(config.storage_access_key, config.storage_secret_key)
+            self._writer = _BucketWriter(
+                config.storage_endpoint,
+                credentials,
+                create_buckets=config.storage_create_buckets,
+            )
         self._record_after = config.record_after
         self._notify_url_for = notify_url_for
         # A generator of its own: the task POST's fault sequence stays what it was.
@@ -821,6 +1049,7 @@ class _Recorder:
         self._callbacks: list[dict[str, Any]] = []
         self._recorded = 0
         self._attempts_failed = 0
+        self._buckets_created = 0
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -839,6 +1068,8 @@ class _Recorder:
             self._condition.notify_all()
         for thread in self._threads:
             thread.join(timeout=2 * CALLBACK_TIMEOUT_SECONDS)
+        if self._writer is not None:
+            self._writer.close()
         with self._condition:
             for entry in self._callbacks:
                 if entry["delivery"] == "pending":
@@ -931,18 +1162,30 @@ class _Recorder:
         fate: _CallbackFate,
         notify_url: str | None,
     ) -> None:
-        """Record one format of a task: its file, then its callback(s) queued for posting."""
+        """Record one format of a task: its file (written into the storage endpoint, when there
+        is one), then its callback(s) queued for posting."""
         key = record_key(request, fmt, SERVER_ID)
         content = recording_content(request, fmt, key)
-        url = download_url(request, key)
+        writer = self._writer
+        url = download_url(request, key, None if writer is None else writer.endpoint)
         status = "failed" if fate.failed_status else "success"
-        # Writing `content` at `key` in the bucket (--storage-endpoint, DESIGN §7b) belongs here,
-        # before the callback is queued; a "failed" recording writes nothing.
+        storage, storage_result = "off", None
+        if writer is not None and status == "success":  # a "failed" recording writes nothing
+            written = writer.put(str(request["saveBucket"]), key, content)
+            storage = "written" if written.written else "failed"
+            storage_result = written.result
+            if not written.written:
+                status = "failed"  # the service could not write the file: so says its callback
+            if written.bucket_created:
+                with self._condition:
+                    self._buckets_created += 1
+        elif writer is not None:
+            storage = "not written"
         body = callback_body(
             request,
             fmt,
             url=url,
-            file_size=len(content),
+            file_size=len(content) if storage != "failed" else 0,
             status=status,
             with_id=not fate.without_id,
         )
@@ -958,6 +1201,8 @@ class _Recorder:
                     "fileSize": len(content),
                     "status": status,
                     "recordedAt": recorded_at,
+                    "storage": storage,
+                    "storageResult": storage_result,
                 }
             )
             for duplicate in (False, True) if fate.duplicate else (False,):
@@ -999,6 +1244,7 @@ class _Recorder:
     def counts(self) -> dict[str, int]:
         with self._condition:
             deliveries = [entry["delivery"] for entry in self._callbacks]
+            storages = [entry["storage"] for entry in self._recordings]
             return {
                 "recorded": self._recorded,
                 "recorded_files": len(self._recordings),
@@ -1008,6 +1254,9 @@ class _Recorder:
                 "callback_attempts_failed": self._attempts_failed,
                 "callbacks_unaddressed": deliveries.count("unaddressed"),
                 "recorder_pending": len(self._jobs) + self._busy,
+                "objects_written": storages.count("written"),
+                "objects_failed": storages.count("failed"),
+                "buckets_created": self._buckets_created,
             }
 
     def document(self) -> dict[str, Any]:
@@ -1488,6 +1737,22 @@ def describe_recorder(config: SandboxConfig) -> str:
     )
 
 
+def describe_storage(config: SandboxConfig) -> str:
+    """Where the recorder writes its files, for the banner (never a key)."""
+    if config.storage_endpoint is None:
+        return "none (files are not written; --storage-endpoint URL writes them)"
+    keys = "its own keys" if config.storage_access_key is None else "the storage keys given"
+    buckets = (
+        "creates a saveBucket that does not exist"
+        if config.storage_create_buckets
+        else "a saveBucket that does not exist is a failed write"
+    )
+    return (
+        f"each file into its saveBucket at {config.storage_endpoint.rstrip('/')} (path-style, "
+        f"signed with {keys}); {buckets}"
+    )
+
+
 # The state the banner's commands use: apart from real states, and from apply --sandbox's own.
 SANDBOX_RUN_STATE = "reconciler-state.sandbox-run.json"
 
@@ -1506,6 +1771,11 @@ def banner(sandbox: Sandbox) -> str:
         f"  faults      {describe_faults(sandbox.config)}",
         f"  journal     {sandbox.config.journal or '(none)'}",
         f"  recorder    {describe_recorder(sandbox.config)}",
+        *(
+            [f"  storage     {describe_storage(sandbox.config)}"]
+            if sandbox.config.record_after is not None
+            else []
+        ),
         f"  accepted    GET {sandbox.url}{TASKS_PATH}",
     ]
     if sandbox.config.record_after is not None:
@@ -1519,6 +1789,10 @@ def banner(sandbox: Sandbox) -> str:
             "RECONCILER_ENDPOINT": sandbox.url,
             "RECONCILER_STATE": SANDBOX_RUN_STATE,
         }
+        storage = sandbox.config.storage_endpoint
+        if storage is not None:
+            # verify then reads the files the recorder wrote, with the same keys.
+            exports["RECONCILER_STORAGE_ENDPOINT"] = storage.rstrip("/")
         lines += [
             "",
             "Throwaway test credentials. To point reconciler at this sandbox, in another shell:",
@@ -1526,6 +1800,8 @@ def banner(sandbox: Sandbox) -> str:
             + " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items()),
             "  reconciler init",
             "  reconciler apply PATH...",
+            # --grace 0: the sandbox records each clip --record-after seconds after accepting it.
+            *(["  reconciler verify --grace 0 PATH..."] if storage else []),
             "",
             f"(PATH...: your manifests. The state {SANDBOX_RUN_STATE} is for this sandbox only;",
             "apply --sandbox keeps its own, reconciler-state.sandbox.json.)",
@@ -1545,7 +1821,7 @@ def serve(config: SandboxConfig, *, out: TextIO | None = None, err: TextIO | Non
         return 1
     try:
         sandbox = Sandbox(config)
-    except ValueError as error:
+    except (ValueError, StorageUnavailable) as error:
         print(f"reconciler sandbox: error: {error}", file=err)
         return 1
     if not is_loopback(config.host):
@@ -1597,6 +1873,13 @@ def serve(config: SandboxConfig, *, out: TextIO | None = None, err: TextIO | Non
             f"{counts.record_failed} never recorded; {counts.callbacks_sent} callbacks sent, "
             f"{counts.callbacks_failed} failed, {counts.callbacks_unaddressed} with no notify "
             "URL to go to.",
+            file=out,
+            flush=True,
+        )
+    if config.storage_endpoint is not None:
+        print(
+            f"Storage: {counts.objects_written} files written, {counts.objects_failed} failed"
+            + (f", {counts.buckets_created} buckets created." if counts.buckets_created else "."),
             file=out,
             flush=True,
         )

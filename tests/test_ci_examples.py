@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 import yaml
@@ -185,9 +185,9 @@ def test_github_apply_never_overlaps_and_always_commits_the_state() -> None:
     assert "git push" in commit["run"]
     artifact = steps["Keep the state file as an artifact (in case the push failed)"]
     assert artifact["if"] == "always()"
-    # Credentials reach only the step that needs them.
+    # Credentials reach only the steps that need them: apply's and verify's.
     text = GITHUB_GIT_STATE.read_text(encoding="utf-8")
-    assert text.count("secrets.") == 2
+    assert text.count("secrets.") == 4
 
 
 def test_gitlab_merge_requests_validate_and_plan_as_an_artifact() -> None:
@@ -219,6 +219,130 @@ def test_gitlab_apply_never_overlaps_and_always_commits_the_state() -> None:
     for variable in ("JDCLOUD_ACCESS_KEY", "JDCLOUD_SECRET_KEY", "RECONCILER_PUSH_TOKEN"):
         assert variable in header  # every variable to set is documented at the top
     assert "RECONCILER_PUSH_TOKEN" in commit
+
+
+# --- verify: hourly, after apply, what is missing on the summary -------------------------------
+
+VERIFY_CRON = "7 * * * *"
+GITHUB_VERIFY_IF = (
+    "!cancelled() && github.ref == 'refs/heads/main' && "
+    f"(github.event.schedule == '{VERIFY_CRON}' || github.event_name == 'workflow_dispatch')"
+)
+GITHUB_VERIFY_RUN = 'reconciler verify "$MANIFESTS" --format markdown >> "$GITHUB_STEP_SUMMARY"'
+GITLAB_VERIFY_RULES = [
+    {
+        "if": '$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH && $RECONCILER_VERIFY == "true"',
+        "when": "always",
+    }
+]
+
+
+def without_comments(script: str) -> list[str]:
+    return [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("path", [GITHUB_GIT_STATE, GITHUB_DATABASE], ids=lambda p: p.stem)
+def test_github_verify_runs_hourly_after_apply(path: Path) -> None:
+    workflow = load(path)
+    triggers = workflow.get("on", workflow.get(True))  # PyYAML reads the bare key `on` as True
+    crons = [entry["cron"] for entry in triggers["schedule"]]
+    assert VERIFY_CRON in crons and len(set(crons)) == len(crons) == 2  # a run of its own
+    verify = workflow["jobs"]["verify"]
+    # After this run's apply, also when apply failed (a `pending` clip is what it settles),
+    # and only on its own schedule or by hand: never for a pull request or a push.
+    assert verify["needs"] == "apply"
+    assert verify["if"] == GITHUB_VERIFY_IF
+    assert verify["concurrency"]["cancel-in-progress"] is False
+    steps = steps_named(verify)
+    assert steps["actions/checkout@v4"]["with"]["ref"] == "main"
+    step = steps["Verify (what is missing, on the run's summary page)"]
+    assert step["run"].splitlines()[-1] == GITHUB_VERIFY_RUN
+    assert "if" not in step
+    credentials = {
+        key: f"${{{{ secrets.{key} }}}}" for key in ("JDCLOUD_ACCESS_KEY", "JDCLOUD_SECRET_KEY")
+    }
+    if path == GITHUB_DATABASE:
+        assert step["env"] == {"RECONCILER_STATE": "${{ secrets.RECONCILER_STATE }}", **credentials}
+    else:
+        assert step["env"] == credentials
+
+
+def test_github_verify_commits_the_state_as_apply_does() -> None:
+    workflow = load(GITHUB_GIT_STATE)
+    apply, verify = workflow["jobs"]["apply"], workflow["jobs"]["verify"]
+    # Both write the state file: one group, so that they never overlap.
+    assert verify["concurrency"]["group"] == apply["concurrency"]["group"]
+    assert verify["permissions"] == {"contents": "write"}
+    names, steps = list(steps_named(verify)), steps_named(verify)
+    step = "Commit the state file back to main"
+    assert (
+        names.index(step) == names.index("Verify (what is missing, on the run's summary page)") + 1
+    )
+    commit, applys = steps[step], steps_named(apply)[step]
+    assert commit["if"] == "always()"
+    # The same script line for line, but for the commit's message and the artifact's name.
+    expected = [
+        line.replace("record apply outcomes", "record verify findings").replace(
+            "reconciler-state artifact", "reconciler-state-after-verify artifact"
+        )
+        for line in without_comments(applys["run"])
+    ]
+    assert without_comments(commit["run"]) == expected
+    assert expected != without_comments(applys["run"])
+    artifact = steps["Keep the state file as an artifact (in case the push failed)"]
+    assert artifact["if"] == "always()"
+    assert artifact["with"]["name"] == "reconciler-state-after-verify"
+    assert (
+        artifact["with"]["path"]
+        == steps_named(apply)["Keep the state file as an artifact (in case the push failed)"][
+            "with"
+        ]["path"]
+    )
+
+
+def test_github_database_verify_pushes_nothing_and_never_waits_for_apply() -> None:
+    workflow = load(GITHUB_DATABASE)
+    apply, verify = workflow["jobs"]["apply"], workflow["jobs"]["verify"]
+    assert verify["concurrency"]["group"] != apply["concurrency"]["group"]
+    steps = steps_named(verify)
+    assert list(steps)[-1] == "Verify (what is missing, on the run's summary page)"
+    assert "permissions" not in verify
+
+
+@pytest.mark.parametrize("path", [GITLAB_GIT_STATE, GITLAB_DATABASE], ids=lambda p: p.stem)
+def test_gitlab_verify_runs_on_its_schedule_after_apply(path: Path) -> None:
+    pipeline = load(path)
+    assert pipeline["stages"] == ["check", "apply", "verify"]
+    verify = pipeline["reconciler-verify"]
+    assert verify["stage"] == "verify"
+    # Only in the schedule that sets RECONCILER_VERIFY, and also when apply failed.
+    assert verify["rules"] == GITLAB_VERIFY_RULES
+    header = path.read_text(encoding="utf-8").split("\nvariables:")[0]
+    assert "RECONCILER_VERIFY set to `true`" in header and VERIFY_CRON in header
+    [line] = [line for line in verify["script"] if "reconciler verify" in line]
+    assert 'reconciler verify "$MANIFESTS" --format markdown | tee verify.md' in line
+    assert "verify.md" in verify["artifacts"]["paths"]
+    assert verify["artifacts"]["when"] == "always"
+    if path == GITLAB_DATABASE:
+        assert verify["resource_group"] != pipeline["reconciler-apply"]["resource_group"]
+        assert "after_script" not in verify
+        assert verify["artifacts"]["paths"] == ["verify.md"]
+
+
+def test_gitlab_verify_commits_the_state_as_apply_does() -> None:
+    pipeline = load(GITLAB_GIT_STATE)
+    apply, verify = pipeline["reconciler-apply"], pipeline["reconciler-verify"]
+    assert verify["resource_group"] == apply["resource_group"]  # never beside an apply
+    [commit] = apply["after_script"]
+    script = verify["script"]
+    assert verify["after_script"] == [commit]  # the very same commit, also after a cancel
+    verifying = next(i for i, line in enumerate(script) if "reconciler verify" in line)
+    assert "|| status=$?" in script[verifying]  # a missing clip does not skip the commit
+    assert script.index(commit) > verifying
+    assert script[-1] == 'exit "$status"'
+    assert script[: script.index(commit)][:2] == apply["script"][:2]  # the tip of the branch
+    assert '"reconciler: record $CI_JOB_NAME outcomes [skip ci]"' in commit
+    assert set(apply["artifacts"]["paths"]) < set(verify["artifacts"]["paths"])
 
 
 # --- the database mode: the URI from a secret, nothing pushed back --------------------------------
@@ -266,8 +390,8 @@ def test_github_database_workflow_takes_the_uri_from_a_secret_and_pushes_nothing
     # Nothing after apply: no commit, no push, no artifact of a state that is not a file.
     assert list(steps)[-1] == "Apply"
     assert not any("upload-artifact" in name for name in steps)
-    # Secrets reach only the steps that need them: the plan's one, the apply's three.
-    assert GITHUB_DATABASE.read_text(encoding="utf-8").count("secrets.") == 4
+    # Secrets reach only the steps that need them: the plan's one, apply's and verify's three.
+    assert GITHUB_DATABASE.read_text(encoding="utf-8").count("secrets.") == 7
 
 
 def test_gitlab_database_pipeline_takes_the_uri_from_a_variable_and_pushes_nothing() -> None:
@@ -298,11 +422,14 @@ def test_gitlab_database_pipeline_takes_the_uri_from_a_variable_and_pushes_nothi
     assert re.search(r"RECONCILER_STATE\s+Masked", header)
 
 
-@pytest.mark.parametrize("path", DATABASE_EXAMPLES, ids=lambda p: p.stem)
-def test_database_examples_install_the_postgres_extra(path: Path) -> None:
+@pytest.mark.parametrize("path", list(EXAMPLES), ids=IDS)
+def test_examples_install_the_extras_their_jobs_need(path: Path) -> None:
+    # The database driver where the state is in PostgreSQL; everywhere, the S3 client that
+    # verify lists the buckets with.
     requirement = Requirement(example_variables(path)["RECONCILER"])
     assert requirement.name == "reconciler"
-    assert requirement.extras == {"postgres"}
+    expected = {"postgres", "storage"} if path in DATABASE_EXAMPLES else {"storage"}
+    assert requirement.extras == expected
     assert 'pip install "$RECONCILER"' in shell_scripts(path)
 
 
@@ -320,7 +447,7 @@ def test_database_examples_never_show_the_uri_and_never_push_back(path: Path) ->
         assert STATE not in script, script
     # Each job that reads the state stops with a message when the variable is missing.
     guards = [script for script in scripts if GUARD.search(script)]
-    assert len(guards) == 2, scripts  # plan and apply
+    assert len(guards) == 3, scripts  # plan, apply and verify
 
 
 def guard_lines(path: Path) -> list[str]:
@@ -413,7 +540,7 @@ def test_examples_run_only_real_commands_with_real_options(path: Path) -> None:
         for script in shell_scripts(path)
         for words in reconciler_invocations(script, variables)
     ]
-    assert {words[0] for words in invocations} == {"validate", "plan", "apply"}
+    assert {words[0] for words in invocations} == {"validate", "plan", "apply", "verify"}
     for words in invocations:
         assert click_refusal(words) is None, f"{path.name}: reconciler {shlex.join(words)}"
 
@@ -734,6 +861,7 @@ def gitlab_env(pipeline: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str,
     env = {key: str(value) for key, value in pipeline.get("variables", {}).items()}
     env.update({key: str(value) for key, value in job.get("variables", {}).items()})
     env.update(
+        CI_JOB_NAME=next(name for name, value in pipeline.items() if value is job),
         CI_DEFAULT_BRANCH="main",
         CI_SERVER_PROTOCOL="https",
         CI_SERVER_HOST="gitlab.example.com",
@@ -871,6 +999,154 @@ def test_a_first_apply_killed_mid_send_sends_nothing_twice(
         assert STATE not in files_on(remote)
 
 
+def verify_job(ci: str, credentials: Mapping[str, str], summary: Path) -> ApplyJob:
+    """The git-state example's verify job, run as its runner would: verify, then the commit."""
+    if ci == "github":
+        workflow = load(GITHUB_GIT_STATE)
+        steps = steps_named(workflow["jobs"]["verify"])
+        verify = steps["Verify (what is missing, on the run's summary page)"]
+        commit = steps["Commit the state file back to main"]
+        env = {
+            **github_env(workflow, commit, credentials),
+            **github_env(workflow, verify, credentials),
+            "GITHUB_STEP_SUMMARY": str(summary),
+            # What the test points verify at: the test's S3 server, not https://{saveEndpoint}.
+            "RECONCILER_STORAGE_ENDPOINT": credentials["RECONCILER_STORAGE_ENDPOINT"],
+        }
+        return ApplyJob(verify["run"], commit["run"], env, clone)
+    pipeline = load(GITLAB_GIT_STATE)
+    job = pipeline["reconciler-verify"]
+    env = {**gitlab_env(pipeline, job), **credentials}
+    return ApplyJob("\n".join(job["script"]), "\n".join(job["after_script"]), env, gitlab_clone)
+
+
+def settle_recorder(box: Any, server: Any) -> dict[str, Any]:
+    """Wait until the sandbox has recorded every task, and the S3 server lists every file it
+    wrote; the recordings document."""
+    deadline = time.monotonic() + 60  # a guard against a hang, not a measurement
+    while box.counts().recorder_pending:
+        assert time.monotonic() < deadline, box.recordings()
+        time.sleep(0.02)
+    document: dict[str, Any] = box.recordings()
+    client = server.client()
+    written = {
+        (urlsplit(r["downloadUrl"]).path.split("/")[1], r["key"])
+        for r in document["recordings"]
+        if r["storage"] == "written"
+    }
+    while True:
+        listed = {
+            (bucket, item.object_name)
+            for bucket in {bucket for bucket, _ in written}
+            for item in client.list_objects(bucket, recursive=True)
+        }
+        if written <= listed:
+            return document
+        assert time.monotonic() < deadline, written - listed
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def buckets(server: Any, *names: str) -> Iterator[None]:
+    """The examples' buckets on the test S3 server, emptied and removed after."""
+    for name in names:
+        server.bucket(name)
+    try:
+        yield
+    finally:
+        client = server.client()
+        for name in names:
+            for item in client.list_objects(name, recursive=True):
+                client.remove_object(name, item.object_name)
+            client.remove_bucket(name)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("ci", ["github", "gitlab"])
+def test_verify_job_finds_what_was_recorded_and_names_what_is_missing(
+    tmp_path: Path, seaweed_server: Any, ci: str
+) -> None:
+    """apply against a sandbox that records into a real S3 server, some clips never recorded;
+    then the hourly verify job: the recorded ones found, the others missing on the summary, the
+    job red, and what it found committed back like apply's outcomes."""
+    from reconciler.sandbox import SandboxConfig, running_sandbox
+
+    remote = make_remote(tmp_path, copy_manifests)
+    admin = seaweed_server.admin
+    # The sandbox takes the S3 server's keys as its own: JD Cloud OSS takes the JD Cloud keys,
+    # and so verify reads the buckets with the same JDCLOUD_* the apply job signs with.
+    config = SandboxConfig(
+        access_key=admin.access_key,
+        secret_key=admin.secret_key,
+        record_after=0.0,
+        # Whatever order apply's requests arrive in, seed 8 leaves 2 to 4 of the 7 unrecorded.
+        record_fail_rate=0.4,
+        seed=8,
+        storage_endpoint=seaweed_server.endpoint,
+    )
+    summary = tmp_path / "summary.md"
+    with buckets(seaweed_server, "highlights", "club-archive"), running_sandbox(config) as box:
+        job = apply_job(ci, sandbox_env(box))
+        work = job.clone(remote, tmp_path / "apply")
+        shell(job.apply, work, job.env)
+        shell(job.commit, work, job.env)
+        recordings = settle_recorder(box, seaweed_server)
+        ids = {record["requestId"]: record["body"] for record in box.accepted()}
+        never = {ids[entry["requestId"]]["taskExternalId"] for entry in recordings["notRecorded"]}
+        assert 0 < len(never) < 7, recordings  # the seed leaves some clips unrecorded, not all
+        assert recordings["counts"]["objectsWritten"] > 0
+        assert recordings["counts"]["objectsFailed"] == 0
+
+        credentials = {
+            "JDCLOUD_ACCESS_KEY": admin.access_key,
+            "JDCLOUD_SECRET_KEY": admin.secret_key,
+            "RECONCILER_STORAGE_ENDPOINT": seaweed_server.endpoint,
+        }
+        verify = verify_job(ci, credentials, summary)
+        work = verify.clone(remote, tmp_path / "verify")
+        result = shell(verify.apply, work, verify.env, check=False)
+        shell(verify.commit, work, verify.env)
+        objects = {
+            bucket: {
+                o.object_name for o in seaweed_server.client().list_objects(bucket, recursive=True)
+            }
+            for bucket in ("highlights", "club-archive")
+        }
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output  # something is missing: the job is red
+    state = state_on(remote)
+    names = {entry["name"]: entry for entry in state["tasks"].values()}
+    sent_ids = {name: entry["taskExternalId"] for name, entry in names.items()}
+    missing = {name for name, sent in sent_ids.items() if sent in never}
+    assert len(missing) == len(never), sent_ids
+    recorded = set(names) - missing
+    report = (
+        summary.read_text(encoding="utf-8")
+        if ci == "github"
+        else (work / "verify.md").read_text(encoding="utf-8")
+    )
+    assert "#### Missing" in report, report
+    for name in missing:
+        assert name in report, report
+    # What reached main (the state, and the journal verify appended its findings to): the
+    # recorded clips carry what verify found, the others `missing`.
+    from reconciler.state import StateStore
+
+    assert files_on(remote) == {"clips", STATE, JOURNAL}
+    after = StateStore(clone(remote, tmp_path / "after") / STATE).load()
+    for task_hash, entry in after.entries.items():
+        outputs = after.recordings_of(task_hash)
+        if entry.name in recorded:
+            assert {output.status for output in outputs} == {"success"}, entry.name
+            assert {output.source.value for output in outputs} == {"storage"}
+        else:
+            assert {output.status for output in outputs} == {"missing"}, entry.name
+    assert "verify" in git(remote, "log", "-1", "--format=%s", "main")
+    # Read-only in the buckets: verify wrote nothing there.
+    assert sum(len(keys) for keys in objects.values()) == recordings["counts"]["objectsWritten"]
+
+
 def check_gitlab_merge_request_plan(tmp_path: Path, remote: Path) -> None:
     pipeline = load(GITLAB_GIT_STATE)
     job = pipeline["reconciler-plan"]
@@ -883,19 +1159,25 @@ def check_gitlab_merge_request_plan(tmp_path: Path, remote: Path) -> None:
     assert summary and summary[0] in (work / "plan.md").read_text(encoding="utf-8")
 
 
-def commit_script(ci: str) -> tuple[str, dict[str, str], Callable[[Path, Path], Path]]:
+def commit_script(
+    ci: str, job_name: str = "apply"
+) -> tuple[str, dict[str, str], Callable[[Path, Path], Path]]:
+    """The step that commits the state after the job `job_name` ("apply" or "verify")."""
     if ci == "github":
         workflow = load(GITHUB_GIT_STATE)
-        commit = steps_named(workflow["jobs"]["apply"])["Commit the state file back to main"]
+        commit = steps_named(workflow["jobs"][job_name])["Commit the state file back to main"]
         return commit["run"], github_env(workflow, commit, {}), clone
     pipeline = load(GITLAB_GIT_STATE)
-    job = pipeline["reconciler-apply"]
+    job = pipeline[f"reconciler-{job_name}"]
     return "\n".join(job["after_script"]), gitlab_env(pipeline, job), gitlab_clone
 
 
+@pytest.mark.parametrize("job_name", ["apply", "verify"])
 @pytest.mark.parametrize("ci", ["github", "gitlab"])
-def test_commit_step_commits_what_apply_leaves_and_nothing_else(tmp_path: Path, ci: str) -> None:
-    script, env, clone_for = commit_script(ci)
+def test_commit_step_commits_what_apply_leaves_and_nothing_else(
+    tmp_path: Path, ci: str, job_name: str
+) -> None:
+    script, env, clone_for = commit_script(ci, job_name)
     remote = make_remote(tmp_path, copy_manifests, initialised=False)
     commits = int(git(remote, "rev-list", "--count", "main"))
 
@@ -923,6 +1205,9 @@ def test_commit_step_commits_what_apply_leaves_and_nothing_else(tmp_path: Path, 
     (work / STATE).write_text('{"tasks": {}, "version": 1}\n', encoding="utf-8")
     shell(script, work, env)
     assert files_on(remote) == {"clips", STATE}
+    # The commit says which job made it, and keeps CI from running on it.
+    subject = git(remote, "log", "-1", "--format=%s", "main")
+    assert job_name in subject and subject.endswith("[skip ci]"), subject
 
     # And a run that changed nothing commits nothing.
     commits = int(git(remote, "rev-list", "--count", "main"))
@@ -1119,6 +1404,80 @@ def test_gitlab_database_pipeline_scripts_run(
     assert Counter(database_tasks(state).values()) == {"submitted": 7, "pending": 1}
     for output in outputs:
         state.never_shown_in(output)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("ci", ["github", "gitlab"])
+def test_database_verify_job_records_what_it_finds_in_the_database(
+    tmp_path: Path, state_in_database: DatabaseState, seaweed_server: Any, ci: str
+) -> None:
+    """The database examples' verify job: its findings go to the database, nothing is left
+    to push back, the URI's password is never shown, and the job is red for what is missing."""
+    from reconciler.sandbox import SandboxConfig, running_sandbox
+    from reconciler.state import open_state
+
+    state = state_in_database
+    remote = make_remote(tmp_path, copy_manifests, initialised=False)
+    admin = seaweed_server.admin
+    config = SandboxConfig(
+        access_key=admin.access_key,
+        secret_key=admin.secret_key,
+        record_after=0.0,
+        # Whatever order apply's requests arrive in, seed 8 leaves 2 to 4 of the 7 unrecorded.
+        record_fail_rate=0.4,
+        seed=8,
+        storage_endpoint=seaweed_server.endpoint,
+    )
+    variables = {
+        "RECONCILER_STATE": state.uri,
+        "JDCLOUD_ACCESS_KEY": admin.access_key,
+        "JDCLOUD_SECRET_KEY": admin.secret_key,
+    }
+    summary = tmp_path / "summary.md"
+    with buckets(seaweed_server, "highlights", "club-archive"), running_sandbox(config) as box:
+        script, env = database_apply_job(ci, {**variables, "RECONCILER_ENDPOINT": box.url})
+        shell(script, clone(remote, tmp_path / "apply"), env)
+        recordings = settle_recorder(box, seaweed_server)
+        never = {
+            record["body"]["taskExternalId"]
+            for record in box.accepted()
+            if record["requestId"] in {e["requestId"] for e in recordings["notRecorded"]}
+        }
+        assert 0 < len(never) < 7, recordings
+
+        if ci == "github":
+            workflow = load(GITHUB_DATABASE)
+            step = steps_named(workflow["jobs"]["verify"])[
+                "Verify (what is missing, on the run's summary page)"
+            ]
+            script = step["run"]
+            env = {**github_env(workflow, step, variables), "GITHUB_STEP_SUMMARY": str(summary)}
+        else:
+            pipeline = load(GITLAB_DATABASE)
+            job = pipeline["reconciler-verify"]
+            script, env = "\n".join(job["script"]), {**gitlab_env(pipeline, job), **variables}
+        env["RECONCILER_STORAGE_ENDPOINT"] = seaweed_server.endpoint
+        work = clone(remote, tmp_path / "verify")
+        result = shell(script, work, env, check=False)
+
+    output = result.stdout + result.stderr
+    state.never_shown_in(output)
+    assert result.returncode == 1, output
+    report = summary if ci == "github" else work / "verify.md"
+    text = report.read_text(encoding="utf-8")
+    assert "#### Missing" in text, text
+    missing_rows = text.partition("#### Missing")[2].partition("####")[0]
+    assert left_in(work) == ("?? verify.md" if ci == "gitlab" else "")  # its artifact only
+    backend = open_state(state.uri)
+    try:
+        loaded = backend.load()
+    finally:
+        backend.close()
+    for task_hash, entry in loaded.entries.items():
+        statuses = {output.status for output in loaded.recordings_of(task_hash)}
+        expected = "missing" if entry.sent_external_id in never else "success"
+        assert statuses == {expected}, entry.name
+        assert (f"| {entry.name} |" in missing_rows) is (expected == "missing"), text
 
 
 @pytest.mark.e2e

@@ -481,6 +481,9 @@ def test_the_recordings_document_is_served(
         "callbackAttemptsFailed": 0,
         "callbacksUnaddressed": 0,
         "recorderPending": 0,
+        "objectsWritten": 0,  # no storage endpoint: no file written
+        "objectsFailed": 0,
+        "bucketsCreated": 0,
     }
     # The notify URL (it carries the receiver's token) is in no document.
     assert "the-token" not in served.text

@@ -128,6 +128,39 @@ def sandbox_command(
             help="Times a failed callback post is tried again (with backoff: 1 s, 2 s, 4 s...).",
         ),
     ] = 3,
+    storage_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--storage-endpoint",
+            metavar="URL",
+            help="An S3-compatible endpoint (http(s)://host[:port]) to write each recorded file "
+            "into: the task's saveBucket there, path-style, before its callback; the callback's "
+            "downloadUrl is then the object's URL there [default: write no file]. Needs the "
+            "storage extra: pip install 'reconciler[storage]'.",
+        ),
+    ] = None,
+    storage_access_key: Annotated[
+        str | None,
+        typer.Option(
+            "--storage-access-key",
+            help="Access key the writes are signed with [default: the sandbox's own].",
+        ),
+    ] = None,
+    storage_secret_key: Annotated[
+        str | None,
+        typer.Option(
+            "--storage-secret-key",
+            help="Secret key the writes are signed with [default: the sandbox's own].",
+        ),
+    ] = None,
+    storage_create_buckets: Annotated[
+        bool,
+        typer.Option(
+            "--storage-create-buckets",
+            help="Create a saveBucket that does not exist [default: a write into it fails, is "
+            'counted, and its callback says "failed", as the service would].',
+        ),
+    ] = False,
 ) -> None:
     """Run the local stand-in of the Live API (not JD Cloud) until Ctrl-C or SIGTERM."""
     from reconciler.sandbox import (
@@ -136,6 +169,7 @@ def sandbox_command(
         parse_delay,
         parse_failures,
         serve,
+        storage_endpoint_problem,
     )
 
     try:
@@ -148,9 +182,32 @@ def sandbox_command(
         raise typer.BadParameter(str(error), param_hint="'--callback-delay'") from None
     if notify_url is not None and (problem := notify_url_problem(notify_url)):
         raise typer.BadParameter(problem, param_hint="'--notify-url'")
+    if storage_endpoint is not None and (problem := storage_endpoint_problem(storage_endpoint)):
+        raise typer.BadParameter(problem, param_hint="'--storage-endpoint'")
+    if (storage_access_key is None) != (storage_secret_key is None):
+        missing = "--storage-secret-key" if storage_secret_key is None else "--storage-access-key"
+        raise typer.BadParameter(
+            f"goes with {missing}: give both, or neither to sign with the sandbox's own keys",
+            param_hint="'--storage-access-key'"
+            if storage_secret_key is None
+            else "'--storage-secret-key'",
+        )
+    if storage_endpoint is None:
+        storage_options = {
+            "--storage-access-key": storage_access_key is not None,
+            "--storage-secret-key": storage_secret_key is not None,
+            "--storage-create-buckets": storage_create_buckets,
+        }
+        for option, storage_given in storage_options.items():
+            if storage_given:
+                raise typer.BadParameter(
+                    "acts on the files written: add --storage-endpoint URL to write them",
+                    param_hint=f"'{option}'",
+                )
     if record_after is None:
         recorder_options = {
             "--notify-url": notify_url is not None,
+            "--storage-endpoint": storage_endpoint is not None,
             "--record-fail-rate": record_fail_rate,
             "--callback-duplicates": callback_duplicates,
             "--callback-delay": callback_delay is not None,
@@ -181,5 +238,9 @@ def sandbox_command(
         callback_without_id=callback_without_id,
         callback_fail_status=callback_fail_status,
         callback_retries=callback_retries,
+        storage_endpoint=storage_endpoint,
+        storage_access_key=storage_access_key,
+        storage_secret_key=storage_secret_key,
+        storage_create_buckets=storage_create_buckets,
     )
     raise typer.Exit(serve(config))

@@ -223,8 +223,28 @@ class SeaweedServer:
                         raise
                     time.sleep(0.5 * (attempt + 1))
 
+        keys = list(keys)
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(put_one, keys))
+        self.wait_listed(bucket, keys)
+
+    def wait_listed(self, bucket: str, keys: Iterable[str], timeout: float = 30.0) -> None:
+        """Wait until a listing shows every one of `keys`: SeaweedFS can answer a listing made
+        right after a write without the new object for a moment, and a test that writes and
+        then verifies must test verify, not that."""
+        wanted = set(keys)
+        if not wanted:
+            return
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            listed = {item.object_name for item in client.list_objects(bucket, recursive=True)}
+            if wanted <= listed:
+                return
+            if time.monotonic() > deadline:
+                missing = sorted(wanted - listed)
+                raise SeaweedServerError(f"not listed after {timeout:g} s: {missing[:5]}")
+            time.sleep(0.05)
 
     def log(self) -> str:
         with contextlib.suppress(OSError):

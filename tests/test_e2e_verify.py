@@ -49,14 +49,17 @@ def write_clips(folder: Path, count: int) -> None:
     (folder / "clips.yaml").write_text("---\n".join(documents), encoding="utf-8")
 
 
-def wait_recorded(box: Sandbox) -> dict[str, Any]:
+def wait_recorded(box: Sandbox, server: Any) -> dict[str, Any]:
+    """The sandbox's recordings once it has made them all, and they show in a listing."""
     deadline = time.monotonic() + WAIT
     while True:
         document = box.recordings()
         if document["pending"] == 0 and box.counts().recorder_pending == 0:
-            return document
+            break
         assert time.monotonic() < deadline, "the sandbox never finished recording"
         time.sleep(0.05)
+    server.wait_listed(BUCKET, [r["key"] for r in document["recordings"]])
+    return document
 
 
 def verify(folder: Path, env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
@@ -90,7 +93,7 @@ def test_verify_finds_exactly_the_recorded_clips_and_names_exactly_the_missing_o
     env = env_for(box)
     applied = cli("apply", "clips", cwd=tmp_path, env=env)
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    recordings = wait_recorded(box)
+    recordings = wait_recorded(box, seaweed_server)
     by_request = {task["requestId"]: task["path"]["streamName"] for task in box.accepted()}
     recorded = {by_request[r["requestId"]] for r in recordings["recordings"]}
     failed = {by_request[r["requestId"]] for r in recordings["notRecorded"]}
@@ -102,7 +105,7 @@ def test_verify_finds_exactly_the_recorded_clips_and_names_exactly_the_missing_o
     assert code == 1, "something is missing: the job turns red"
     results = by_result(document)
     names = {f"stream-{n}": f"clip-{n}" for n in range(16)}
-    assert results.get("recorded", set()) == {names[s] for s in recorded}
+    assert results.get("found", set()) == {names[s] for s in recorded}
     assert results.get("missing", set()) == {names[s] for s in failed}
     for task in document["tasks"]:
         if task["result"] == "missing":  # everything a person needs to look
@@ -139,11 +142,11 @@ def test_a_pending_task_whose_file_exists_is_settled_and_never_sent_again(
     env = env_for(box)
     applied = cli("apply", "clips", cwd=tmp_path, env=env)
     assert applied.returncode == 1 and "pending" in applied.stdout + applied.stderr
-    wait_recorded(box)
+    wait_recorded(box, seaweed_server)
     reader = {**env, **seaweed_server.reader.environ()}
     code, document = verify(tmp_path, reader, "--storage-endpoint", seaweed_server.endpoint)
     assert code == 0, document
-    assert by_result(document) == {"recorded": {f"clip-{n}" for n in range(4)}}
+    assert by_result(document) == {"settled": {f"clip-{n}" for n in range(4)}}
     accepted = len(box.accepted())
     retried = cli("apply", "clips", "--retry-pending", cwd=tmp_path, env=env)
     assert retried.returncode == 0, retried.stdout + retried.stderr

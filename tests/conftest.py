@@ -19,6 +19,7 @@ from reconciler.tasks import Task, canonical_request, request_hash
 if TYPE_CHECKING:
     from tests.postgres_server import PostgresServer
     from tests.seaweed_server import SeaweedServer
+    from tests.test_receiver import Receiver
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # The fixture clips end on 2026-11-20; "now" is well after, so nothing is waiting.
@@ -127,3 +128,26 @@ def seaweed_server() -> Iterator[SeaweedServer]:
         pytest.fail(f"cannot start the test S3 server (SeaweedFS):\n{error}")
     yield server
     server.close()
+
+
+@pytest.fixture
+def receiver_factory() -> Iterator[Callable[..., Receiver]]:
+    """`reconciler receive` processes started by a test (tests/test_receiver.py's Receiver),
+    killed at its end if still running."""
+    from tests.test_receiver import Receiver
+
+    started: list[Receiver] = []
+
+    def start(state: str, *extra: str, **options: Any) -> Receiver:
+        receiver = Receiver(state, *extra, **options)
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        if receiver.process.poll() is None:
+            receiver.process.kill()
+            receiver.process.wait(timeout=30)
+        assert receiver.process.stdout is not None and receiver.process.stderr is not None
+        receiver.process.stdout.close()
+        receiver.process.stderr.close()

@@ -8,15 +8,8 @@ following `apply --retry-pending` does not send it again.
 
 from __future__ import annotations
 
-import json
-import queue
-import secrets
 import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +18,7 @@ import pytest
 from reconciler.sandbox import Sandbox
 from reconciler.state import open_state
 from tests.test_e2e import accepted_streams, cli, start_cli, write_manifests
+from tests.test_receiver import Receiver
 from tests.test_state_postgres_e2e import (
     WAIT,
     apply_args,
@@ -38,87 +32,9 @@ from tests.test_state_postgres_e2e import (
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "e2e-" + secrets.token_urlsafe(24)
 
-
-class Receiver:
-    """`reconciler receive` in a subprocess on a free loopback port; its log lines collected."""
-
-    def __init__(self, state: str, cwd: Path) -> None:
-        env = clean_env()
-        env["RECONCILER_CALLBACK_TOKEN"] = TOKEN
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reconciler",
-                "receive",
-                "--state",
-                state,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._drain, args=(self.process.stderr,), daemon=True).start()
-        threading.Thread(target=self._drain, args=(self.process.stdout,), daemon=True).start()
-        self.url = self._listening()
-
-    def _drain(self, stream: Any) -> None:
-        for line in stream:
-            self.lines.put(line)
-
-    def _listening(self) -> str:
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                assert self.process.poll() is None, f"receive exited: {self.log}"
-                continue
-            self.log.append(line)
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and event.get("event") == "listening":
-                return str(event["url"])
-        raise AssertionError(f"receive never said where it listens: {self.log}")
-
-    @property
-    def notify_url(self) -> str:
-        return f"{self.url}/callbacks/{TOKEN}"
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=WAIT)
-        while not self.lines.empty():
-            self.log.append(self.lines.get())
-        return code
-
-
-@pytest.fixture
-def receiver_factory() -> Iterator[Any]:
-    started: list[Receiver] = []
-
-    def start(state: str, cwd: Path) -> Receiver:
-        receiver = Receiver(state, cwd)
-        started.append(receiver)
-        return receiver
-
-    yield start
-    for receiver in started:
-        receiver.stop()
+def notify_url(receiver: Receiver) -> str:
+    return f"http://{receiver.host}:{receiver.port}/callbacks/{receiver.token}"
 
 
 def recordings_by_stream(state: str) -> dict[str, str]:
@@ -136,9 +52,9 @@ def test_callbacks_from_the_sandbox_reach_the_state_through_the_receiver(
 ) -> None:
     state = named(postgres_database, "e2e")
     init_db(state, tmp_path)
-    receiver = receiver_factory(state, tmp_path)
+    receiver: Receiver = receiver_factory(state, env=clean_env())
     box: Sandbox = sandbox_factory(
-        record_after=0.2, notify_url=receiver.notify_url, callback_duplicates=0.3, seed=7
+        record_after=0.2, notify_url=notify_url(receiver), callback_duplicates=0.3, seed=7
     )
     write_manifests(tmp_path / "clips", 12)
     done = cli(*apply_args(state), cwd=tmp_path, env=clean_env(box))
@@ -153,11 +69,10 @@ def test_callbacks_from_the_sandbox_reach_the_state_through_the_receiver(
     )
     assert listed.returncode == 0, listed.stderr
     assert receiver.stop() == 0
-    log = "".join(receiver.log)
-    assert TOKEN not in log and TOKEN not in listed.stdout
-    matched = [json.loads(line) for line in receiver.log if '"callback"' in line]
-    assert {event.get("outcome") for event in matched} <= {"matched", "duplicate"}
-    assert sum(event.get("outcome") == "matched" for event in matched) == 12
+    assert receiver.token not in receiver.output() and receiver.token not in listed.stdout
+    events = receiver.events("callback")
+    assert {event.get("outcome") for event in events} <= {"matched", "duplicate"}
+    assert sum(event.get("outcome") == "matched" for event in events) == 12
 
 
 def test_a_pending_task_left_by_kill_9_is_settled_by_its_callback_and_never_resent(
@@ -165,11 +80,11 @@ def test_a_pending_task_left_by_kill_9_is_settled_by_its_callback_and_never_rese
 ) -> None:
     state = named(postgres_database, "killed")
     init_db(state, tmp_path)
-    receiver = receiver_factory(state, tmp_path)
+    receiver: Receiver = receiver_factory(state, env=clean_env())
     # Slow answers: the apply is killed while requests are in the sandbox's hands; the
     # sandbox still accepts them, records them and calls back.
     box: Sandbox = sandbox_factory(
-        latency_ms=400, record_after=0.2, notify_url=receiver.notify_url, seed=3
+        latency_ms=400, record_after=0.2, notify_url=notify_url(receiver), seed=3
     )
     write_manifests(tmp_path / "clips", 8)
     env = clean_env(box)

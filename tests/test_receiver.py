@@ -143,25 +143,6 @@ class Receiver:
         return self.stdout.decode("utf-8", "replace") + "".join(self.stderr)
 
 
-@pytest.fixture
-def receiver_factory() -> Iterator[Callable[..., Receiver]]:
-    started: list[Receiver] = []
-
-    def start(state: str, *extra: str, **options: Any) -> Receiver:
-        receiver = Receiver(state, *extra, **options)
-        started.append(receiver)
-        return receiver
-
-    yield start
-    for receiver in started:
-        if receiver.process.poll() is None:
-            receiver.process.kill()
-            receiver.process.wait(timeout=30)
-        assert receiver.process.stdout is not None and receiver.process.stderr is not None
-        receiver.process.stdout.close()
-        receiver.process.stderr.close()
-
-
 @pytest.fixture(params=["file", "database"])
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A created, empty state of each kind."""

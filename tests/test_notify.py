@@ -29,6 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from reconciler.apply import ApplyResult
 from reconciler.client import (
     DEFAULT_ENDPOINT,
     AuthenticationError,
@@ -41,6 +42,7 @@ from reconciler.manifests import parse_text
 from reconciler.notify import (
     MASK,
     NO_CREDENTIALS,
+    ConfigOutcome,
     ConfigOutcomeKind,
     ConfigPlanItem,
     Current,
@@ -58,6 +60,7 @@ from reconciler.notify import (
     unknown,
 )
 from reconciler.plan import Plan, PlanAction, PlanError
+from reconciler.report import apply_configs_line, config_outcomes_sentence
 from reconciler.sandbox import Sandbox
 from reconciler.schema import check_manifest, load_schema
 from reconciler.signing import Credentials, verify_request
@@ -724,6 +727,51 @@ def test_a_first_interrupt_sends_nothing_more(api: SandboxApi) -> None:
     assert outcome.kind is ConfigOutcomeKind.NOT_SENT and api.box.counts().requests == 0
 
 
+# --- what apply's summary says of the notify URLs (pure) ----------------------------------------
+
+
+def outcomes_of(folder: Path, *kinds: ConfigOutcomeKind) -> ApplyResult:
+    """An apply result whose notify URLs (the configs in `folder`, in order) had `kinds`."""
+    items = plan_of({}, folder)
+    assert len(items) == len(kinds)
+    outcomes = tuple(ConfigOutcome(item, kind) for item, kind in zip(items, kinds, strict=True))
+    return ApplyResult(outcomes=(), configs=outcomes)
+
+
+def test_the_configs_sentence_names_what_was_done_for_each_domain(tmp_path: Path) -> None:
+    updated, unchanged = ConfigOutcomeKind.UPDATED, ConfigOutcomeKind.UNCHANGED
+    one = outcomes_of(CONFIG, updated)
+    assert config_outcomes_sentence(one) == "Notify URL set for push.example.com."
+    assert apply_configs_line(one, tasks_to_send=True) == "Notify URL set for push.example.com."
+    assert (
+        apply_configs_line(one, tasks_to_send=False)
+        == "No task to submit; notify URL set for push.example.com."
+    )
+    same = outcomes_of(CONFIG, unchanged)
+    assert (
+        apply_configs_line(same, tasks_to_send=False)
+        == "Nothing to submit; notify URL unchanged for push.example.com."
+    )
+    none = ApplyResult(outcomes=())
+    assert config_outcomes_sentence(none) is None
+    assert apply_configs_line(none, tasks_to_send=False) == "Nothing to submit."
+    assert apply_configs_line(none, tasks_to_send=True) is None
+
+    domains = [f"d{n}.example.com" for n in range(10)]
+    for n, domain in enumerate(domains):
+        (tmp_path / f"{n}.yaml").write_text(config_text(name=f"c{n}", domain=domain))
+    kinds = [updated] * 7 + [unchanged, ConfigOutcomeKind.FAILED, ConfigOutcomeKind.NOT_SENT]
+    # plan_of lists them by file name: 0.yaml, 1.yaml, ... as written.
+    many = outcomes_of(tmp_path, *kinds)
+    assert config_outcomes_sentence(many) == (
+        "Notify URLs set for d0.example.com, d1.example.com, d2.example.com, d3.example.com, "
+        "d4.example.com and 2 more; unchanged for d7.example.com; not set for d8.example.com "
+        "(failed); not set for d9.example.com (apply stopped first)."
+    )
+    line = apply_configs_line(many, tasks_to_send=False)
+    assert line is not None and line.startswith("No task to submit; notify URLs set for d0.")
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 
@@ -882,6 +930,48 @@ def test_an_unset_variable_stops_plan_and_apply_before_anything_is_sent(
     assert validate.returncode == 0, validate.stdout
 
 
+@pytest.mark.parametrize("fmt", ["text", "json", "markdown"])
+def test_apply_that_only_sets_a_url_says_so(api: SandboxApi, workspace: Path, fmt: str) -> None:
+    # The workspace's one task still waits for its recording: only the notify URL changes.
+    first = cli(workspace, "apply", "manifests", "-f", fmt, env=api.env())
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = cli(workspace, "apply", "manifests", "-f", fmt, env=api.env())
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert api.sets() == 1
+    if fmt == "text":
+        assert "Nothing to submit." not in first.stdout
+        lines = first.stdout.splitlines()
+        said = lines.index("No task to submit; notify URL set for push.example.com.")
+        assert lines[said + 1] == "Apply complete: 0 submitted, 1 waiting; notify URL: 1 updated."
+        assert "Nothing to submit; notify URL unchanged for push.example.com." in second.stdout
+    elif fmt == "markdown":
+        assert "**Apply complete: 0 submitted, 1 waiting; notify URL: 1 updated.**" in first.stdout
+        assert "\nNotify URL set for push.example.com.\n" in first.stdout
+        assert "\nNotify URL unchanged for push.example.com.\n" in second.stdout
+    else:
+        documents = [json.loads(first.stdout), json.loads(second.stdout)]
+        for document in documents:
+            assert_output_valid(document)
+            assert document["summary"] == {"submitted": 0, "failed": 0, "unknown": 0, "not-sent": 0}
+        counts = [document["configSummary"] for document in documents]
+        assert counts == [
+            {"updated": 1, "unchanged": 0, "failed": 0, "not-sent": 0},
+            {"updated": 0, "unchanged": 1, "failed": 0, "not-sent": 0},
+        ]
+
+
+def test_apply_json_without_configs_has_no_config_summary(tmp_path: Path) -> None:
+    (tmp_path / "later.yaml").write_text(WAITING_TASK)
+    assert cli(tmp_path, "init").returncode == 0
+    result = cli(tmp_path, "apply", ".", "--sandbox", "-f", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert_output_valid(document)
+    assert "configs" not in document and "configSummary" not in document
+    text = cli(tmp_path, "apply", ".", "--sandbox")
+    assert "Nothing to submit.\n" in text.stdout  # as before: no notify URL to speak of
+
+
 @pytest.mark.parametrize("fmt", ["text", "json", "github", "markdown"])
 def test_apply_sets_the_url_once_masked_in_every_format(
     api: SandboxApi, workspace: Path, fmt: str
@@ -1025,6 +1115,7 @@ def test_apply_sandbox_sets_the_notify_url_end_to_end(tmp_path: Path) -> None:
     (config,) = document["configs"]
     assert (config["outcome"], config["before"]) == ("updated", {"status": "none"})
     assert document["summary"]["submitted"] == 1
+    assert document["configSummary"] == {"updated": 1, "unchanged": 0, "failed": 0, "not-sent": 0}
     text = cli(tmp_path, "apply", ".", "--sandbox", "--dry-run", env={VARIABLE: TOKEN})
     assert f"none set -> {SHOWN}" in text.stdout  # a new sandbox each run: none set again
 
@@ -1053,6 +1144,8 @@ def test_apply_sets_the_url_in_a_running_sandbox_before_its_clip(
     set_at = next(i for i, line in enumerate(lines) if line.startswith("updated notify URL"))
     sent_at = next(i for i, line in enumerate(lines) if line.startswith("submitted goal-clip"))
     assert set_at < sent_at  # the URL first: the clip's callback goes where the manifest says
+    summary = lines.index("Apply complete: 1 submitted; notify URL: 1 updated.")
+    assert lines[summary - 1] == "Notify URL set for push.example.com."
     with LiveClient(box.credentials, endpoint=box.url) as client:
         assert client.get_record_notify_config(DOMAIN).notify_url == URL
     again = cli(tmp_path, "plan", ".", "--detailed-exitcode", "-v", env=env)

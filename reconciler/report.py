@@ -1117,13 +1117,59 @@ def _config_outcomes_summary(result: ApplyResult) -> str:
     """`; notify URLs: 1 updated, 1 unchanged` (nothing when the plan has none)."""
     if not result.configs:
         return ""
-    counts = {
-        kind: sum(1 for o in result.configs if o.kind == kind) for kind in CONFIG_OUTCOME_KINDS
-    }
+    counts = config_outcome_counts(result)
     parts = [
         f"{counts[kind]} {kind.replace('-', ' ')}" for kind in CONFIG_OUTCOME_KINDS if counts[kind]
     ]
     return f"; notify URL{'s' if len(result.configs) > 1 else ''}: {', '.join(parts)}"
+
+
+def config_outcome_counts(result: ApplyResult) -> dict[str, int]:
+    """How many notify URLs had each outcome (every kind, 0 included)."""
+    return {kind: sum(1 for o in result.configs if o.kind == kind) for kind in CONFIG_OUTCOME_KINDS}
+
+
+# What each outcome did, as the configs sentence says it (`set for push.example.com`).
+_CONFIG_DONE = {
+    "updated": "set for {}",
+    "unchanged": "unchanged for {}",
+    "failed": "not set for {} (failed)",
+    "not-sent": "not set for {} (apply stopped first)",
+}
+#: The configs sentence names at most this many publish domains per outcome.
+CONFIG_DOMAINS_NAMED = 5
+
+
+def config_outcomes_sentence(result: ApplyResult) -> str | None:
+    """What apply did with the notify URLs, by publish domain (raw text: the caller makes it
+    visible or Markdown): `Notify URL set for push.example.com.`, `Notify URLs set for
+    a.example.com, b.example.com; unchanged for c.example.com.`; None when the plan has none."""
+    if not result.configs:
+        return None
+    parts = []
+    for kind in CONFIG_OUTCOME_KINDS:
+        domains = [o.item.publish_domain for o in result.configs if o.kind == kind]
+        if not domains:
+            continue
+        named = ", ".join(domains[:CONFIG_DOMAINS_NAMED])
+        if len(domains) > CONFIG_DOMAINS_NAMED:
+            named += f" and {len(domains) - CONFIG_DOMAINS_NAMED} more"
+        parts.append(_CONFIG_DONE[kind].format(named))
+    return f"Notify URL{'s' if len(result.configs) > 1 else ''} {'; '.join(parts)}."
+
+
+def apply_configs_line(result: ApplyResult, *, tasks_to_send: bool) -> str | None:
+    """The text line before apply's summary: what was done with the notify URLs, and, when no
+    task was sent, that too (`Nothing to submit.`, or `No task to submit; notify URL set for
+    push.example.com.` when a URL was set). None when tasks were sent and there is no URL."""
+    done = config_outcomes_sentence(result)
+    if tasks_to_send:
+        return None if done is None else visible(done)
+    if done is None:
+        return "Nothing to submit."
+    touched = any(o.kind != "unchanged" for o in result.configs)
+    head = "No task to submit" if touched else "Nothing to submit"
+    return f"{head}; {visible(done[0].lower() + done[1:])}"
 
 
 def config_outcome_line(outcome: ConfigOutcome) -> str:
@@ -1260,6 +1306,7 @@ def apply_json(
             )
         ],
         **({"configs": config_outcomes_json(result)} if result.configs else {}),
+        **({"configSummary": config_outcome_counts(result)} if result.configs else {}),
     }
 
 
@@ -1319,6 +1366,9 @@ def apply_markdown(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: boo
         f"**{apply_summary(result, plan, sandbox=sandbox)}**",
         "",
     ]
+    done = config_outcomes_sentence(result)
+    if done is not None:
+        lines += [md_text(done), ""]
     recordings = apply_recordings_line(plan)
     if recordings:
         lines += [md_text(recordings), ""]

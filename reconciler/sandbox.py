@@ -13,7 +13,9 @@
 # allowed clock skew) is refused 401 before any of this, as the real API may: a client must sign
 # every request, every retry included, afresh.
 # The record notify endpoints (/v1/recordNotifys...) are checked the same way (signature, nonce,
-# body) but take no faults: the fault draws, and so a seed's sequence, are the task POST's alone.
+# body) and take only their own faults (notify_read_failures, notify_set_failures): an injected
+# answer changes nothing, and its draws come from a generator of their own, so the task POST's
+# fault sequence for a seed is what it was without them.
 # The recorder (record_after set) "records" every accepted task, dropped ones included, after
 # that delay and posts JD Cloud's record_done callback per format to the domain's notify URL. Its
 # own fault draws come from a generator of their own, made when the task is accepted, so a seed
@@ -159,6 +161,12 @@ class SandboxConfig:
     drop_rate: float = 0.0
     #: Seeds the fault draws: the same seed gives the same fates to requests in arrival order.
     seed: int | None = None
+    #: Injected failures of the record notify endpoints, like `failures` (statuses and their
+    #: probabilities): of a read (GET /v1/recordNotifys/{publishDomain}) and of a set (POST
+    #: /v1/recordNotifys:config). An injected answer changes nothing: a set sets nothing. A
+    #: DELETE takes none.
+    notify_read_failures: Mapping[int, float] = field(default_factory=dict)
+    notify_set_failures: Mapping[int, float] = field(default_factory=dict)
     #: Append every accepted task here as a JSON line.
     journal: Path | None = None
     max_clock_skew: timedelta | None = DEFAULT_MAX_CLOCK_SKEW
@@ -356,6 +364,14 @@ def storage_endpoint_problem(url: object) -> str | None:
 
 def _check_config(config: SandboxConfig) -> None:
     _check_failures(config.failures, drop_rate=config.drop_rate)
+    for name, failures in (
+        ("notify read failures", config.notify_read_failures),
+        ("notify set failures", config.notify_set_failures),
+    ):
+        try:
+            _check_failures(failures, drop_rate=0.0)
+        except ValueError as error:
+            raise ValueError(f"the {name}: {error}") from None
     if config.latency_ms < 0:
         raise ValueError("the latency must not be negative")
     if not 0 <= config.port <= 65535:
@@ -583,6 +599,11 @@ class Sandbox:
         self._open: set[socket.socket] = set()
         # publishDomain -> the record notify URL set through the API.
         self._notify_urls: dict[str, str] = {}
+        self._notify_received: list[dict[str, Any]] = []
+        # The notify faults' own generator: the task POST's draws stay the seed's sequence.
+        self._notify_random = random.Random(
+            None if config.seed is None else f"notify-{config.seed}"
+        )
         self._recorder = (
             None
             if config.record_after is None
@@ -742,12 +763,43 @@ class Sandbox:
         with self._lock:
             return self._notify_urls.get(publish_domain)
 
+    def notify_received(self) -> list[dict[str, Any]]:
+        """Every record notify request that passed the checks (signature, unused nonce, body),
+        oldest first: {"requestId", "method", "publishDomain", "outcome"}, `outcome` one of
+        "set", "read" (answered with the URL), "none" (answered 404: none set), "deleted", or
+        "injected-STATUS" (answered STATUS by a notify fault; nothing changed). The URL itself is
+        not listed: it may carry a receiver's token (notify_url() tells it)."""
+        with self._lock:
+            return copy.deepcopy(self._notify_received)
+
     # --- used by the handler ------------------------------------------------------------------
 
     def _notify_url_for(self, publish_domain: str) -> str | None:
         """Where the recorder posts a domain's callbacks: the URL set through the API, else
         the configured one, else nowhere."""
         return self.notify_url(publish_domain) or self.config.notify_url
+
+    def _notify_fate(self, method: str, publish_domain: str, request_id: str) -> int | None:
+        """Draw the fate of one checked notify request (a status to inject, or None) and list
+        it in notify_received() as injected when it is one."""
+        config = self.config
+        failures = config.notify_set_failures if method == "POST" else config.notify_read_failures
+        if method == "DELETE" or not failures:
+            return None
+        with self._lock:
+            point = self._notify_random.random()
+        edge = 0.0
+        for status in sorted(failures):
+            edge += failures[status]
+            if point < edge:
+                self._note_notify(request_id, method, publish_domain, f"injected-{status}")
+                return status
+        return None
+
+    def _note_notify(self, request_id: str, method: str, publish_domain: str, outcome: str) -> None:
+        entry = {"requestId": request_id, "method": method, "publishDomain": publish_domain}
+        with self._lock:
+            self._notify_received.append({**entry, "outcome": outcome})
 
     def _set_notify_url(self, publish_domain: str, url: str | None) -> None:
         with self._lock:
@@ -1547,7 +1599,11 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if problem:
             raise _Refusal(400, f"invalid request: {problem}")
-        self._sandbox._set_notify_url(body["publishDomain"], body["notifyUrl"])
+        box, domain = self._sandbox, body["publishDomain"]
+        if self._notify_injected(domain, "the notify URL was not set"):
+            return
+        box._set_notify_url(domain, body["notifyUrl"])
+        box._note_notify(self._request_id, "POST", domain, "set")
         self._send_json(200, {"requestId": self._request_id})
 
     def _notify_config(self, raw_path: str, query: str, raw_body: bytes, domain: str) -> None:
@@ -1558,9 +1614,13 @@ class _Handler(BaseHTTPRequestHandler):
         box = self._sandbox
         if self.command == "DELETE":
             box._set_notify_url(domain, None)  # deleting what is not set is no error
+            box._note_notify(self._request_id, "DELETE", domain, "deleted")
             self._send_json(200, {"requestId": self._request_id})
             return
+        if self._notify_injected(domain, "the notify URL was not read"):
+            return
         url = box.notify_url(domain)
+        box._note_notify(self._request_id, "GET", domain, "none" if url is None else "read")
         if url is None:
             # JD Cloud's answer for "none set": not a refused request, so not counted as one.
             message = f"no record notify URL is set for the publish domain {domain!r}"
@@ -1568,6 +1628,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         result = {"publishDomain": domain, "notifyUrl": url}
         self._send_json(200, {"requestId": self._request_id, "result": result})
+
+    def _notify_injected(self, domain: str, what: str) -> bool:
+        """Answer an injected notify fault, if this request draws one; True when it did."""
+        status = self._sandbox._notify_fate(self.command, domain, self._request_id)
+        if status is None:
+            return False
+        headers = {"Retry-After": "0"} if status in _RETRY_LATER else {}
+        message = f"injected failure (sandbox notify faults) for {domain!r}: {what}"
+        self._send_json(status, error_document(self._request_id, status, message), headers)
+        return True
 
     def _send_json(
         self, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -1696,6 +1766,12 @@ def describe_faults(config: SandboxConfig) -> str:
         parts.append(f"drop {_percent(config.drop_rate)} (task created, no answer)")
     for status in sorted(config.failures):
         parts.append(f"{status} {_percent(config.failures[status])}")
+    for what, failures in (
+        ("read", config.notify_read_failures),
+        ("set", config.notify_set_failures),
+    ):
+        for status in sorted(failures):
+            parts.append(f"notify {what} {status} {_percent(failures[status])}")
     if config.record_fail_rate:
         parts.append(f"never recorded {_percent(config.record_fail_rate)} (no callback)")
     if config.callback_duplicates:

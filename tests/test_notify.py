@@ -3,10 +3,10 @@ substitution and masking, the plan's `update`/`unchanged`, apply's read-compare-
 two requests, and every output format of plan and apply, none of which may show a substituted
 value.
 
-The CLI tests run the real command line in a subprocess against NotifyApi, a loopback server
-started here with the notify endpoints only (signatures verified, JD Cloud's answer shapes), until
-the sandbox has them (branch h1-sandbox); `test_apply_sandbox_sets_the_notify_url_end_to_end`
-runs against the sandbox as soon as it does.
+The client's HTTP shapes are checked with `responses`; everything that talks to a server (reading
+and applying with the real client, the command line in a subprocess) runs against the sandbox
+(reconciler.sandbox, started here on loopback), its notify faults standing in for JD Cloud's
+refusals of a read or a set, and a wrong secret key for a refused signature.
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 import responses
@@ -31,6 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from reconciler.apply import ApplyResult
 from reconciler.client import (
     DEFAULT_ENDPOINT,
     AuthenticationError,
@@ -43,6 +42,7 @@ from reconciler.manifests import parse_text
 from reconciler.notify import (
     MASK,
     NO_CREDENTIALS,
+    ConfigOutcome,
     ConfigOutcomeKind,
     ConfigPlanItem,
     Current,
@@ -60,8 +60,10 @@ from reconciler.notify import (
     unknown,
 )
 from reconciler.plan import Plan, PlanAction, PlanError
+from reconciler.report import apply_configs_line, config_outcomes_sentence
+from reconciler.sandbox import Sandbox
 from reconciler.schema import check_manifest, load_schema
-from reconciler.signing import Credentials, SignatureError, verify_request
+from reconciler.signing import Credentials, verify_request
 from reconciler.tasks import TaskSet, load_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -560,110 +562,59 @@ def test_nothing_logged_holds_the_url(client: LiveClient, caplog: pytest.LogCapt
     assert '"notifyUrl":"(withheld)"' in caplog.text
 
 
-# --- reading and applying with a client (the real one, against NotifyApi) ---------------------
+# --- reading and applying with a client (the real one, against the sandbox) --------------------
 
 
 @dataclass
-class NotifyApi:
-    """The record notify endpoints on loopback, as JD Cloud documents them: signed requests
-    only (JDCLOUD3, checked with signing.verify_request), one URL per domain, JD Cloud's answer
-    shapes. `script[method]` holds statuses the next requests of that method get instead."""
+class SandboxApi:
+    """A running sandbox, what the command line needs to reach it, and what it was asked."""
 
-    credentials: Credentials = field(default_factory=lambda: Credentials(AK, SK))
-    urls: dict[str, str] = field(default_factory=dict)
-    script: dict[str, list[int]] = field(default_factory=dict)
-    seen: list[tuple[str, str]] = field(default_factory=list)  # (method, domain)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    box: Sandbox
+    #: notify_received() entries made before the test's own requests (preset()'s).
+    preset_requests: int = 0
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
-            "JDCLOUD_ACCESS_KEY": self.credentials.access_key,
-            "JDCLOUD_SECRET_KEY": self.credentials.secret_key,
-            "RECONCILER_ENDPOINT": self.url,
+            "JDCLOUD_ACCESS_KEY": self.box.credentials.access_key,
+            "JDCLOUD_SECRET_KEY": self.box.credentials.secret_key,
+            "RECONCILER_ENDPOINT": self.box.url,
             VARIABLE: TOKEN,
             **extra,
         }
 
+    def preset(self, publish_domain: str, notify_url: str) -> None:
+        """Set a notify URL through the API, as someone else did before the test."""
+        with api_client(self) as client:
+            client.set_record_notify_config(publish_domain, notify_url)
+        self.preset_requests = len(self.box.notify_received())
+
+    def seen(self) -> list[tuple[str, str, str]]:
+        """(method, publishDomain, outcome) of each checked notify request since preset()."""
+        received = self.box.notify_received()[self.preset_requests :]
+        return [(e["method"], e["publishDomain"], e["outcome"]) for e in received]
+
     def sets(self) -> int:
-        return sum(1 for method, _ in self.seen if method == "POST")
-
-    def answer(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict[str, Any]]:
-        request_id = secrets.token_hex(16)
-
-        def error(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
-            fault = {"code": status, "status": code, "message": message}
-            return status, {"requestId": request_id, "error": fault}
-
-        raw, _, query = path.partition("?")
-        lookup = {self.credentials.access_key: self.credentials.secret_key}.get
-        try:
-            verify_request(method, raw, query, headers, body, lookup)
-        except SignatureError as refused:
-            return error(401, "UNAUTHENTICATED", f"signature check failed: {refused}")
-        document = json.loads(body) if body else {}
-        domain = raw.rpartition("/")[2] if method == "GET" else str(document.get("publishDomain"))
-        with self.lock:
-            self.seen.append((method, unquote(domain)))
-            scripted = self.script.get(method) or []
-            status = scripted.pop(0) if scripted else None
-        if status is not None:
-            names = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 500: "INTERNAL"}
-            return error(status, names.get(status, "FAILED"), f"scripted {status} for {domain}")
-        if method == "GET" and raw.startswith("/v1/recordNotifys/"):
-            with self.lock:
-                found = self.urls.get(unquote(domain))
-            if found is None:
-                return error(404, "NOT_FOUND", f"no record notify config for {domain}")
-            return 200, {
-                "requestId": request_id,
-                "result": {"publishDomain": domain, "notifyUrl": found},
-            }
-        if method == "POST" and raw == "/v1/recordNotifys:config":
-            with self.lock:
-                self.urls[domain] = str(document["notifyUrl"])
-            return 200, {"requestId": request_id}
-        return error(404, "NOT_FOUND", f"no such API: {raw}")
+        return sum(1 for method, _, _ in self.seen() if method == "POST")
 
 
 @pytest.fixture
-def api() -> Iterator[NotifyApi]:
-    state = NotifyApi()
+def start_api(sandbox_factory: Any) -> Any:
+    """start_api(**SandboxConfig options) -> a SandboxApi on a sandbox started for the test."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    def start(**options: Any) -> SandboxApi:
+        return SandboxApi(sandbox_factory(**options))
 
-        def _serve(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = {name: value for name, value in self.headers.items()}
-            status, document = state.answer(self.command, self.path, headers, body)
-            payload = json.dumps(document).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+    return start
 
-        do_GET = do_POST = _serve
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.server = server
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+@pytest.fixture
+def api(start_api: Any) -> SandboxApi:
+    """The sandbox with no faults."""
+    made: SandboxApi = start_api()
+    return made
+
+
+WRONG_SECRET = "not-the-sandbox-secret-key-0000"
 
 
 @pytest.fixture
@@ -675,32 +626,36 @@ def unused_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def api_client(api: NotifyApi) -> LiveClient:
-    return LiveClient(api.credentials, endpoint=api.url, backoff_factor=0.0, backoff_jitter=0.0)
+def api_client(api: SandboxApi, *, secret_key: str | None = None) -> LiveClient:
+    credentials = api.box.credentials
+    if secret_key is not None:
+        credentials = Credentials(credentials.access_key, secret_key)
+    return LiveClient(credentials, endpoint=api.box.url, backoff_factor=0.0, backoff_jitter=0.0)
 
 
-def test_read_current_tells_set_none_and_a_refusal(api: NotifyApi) -> None:
+def test_read_current_tells_set_none_and_a_refusal(api: SandboxApi, start_api: Any) -> None:
     configs = loaded_configs(CONFIG).configs
     with api_client(api) as client:
         assert read_current(client, configs)[DOMAIN].status is CurrentStatus.NONE
-        api.urls[DOMAIN] = URL
+        client.set_record_notify_config(DOMAIN, URL)
         now = read_current(client, configs)[DOMAIN]
         assert (now.status, now.notify_url) == (CurrentStatus.SET, URL)
-        api.script["GET"] = [403]
+    with api_client(start_api(notify_read_failures={403: 1.0})) as client:
         refused = read_current(client, configs)[DOMAIN]
-        assert refused.status is CurrentStatus.UNKNOWN and not refused.stops_run
-        assert "HTTP 403 PERMISSION_DENIED" in (refused.reason or "")
-        api.script["GET"] = [401]
-        assert read_current(client, configs)[DOMAIN].stops_run
+    assert refused.status is CurrentStatus.UNKNOWN and not refused.stops_run
+    assert "HTTP 403 PERMISSION_DENIED" in (refused.reason or "")
+    with api_client(api, secret_key=WRONG_SECRET) as client:
+        wrong = read_current(client, configs)[DOMAIN]
+    assert wrong.stops_run and "HTTP 401 UNAUTHENTICATED" in (wrong.reason or "")
 
 
-def test_apply_sets_only_what_differs(api: NotifyApi) -> None:
+def test_apply_sets_only_what_differs(api: SandboxApi) -> None:
     items = plan_of({DOMAIN: Current(CurrentStatus.NONE)})
     with api_client(api) as client:
         (first,) = apply_configs(items, client, environ=ENVIRON)
         assert first.kind is ConfigOutcomeKind.UPDATED and first.request_id
         assert first.before is not None and first.before.text == "none set"
-        assert api.urls == {DOMAIN: URL} and api.sets() == 1
+        assert api.box.notify_url(DOMAIN) == URL and api.sets() == 1
         (second,) = apply_configs(items, client, environ=ENVIRON)  # read again: already set
         assert second.kind is ConfigOutcomeKind.UNCHANGED
         assert api.sets() == 1
@@ -709,28 +664,29 @@ def test_apply_sets_only_what_differs(api: NotifyApi) -> None:
         assert third.before is not None and third.before.notify_url == SHOWN
 
 
-def test_apply_masks_what_the_server_says(api: NotifyApi) -> None:
+def test_apply_masks_what_the_server_says(start_api: Any) -> None:
     items = plan_of({DOMAIN: Current(CurrentStatus.NONE)})
-    api.script["POST"] = [403]
+    api = start_api(notify_set_failures={403: 1.0})  # its message names the domain
     with api_client(api) as client:
         (outcome,) = apply_configs(items, client, environ={VARIABLE: DOMAIN})
     assert outcome.kind is ConfigOutcomeKind.FAILED and outcome.http_status == 403
     assert outcome.request_id and outcome.request_id in (outcome.message or "")
     assert DOMAIN not in (outcome.message or "")  # the value substituted, wherever it appears
+    assert api.seen() == [("GET", DOMAIN, "none"), ("POST", DOMAIN, "injected-403")]
 
 
-def test_a_401_leaves_the_rest_not_sent(api: NotifyApi, tmp_path: Path) -> None:
+def test_a_401_leaves_the_rest_not_sent(api: SandboxApi, tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(config_text(name="a", domain="a.example.com"))
     (tmp_path / "b.yaml").write_text(config_text(name="b", domain="b.example.com"))
     items = plan_of({}, tmp_path)
-    api.script["GET"] = [401]
-    with api_client(api) as client:
+    with api_client(api, secret_key=WRONG_SECRET) as client:
         first, second = apply_configs(items, client, environ=ENVIRON)
     assert first.kind is ConfigOutcomeKind.FAILED and "credentials were refused" in (
         first.message or ""
     )
     assert second.kind is ConfigOutcomeKind.NOT_SENT
-    assert api.seen == [("GET", "a.example.com")]
+    counts = api.box.counts()
+    assert (counts.requests, counts.rejected) == (1, {401: 1})  # a's read, and nothing more
 
 
 class _StuckClient:
@@ -763,12 +719,57 @@ def test_a_second_interrupt_leaves_a_request_in_flight_behind(tmp_path: Path) ->
     assert second.kind is ConfigOutcomeKind.NOT_SENT
 
 
-def test_a_first_interrupt_sends_nothing_more(api: NotifyApi) -> None:
+def test_a_first_interrupt_sends_nothing_more(api: SandboxApi) -> None:
     stop = threading.Event()
     stop.set()
     with api_client(api) as client:
         (outcome,) = apply_configs(plan_of({}), client, environ=ENVIRON, stop=stop)
-    assert outcome.kind is ConfigOutcomeKind.NOT_SENT and api.seen == []
+    assert outcome.kind is ConfigOutcomeKind.NOT_SENT and api.box.counts().requests == 0
+
+
+# --- what apply's summary says of the notify URLs (pure) ----------------------------------------
+
+
+def outcomes_of(folder: Path, *kinds: ConfigOutcomeKind) -> ApplyResult:
+    """An apply result whose notify URLs (the configs in `folder`, in order) had `kinds`."""
+    items = plan_of({}, folder)
+    assert len(items) == len(kinds)
+    outcomes = tuple(ConfigOutcome(item, kind) for item, kind in zip(items, kinds, strict=True))
+    return ApplyResult(outcomes=(), configs=outcomes)
+
+
+def test_the_configs_sentence_names_what_was_done_for_each_domain(tmp_path: Path) -> None:
+    updated, unchanged = ConfigOutcomeKind.UPDATED, ConfigOutcomeKind.UNCHANGED
+    one = outcomes_of(CONFIG, updated)
+    assert config_outcomes_sentence(one) == "Notify URL set for push.example.com."
+    assert apply_configs_line(one, tasks_to_send=True) == "Notify URL set for push.example.com."
+    assert (
+        apply_configs_line(one, tasks_to_send=False)
+        == "No task to submit; notify URL set for push.example.com."
+    )
+    same = outcomes_of(CONFIG, unchanged)
+    assert (
+        apply_configs_line(same, tasks_to_send=False)
+        == "Nothing to submit; notify URL unchanged for push.example.com."
+    )
+    none = ApplyResult(outcomes=())
+    assert config_outcomes_sentence(none) is None
+    assert apply_configs_line(none, tasks_to_send=False) == "Nothing to submit."
+    assert apply_configs_line(none, tasks_to_send=True) is None
+
+    domains = [f"d{n}.example.com" for n in range(10)]
+    for n, domain in enumerate(domains):
+        (tmp_path / f"{n}.yaml").write_text(config_text(name=f"c{n}", domain=domain))
+    kinds = [updated] * 7 + [unchanged, ConfigOutcomeKind.FAILED, ConfigOutcomeKind.NOT_SENT]
+    # plan_of lists them by file name: 0.yaml, 1.yaml, ... as written.
+    many = outcomes_of(tmp_path, *kinds)
+    assert config_outcomes_sentence(many) == (
+        "Notify URLs set for d0.example.com, d1.example.com, d2.example.com, d3.example.com, "
+        "d4.example.com and 2 more; unchanged for d7.example.com; not set for d8.example.com "
+        "(failed); not set for d9.example.com (apply stopped first)."
+    )
+    line = apply_configs_line(many, tasks_to_send=False)
+    assert line is not None and line.startswith("No task to submit; notify URLs set for d0.")
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -830,9 +831,9 @@ def assert_masked(result: subprocess.CompletedProcess[str]) -> None:
 
 @pytest.mark.parametrize("fmt", ["text", "json", "github", "markdown"])
 def test_plan_shows_an_update_masked_in_every_format(
-    api: NotifyApi, workspace: Path, fmt: str
+    api: SandboxApi, workspace: Path, fmt: str
 ) -> None:
-    api.urls[DOMAIN] = "http://old.example.com:9000/hooks/old-secret-value"
+    api.preset(DOMAIN, "http://old.example.com:9000/hooks/old-secret-value")
     result = cli(workspace, "plan", "manifests", "-f", fmt, "--detailed-exitcode", env=api.env())
     assert result.returncode == 2, result.stdout + result.stderr
     assert_masked(result)
@@ -854,12 +855,12 @@ def test_plan_shows_an_update_masked_in_every_format(
             "::notice file=manifests/notify.yaml,line=4,title=reconciler plan::update notify URL"
             in result.stdout
         )
-    assert api.sets() == 0  # plan only reads
+    assert api.seen() == [("GET", DOMAIN, "read")]  # plan only reads
     assert "notify URL: 1 to update" in result.stdout or fmt == "json"
 
 
-def test_plan_shows_unchanged_when_the_url_is_set(api: NotifyApi, workspace: Path) -> None:
-    api.urls[DOMAIN] = URL
+def test_plan_shows_unchanged_when_the_url_is_set(api: SandboxApi, workspace: Path) -> None:
+    api.preset(DOMAIN, URL)
     result = cli(workspace, "plan", "manifests", "--detailed-exitcode", "-v", env=api.env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert (
@@ -872,7 +873,7 @@ def test_plan_shows_unchanged_when_the_url_is_set(api: NotifyApi, workspace: Pat
     assert "Notify URLs unchanged" not in quiet.stdout  # listed with --verbose, as tasks are
 
 
-def test_plan_404_is_an_update_from_none(api: NotifyApi, workspace: Path) -> None:
+def test_plan_404_is_an_update_from_none(api: SandboxApi, workspace: Path) -> None:
     result = cli(workspace, "plan", "manifests", env=api.env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"none set -> {SHOWN}" in result.stdout
@@ -892,18 +893,26 @@ def test_plan_without_credentials_is_an_update_with_a_warning(workspace: Path) -
 
 @pytest.mark.parametrize("status", [401, 403, 500])
 def test_plan_says_why_a_url_could_not_be_read(
-    api: NotifyApi, workspace: Path, status: int
+    start_api: Any, workspace: Path, status: int
 ) -> None:
-    api.script["GET"] = [status] * 5
-    result = cli(workspace, "plan", "manifests", "--detailed-exitcode", env=api.env())
+    # A 401 is the sandbox refusing a wrong signature; a 403 or 500 its notify read fault.
+    api = start_api(notify_read_failures={} if status == 401 else {status: 1.0})
+    env = api.env(JDCLOUD_SECRET_KEY=WRONG_SECRET) if status == 401 else api.env()
+    result = cli(workspace, "plan", "manifests", "--detailed-exitcode", env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     unknown = f"unknown (reading the notify URL of {DOMAIN}: HTTP {status} "
     assert unknown in result.stdout and "(requestId " in result.stdout
     assert f"is {unknown}" in result.stderr
+    assert WRONG_SECRET not in result.stdout + result.stderr
+    tries = 5 if status == 500 else 1  # a 5xx is tried again, a refusal is not
+    if status == 401:
+        assert api.box.counts().rejected == {401: tries} and api.seen() == []
+    else:
+        assert api.seen() == [("GET", DOMAIN, f"injected-{status}")] * tries
 
 
 def test_an_unset_variable_stops_plan_and_apply_before_anything_is_sent(
-    api: NotifyApi, workspace: Path
+    api: SandboxApi, workspace: Path
 ) -> None:
     env = {k: v for k, v in api.env().items() if k != VARIABLE}
     for command in ("plan", "apply"):
@@ -916,18 +925,60 @@ def test_an_unset_variable_stops_plan_and_apply_before_anything_is_sent(
     document = json.loads(cli(workspace, "apply", "manifests", "-f", "json", env=env).stdout)
     assert_output_valid(document)
     assert document["command"] == "apply" and document["problems"][0]["line"] == 11
-    assert api.seen == []
+    assert api.box.counts().requests == 0
     validate = cli(workspace, "validate", "manifests", env=env)  # validate reads no environment
     assert validate.returncode == 0, validate.stdout
 
 
+@pytest.mark.parametrize("fmt", ["text", "json", "markdown"])
+def test_apply_that_only_sets_a_url_says_so(api: SandboxApi, workspace: Path, fmt: str) -> None:
+    # The workspace's one task still waits for its recording: only the notify URL changes.
+    first = cli(workspace, "apply", "manifests", "-f", fmt, env=api.env())
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = cli(workspace, "apply", "manifests", "-f", fmt, env=api.env())
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert api.sets() == 1
+    if fmt == "text":
+        assert "Nothing to submit." not in first.stdout
+        lines = first.stdout.splitlines()
+        said = lines.index("No task to submit; notify URL set for push.example.com.")
+        assert lines[said + 1] == "Apply complete: 0 submitted, 1 waiting; notify URL: 1 updated."
+        assert "Nothing to submit; notify URL unchanged for push.example.com." in second.stdout
+    elif fmt == "markdown":
+        assert "**Apply complete: 0 submitted, 1 waiting; notify URL: 1 updated.**" in first.stdout
+        assert "\nNotify URL set for push.example.com.\n" in first.stdout
+        assert "\nNotify URL unchanged for push.example.com.\n" in second.stdout
+    else:
+        documents = [json.loads(first.stdout), json.loads(second.stdout)]
+        for document in documents:
+            assert_output_valid(document)
+            assert document["summary"] == {"submitted": 0, "failed": 0, "unknown": 0, "not-sent": 0}
+        counts = [document["configSummary"] for document in documents]
+        assert counts == [
+            {"updated": 1, "unchanged": 0, "failed": 0, "not-sent": 0},
+            {"updated": 0, "unchanged": 1, "failed": 0, "not-sent": 0},
+        ]
+
+
+def test_apply_json_without_configs_has_no_config_summary(tmp_path: Path) -> None:
+    (tmp_path / "later.yaml").write_text(WAITING_TASK)
+    assert cli(tmp_path, "init").returncode == 0
+    result = cli(tmp_path, "apply", ".", "--sandbox", "-f", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert_output_valid(document)
+    assert "configs" not in document and "configSummary" not in document
+    text = cli(tmp_path, "apply", ".", "--sandbox")
+    assert "Nothing to submit.\n" in text.stdout  # as before: no notify URL to speak of
+
+
 @pytest.mark.parametrize("fmt", ["text", "json", "github", "markdown"])
 def test_apply_sets_the_url_once_masked_in_every_format(
-    api: NotifyApi, workspace: Path, fmt: str
+    api: SandboxApi, workspace: Path, fmt: str
 ) -> None:
     first = cli(workspace, "apply", "manifests", "-f", fmt, env=api.env())
     assert first.returncode == 0, first.stdout + first.stderr
-    assert api.urls == {DOMAIN: URL} and api.sets() == 1
+    assert api.box.notify_url(DOMAIN) == URL and api.sets() == 1
     assert_masked(first)
     if fmt == "json":
         document = json.loads(first.stdout)
@@ -961,29 +1012,33 @@ def test_apply_sets_the_url_once_masked_in_every_format(
 
 @pytest.mark.parametrize("status", [401, 403, 500])
 def test_apply_shows_a_refused_set_with_its_request_id(
-    api: NotifyApi, workspace: Path, status: int
+    start_api: Any, workspace: Path, status: int
 ) -> None:
-    api.script["POST"] = [status] * 10  # a 500 is tried five times in each of two runs
+    api = start_api(notify_set_failures={status: 1.0})  # reads answer, sets are refused
     result = cli(workspace, "apply", "manifests", env=api.env())
     assert result.returncode == 1, result.stdout + result.stderr
     failed = f"failed notify URL of {DOMAIN} (push-example-com): setting the notify URL of"
     assert f"{failed} {DOMAIN}: HTTP {status} " in result.stdout
     assert "(requestId " in result.stdout and "notify URL: 1 failed." in result.stdout
     assert_masked(result)
+    assert api.box.notify_url(DOMAIN) is None and api.box.accepted() == []
+    tries = 5 if status == 500 else 1  # a 500 is tried again (outcome unknown), a refusal not
+    read = [("GET", DOMAIN, "none")] * 2  # for the plan, then again just before setting
+    assert api.seen() == read + [("POST", DOMAIN, f"injected-{status}")] * tries
     document = json.loads(cli(workspace, "apply", "manifests", "-f", "json", env=api.env()).stdout)
     assert_output_valid(document)
     assert document["exitCode"] == 1
 
 
 def test_apply_stops_before_sending_when_reading_is_refused(
-    api: NotifyApi, workspace: Path
+    api: SandboxApi, workspace: Path
 ) -> None:
-    api.script["GET"] = [401]
-    result = cli(workspace, "apply", "manifests", env=api.env())
+    result = cli(workspace, "apply", "manifests", env=api.env(JDCLOUD_SECRET_KEY=WRONG_SECRET))
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"error: reading the notify URL of {DOMAIN}: HTTP 401 UNAUTHENTICATED" in result.stderr
     assert result.stderr.rstrip().endswith("nothing was sent")
-    assert api.sets() == 0
+    counts = api.box.counts()
+    assert (counts.requests, counts.rejected) == (1, {401: 1})  # the read, refused; nothing more
 
 
 def test_apply_stops_when_the_endpoint_cannot_be_reached(workspace: Path, unused_port: int) -> None:
@@ -1002,14 +1057,15 @@ def test_plan_refuses_a_malformed_endpoint(workspace: Path) -> None:
     assert result.returncode == 2 and "'--endpoint' (or RECONCILER_ENDPOINT)" in result.stderr
 
 
-def test_dry_run_reads_and_sets_nothing(api: NotifyApi, workspace: Path) -> None:
+def test_dry_run_reads_as_plan_does_and_sets_nothing(api: SandboxApi, workspace: Path) -> None:
     result = cli(workspace, "apply", "manifests", "--dry-run", env=api.env())
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"none set -> {SHOWN}" in result.stdout and api.sets() == 0
+    assert f"none set -> {SHOWN}" in result.stdout
+    assert api.seen() == [("GET", DOMAIN, "none")]  # the read its plan shows; no set
 
 
 def test_a_saved_plan_holds_the_template_and_apply_substitutes_again(
-    api: NotifyApi, workspace: Path
+    api: SandboxApi, workspace: Path
 ) -> None:
     made = cli(workspace, "plan", "manifests", "--out", "plan.json", env=api.env())
     assert made.returncode == 0, made.stdout + made.stderr
@@ -1018,11 +1074,11 @@ def test_a_saved_plan_holds_the_template_and_apply_substitutes_again(
     rotated = "rotated-token-after-the-plan"
     applied = cli(workspace, "apply", "plan.json", env=api.env(**{VARIABLE: rotated}))
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert api.urls[DOMAIN] == f"http://hooks.example.com:8080/callbacks/{rotated}"
+    assert api.box.notify_url(DOMAIN) == f"http://hooks.example.com:8080/callbacks/{rotated}"
     assert rotated not in applied.stdout + applied.stderr
 
 
-def test_a_saved_plan_whose_url_was_edited_is_refused(api: NotifyApi, workspace: Path) -> None:
+def test_a_saved_plan_whose_url_was_edited_is_refused(api: SandboxApi, workspace: Path) -> None:
     assert cli(workspace, "plan", "manifests", "--out", "plan.json", env=api.env()).returncode == 0
     path = workspace / "plan.json"
     path.write_text(path.read_text().replace("hooks.example.com:8080", "evil.example.com"))
@@ -1035,9 +1091,9 @@ def test_a_saved_plan_whose_url_was_edited_is_refused(api: NotifyApi, workspace:
     assert api.sets() == 0
 
 
-def test_the_selector_picks_configs_too(api: NotifyApi, workspace: Path) -> None:
+def test_the_selector_picks_configs_too(api: SandboxApi, workspace: Path) -> None:
     other = cli(workspace, "plan", "manifests", "-l", "event=other", env=api.env())
-    assert "notify URL" not in other.stdout and api.seen == []
+    assert "notify URL" not in other.stdout and api.box.counts().requests == 0
     picked = cli(workspace, "plan", "manifests", "-l", "event=cup-final", env=api.env())
     assert "notify URL: 1 to update" in picked.stdout
     assert "no manifest has the label" not in picked.stderr
@@ -1046,21 +1102,8 @@ def test_the_selector_picks_configs_too(api: NotifyApi, workspace: Path) -> None
 # --- end to end, against the sandbox ------------------------------------------------------------
 
 
-def _sandbox_has_notify_endpoints() -> bool:
-    from reconciler.sandbox import running_sandbox
-
-    with running_sandbox() as box, LiveClient(box.credentials, endpoint=box.url) as client:
-        try:
-            client.set_record_notify_config(DOMAIN, "http://hooks.example.com/probe")
-        except FinalError as error:
-            return "no such API" not in str(error)
-    return True
-
-
 @pytest.mark.e2e
 def test_apply_sandbox_sets_the_notify_url_end_to_end(tmp_path: Path) -> None:
-    if not _sandbox_has_notify_endpoints():
-        pytest.skip("the sandbox has no record notify endpoints yet (branch h1-sandbox adds them)")
     (tmp_path / "notify.yaml").write_text(CONFIG.read_text())
     clip = WAITING_TASK.replace("2099-01-01", "2026-01-01").replace("later", "goal")
     (tmp_path / "clip.yaml").write_text(clip)
@@ -1072,6 +1115,7 @@ def test_apply_sandbox_sets_the_notify_url_end_to_end(tmp_path: Path) -> None:
     (config,) = document["configs"]
     assert (config["outcome"], config["before"]) == ("updated", {"status": "none"})
     assert document["summary"]["submitted"] == 1
+    assert document["configSummary"] == {"updated": 1, "unchanged": 0, "failed": 0, "not-sent": 0}
     text = cli(tmp_path, "apply", ".", "--sandbox", "--dry-run", env={VARIABLE: TOKEN})
     assert f"none set -> {SHOWN}" in text.stdout  # a new sandbox each run: none set again
 
@@ -1080,8 +1124,6 @@ def test_apply_sandbox_sets_the_notify_url_end_to_end(tmp_path: Path) -> None:
 def test_apply_sets_the_url_in_a_running_sandbox_before_its_clip(
     tmp_path: Path, sandbox_factory: Any
 ) -> None:
-    if not _sandbox_has_notify_endpoints():
-        pytest.skip("the sandbox has no record notify endpoints yet (branch h1-sandbox adds them)")
     box = sandbox_factory()
     env = {
         "JDCLOUD_ACCESS_KEY": box.credentials.access_key,
@@ -1102,6 +1144,8 @@ def test_apply_sets_the_url_in_a_running_sandbox_before_its_clip(
     set_at = next(i for i, line in enumerate(lines) if line.startswith("updated notify URL"))
     sent_at = next(i for i, line in enumerate(lines) if line.startswith("submitted goal-clip"))
     assert set_at < sent_at  # the URL first: the clip's callback goes where the manifest says
+    summary = lines.index("Apply complete: 1 submitted; notify URL: 1 updated.")
+    assert lines[summary - 1] == "Notify URL set for push.example.com."
     with LiveClient(box.credentials, endpoint=box.url) as client:
         assert client.get_record_notify_config(DOMAIN).notify_url == URL
     again = cli(tmp_path, "plan", ".", "--detailed-exitcode", "-v", env=env)

@@ -321,12 +321,102 @@ def test_the_notify_endpoints_refuse_other_methods(box: Sandbox) -> None:
     assert_error(requests.get(box.url + "/v1/recordNotifys/", timeout=10), 404, "NOT_FOUND")
 
 
-def test_the_notify_endpoints_take_no_faults(base_spec: dict[str, Any]) -> None:
-    # Faults model the task POST; the notify API always answers, and draws no fate.
+def test_the_notify_endpoints_take_no_task_faults(base_spec: dict[str, Any]) -> None:
+    # `failures` model the task POST; the notify API answers, and draws no fate from them.
     with running_sandbox(SandboxConfig(failures={503: 1.0})) as sandbox:
         assert set_notify_url(sandbox, "http://hooks.example.com/x").status_code == 200
         assert call(sandbox, "GET", notify_path()).status_code == 200
         assert sandbox.counts().injected == {}
+        assert [e["outcome"] for e in sandbox.notify_received()] == ["set", "read"]
+
+
+def test_notify_received_lists_every_checked_notify_request(box: Sandbox) -> None:
+    assert call(box, "GET", notify_path()).status_code == 404
+    answer = set_notify_url(box, "http://hooks.example.com/secret-token")
+    assert call(box, "GET", notify_path()).status_code == 200
+    assert call(box, "DELETE", notify_path()).status_code == 200
+    assert call(box, "GET", notify_path(), sign=False).status_code == 401  # refused: not listed
+    received = box.notify_received()
+    assert [(e["method"], e["publishDomain"], e["outcome"]) for e in received] == [
+        ("GET", DOMAIN, "none"),
+        ("POST", DOMAIN, "set"),
+        ("GET", DOMAIN, "read"),
+        ("DELETE", DOMAIN, "deleted"),
+    ]
+    assert received[1]["requestId"] == answer.json()["requestId"]
+    assert "secret-token" not in json.dumps(received)  # the URL is no part of the log
+
+
+@pytest.mark.parametrize("status", [401, 403, 500, 503])
+def test_an_injected_notify_read_fault_reads_nothing(status: int) -> None:
+    config = SandboxConfig(notify_read_failures={status: 1.0})
+    with running_sandbox(config) as sandbox:
+        assert set_notify_url(sandbox, "http://hooks.example.com/x").status_code == 200  # sets work
+        answer = call(sandbox, "GET", notify_path())
+        names = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 500: "INTERNAL"}
+        error = assert_error(answer, status, names.get(status, "UNAVAILABLE"))
+        assert DOMAIN in error["message"] and "injected" in error["message"]
+        assert "hooks.example.com" not in answer.text
+        assert ("Retry-After" in answer.headers) is (status == 503)
+        assert call(sandbox, "DELETE", notify_path()).status_code == 200  # a DELETE takes none
+        outcomes = [e["outcome"] for e in sandbox.notify_received()]
+        assert outcomes == ["set", f"injected-{status}", "deleted"]
+        assert sandbox.counts().injected == {}  # those count the task POST's faults
+
+
+def test_an_injected_notify_set_fault_sets_nothing() -> None:
+    with running_sandbox(SandboxConfig(notify_set_failures={403: 1.0})) as sandbox:
+        answer = set_notify_url(sandbox, "http://hooks.example.com/x")
+        error = assert_error(answer, 403, "PERMISSION_DENIED")
+        assert "was not set" in error["message"]
+        assert sandbox.notify_url(DOMAIN) is None
+        assert_error(call(sandbox, "GET", notify_path()), 404, "NOT_FOUND")  # reads work
+        assert [e["outcome"] for e in sandbox.notify_received()] == ["injected-403", "none"]
+
+
+def test_notify_faults_leave_the_task_fault_sequence_of_a_seed_alone(
+    base_spec: dict[str, Any],
+) -> None:
+    def outcomes(**notify: Any) -> tuple[list[str], list[str]]:
+        config = SandboxConfig(failures={409: 0.5}, seed=7, **notify)
+        with running_sandbox(config) as sandbox:
+            for n in range(12):
+                set_notify_url(sandbox, "http://hooks.example.com/x")
+                call(sandbox, "GET", notify_path())
+                spec = {**base_spec, "streamName": f"s{n}"}
+                path = "/v1/records/{publishDomain}/appNames/{appName}/streamNames/{streamName}"
+                call(sandbox, "POST", path.format(**spec) + "/task", spec)
+            tasks = [e["outcome"] for e in sandbox.received()]
+            return tasks, [e["outcome"] for e in sandbox.notify_received()]
+
+    plain, untouched = outcomes()
+    assert set(plain) == {"accepted", "injected-409"}  # the draws do decide something
+    assert set(untouched) == {"set", "read"}
+    faulty = {"notify_read_failures": {500: 0.5}, "notify_set_failures": {503: 0.5}}
+    tasks, notify = outcomes(**faulty)
+    assert tasks == plain
+    assert {"injected-500", "injected-503"} <= set(notify)
+    assert outcomes(**faulty)[1] == notify  # the notify faults follow the seed too
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"notify_read_failures": {200: 0.5}}, "the notify read failures: the status 200"),
+        ({"notify_set_failures": {500: 1.5}}, "the notify set failures: the rate 1.5"),
+        ({"notify_set_failures": {500: 0.6, 503: 0.6}}, "add up to 1.2, more than 1"),
+        ({"notify_read_failures": {500: float("nan")}}, "is not between 0 and 1"),
+    ],
+)
+def test_bad_notify_faults_are_refused(options: dict[str, Any], says: str) -> None:
+    with pytest.raises(ValueError, match=r"^the notify") as raised:
+        Sandbox(SandboxConfig(**options))
+    assert says in str(raised.value)
+
+
+def test_the_faults_line_lists_the_notify_faults() -> None:
+    config = SandboxConfig(notify_read_failures={403: 0.25}, notify_set_failures={500: 1.0})
+    assert describe_faults(config) == "notify read 403 25%, notify set 500 100%"
 
 
 # --- what a recording is: keys, URLs, bodies (pure) ----------------------------------------------
@@ -918,7 +1008,8 @@ def test_the_faults_line_and_the_banner_list_the_recorder() -> None:
         "seed 9",
     ):
         assert part in faults
-    assert "notify" not in repr(config)  # the URL (and its token) is no part of the repr
+    # The URL (and its token) is no part of the repr.
+    assert "the-token" not in repr(config) and "hooks.example.com" not in repr(config)
 
     with running_sandbox(config) as sandbox:
         text = banner(sandbox)

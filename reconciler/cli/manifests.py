@@ -651,6 +651,7 @@ def _apply_and_report(
     """Run apply with the progress bar and outcome lines, then print its report; the exit code."""
     from reconciler.apply import run_apply, to_send
     from reconciler.report import (
+        apply_configs_line,
         apply_github,
         apply_hints,
         apply_json,
@@ -715,8 +716,9 @@ def _apply_and_report(
         elif fmt is OutputFormat.MARKDOWN:
             apply_markdown(result, the_plan, sys.stdout, sandbox=sandbox)
         else:
-            if not sending:
-                console.print("Nothing to submit.")
+            lead = apply_configs_line(result, tasks_to_send=bool(sending))
+            if lead is not None:
+                console.print(lead, markup=False)
             recordings = apply_recordings_line(the_plan)
             if recordings:
                 console.print(recordings, markup=False)

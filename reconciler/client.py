@@ -534,18 +534,7 @@ class LiveClient:
             redact_headers(response.headers),
             _clip(response.content, _LOGGED_BODY_CHARS),
         )
-        fields: dict[str, Any] = {
-            "http_status": status,
-            "error_status": answer.error_status,
-            "error_message": answer.error_message,
-            "request_id": answer.request_id,
-        }
-        what = _describe(
-            status,
-            answer.error_status,
-            answer.error_message or answer.unreadable,
-            answer.request_id,
-        )
+        fields, what = _error_fields(status, answer)
         if 200 <= status < 300:
             if answer.request_id and not answer.has_error and answer.unreadable is None:
                 return SubmitResult(request_id=answer.request_id, http_status=status)
@@ -783,18 +772,7 @@ class LiveClient:
             answer.request_id,
             redact_headers(response.headers),
         )
-        fields: dict[str, Any] = {
-            "http_status": status,
-            "error_status": answer.error_status,
-            "error_message": answer.error_message,
-            "request_id": answer.request_id,
-        }
-        shown = _describe(
-            status,
-            answer.error_status,
-            answer.error_message or answer.unreadable,
-            answer.request_id,
-        )
+        fields, shown = _error_fields(status, answer)
         if 200 <= status < 300 and not answer.has_error and answer.unreadable is None:
             document: dict[str, Any] = json.loads(response.content)
             return document
@@ -931,6 +909,20 @@ def _parse_answer(response: requests.Response) -> _Answer:
         str(status) if status is not None else None,
         str(message) if message is not None else None,
     )
+
+
+def _error_fields(status: int, answer: _Answer) -> tuple[dict[str, Any], str]:
+    """The fields an ApiError carries for this answer, and the answer in one line."""
+    fields: dict[str, Any] = {
+        "http_status": status,
+        "error_status": answer.error_status,
+        "error_message": answer.error_message,
+        "request_id": answer.request_id,
+    }
+    shown = _describe(
+        status, answer.error_status, answer.error_message or answer.unreadable, answer.request_id
+    )
+    return fields, shown
 
 
 def _describe(

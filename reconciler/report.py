@@ -1209,16 +1209,20 @@ def config_outcomes_json(result: ApplyResult) -> list[dict[str, Any]]:
 def _config_outcomes_github(result: ApplyResult, out: TextIO) -> None:
     levels = {"updated": "notice", "unchanged": "notice", "failed": "error", "not-sent": "warning"}
     for outcome in result.configs:
-        out.write(
-            github_annotation(
-                levels[outcome.kind],
-                config_outcome_line(outcome),
-                file=outcome.item.source,
-                line=outcome.item.line,
-                title="reconciler apply",
-            )
-            + "\n"
+        _annotate_apply(
+            out,
+            levels[outcome.kind],
+            config_outcome_line(outcome),
+            outcome.item.source,
+            outcome.item.line,
         )
+
+
+def _annotate_apply(out: TextIO, level: str, message: str, source: str, line: int | None) -> None:
+    """Writes one `reconciler apply` annotation at a manifest's line."""
+    out.write(
+        github_annotation(level, message, file=source, line=line, title="reconciler apply") + "\n"
+    )
 
 
 def _config_outcomes_markdown(result: ApplyResult) -> list[str]:
@@ -1319,31 +1323,21 @@ def apply_github(result: ApplyResult, plan: Plan, out: TextIO, *, sandbox: bool 
         "not-sent": "warning",
     }
     for outcome in result.outcomes:
-        out.write(
-            github_annotation(
-                levels[outcome.kind],
-                outcome_line(outcome),
-                file=outcome.item.source,
-                line=outcome.item.line,
-                title="reconciler apply",
-            )
-            + "\n"
+        _annotate_apply(
+            out, levels[outcome.kind], outcome_line(outcome), outcome.item.source, outcome.item.line
         )
     # Tasks already `pending` before this run were not re-sent, yet they make apply exit 1:
     # each gets its warning, as in the plan's annotations.
     if result.still_pending:
         for item in plan.of(PlanAction.PENDING):
-            out.write(
-                github_annotation(
-                    "warning",
-                    f"pending {item.name} ({item.short_hash}): outcome of an earlier apply "
-                    "unknown; not re-sent (see `reconciler state mark-submitted` or "
-                    "--retry-pending)",
-                    file=item.source,
-                    line=item.line,
-                    title="reconciler apply",
-                )
-                + "\n"
+            _annotate_apply(
+                out,
+                "warning",
+                f"pending {item.name} ({item.short_hash}): outcome of an earlier apply "
+                "unknown; not re-sent (see `reconciler state mark-submitted` or "
+                "--retry-pending)",
+                item.source,
+                item.line,
             )
     for line in recording_annotations(plan, title="reconciler apply"):
         out.write(line + "\n")

@@ -193,33 +193,27 @@ def sandbox_command(
             else "'--storage-secret-key'",
         )
     if storage_endpoint is None:
-        storage_options = {
-            "--storage-access-key": storage_access_key is not None,
-            "--storage-secret-key": storage_secret_key is not None,
-            "--storage-create-buckets": storage_create_buckets,
-        }
-        for option, storage_given in storage_options.items():
-            if storage_given:
-                raise typer.BadParameter(
-                    "acts on the files written: add --storage-endpoint URL to write them",
-                    param_hint=f"'{option}'",
-                )
+        _refuse_given(
+            {
+                "--storage-access-key": storage_access_key is not None,
+                "--storage-secret-key": storage_secret_key is not None,
+                "--storage-create-buckets": storage_create_buckets,
+            },
+            "acts on the files written: add --storage-endpoint URL to write them",
+        )
     if record_after is None:
-        recorder_options = {
-            "--notify-url": notify_url is not None,
-            "--storage-endpoint": storage_endpoint is not None,
-            "--record-fail-rate": record_fail_rate,
-            "--callback-duplicates": callback_duplicates,
-            "--callback-delay": callback_delay is not None,
-            "--callback-without-id": callback_without_id,
-            "--callback-fail-status": callback_fail_status,
-        }
-        for option, given in recorder_options.items():
-            if given:
-                raise typer.BadParameter(
-                    "acts on recordings only: add --record-after SECONDS to record",
-                    param_hint=f"'{option}'",
-                )
+        _refuse_given(
+            {
+                "--notify-url": notify_url is not None,
+                "--storage-endpoint": storage_endpoint is not None,
+                "--record-fail-rate": record_fail_rate,
+                "--callback-duplicates": callback_duplicates,
+                "--callback-delay": callback_delay is not None,
+                "--callback-without-id": callback_without_id,
+                "--callback-fail-status": callback_fail_status,
+            },
+            "acts on recordings only: add --record-after SECONDS to record",
+        )
     config = SandboxConfig(
         host=host,
         port=port,
@@ -244,3 +238,10 @@ def sandbox_command(
         storage_create_buckets=storage_create_buckets,
     )
     raise typer.Exit(serve(config))
+
+
+def _refuse_given(given: dict[str, object], why: str) -> None:
+    """A usage error naming the first of these options given (truthy) while it has no effect."""
+    for option, value in given.items():
+        if value:
+            raise typer.BadParameter(why, param_hint=f"'{option}'")

@@ -24,7 +24,6 @@ DEFAULT_SAVE_OBJECT = (
 SERVICE_ZONES: tuple[tzinfo, ...] = (UTC, timezone(timedelta(hours=8)))
 SERVER_ID = "{ServerId}"
 _PLACEHOLDER = re.compile(r"\{(AppName|StreamName|format|Date|StartTime|EndTime|ServerId)\}")
-_ANY_SEGMENT = "[^/]+"
 
 
 def save_template(body: Mapping[str, Any]) -> str:
@@ -59,15 +58,57 @@ def service_times(moment: str) -> tuple[tuple[str, str], ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def _template_parts(template: str) -> tuple[tuple[str, str | None], ...]:
-    """The template as (literal text, placeholder name or None) pieces, parsed once."""
-    parts: list[tuple[str, str | None]] = []
+def _writers(template: str, fmt: str) -> str:
+    """The template for one format as a `str.format_map` text: {format} written out, every
+    other placeholder a field ({ServerId} kept as its own text), literal braces doubled. Built
+    once per template and format: a task only fills in its values."""
+    pieces: list[str] = []
     at = 0
     for found in _PLACEHOLDER.finditer(template):
-        parts.append((template[at : found.start()], found.group(1)))
+        pieces.append(_literal(template[at : found.start()]))
+        name = found.group(1)
+        if name == "ServerId":
+            pieces.append(_literal(SERVER_ID))
+        elif name == "format":
+            pieces.append(_literal(fmt))
+        else:
+            pieces.append("{" + name + "}")
         at = found.end()
-    parts.append((template[at:], None))
-    return tuple(parts)
+    pieces.append(_literal(template[at:]))
+    return "".join(pieces)
+
+
+def _literal(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _fits(key: str, pieces: Sequence[str]) -> bool:
+    """Whether `key` is `pieces` joined by one or more characters other than `/` each: the
+    regular expression `[^/]+`.join(pieces), fully matched, without compiling one per task."""
+    first, last = pieces[0], pieces[-1]
+    if (
+        len(key) < len(first) + len(last) + len(pieces) - 1
+        or not key.startswith(first)
+        or not key.endswith(last)
+    ):
+        return False
+    return _fits_from(key, pieces, 1, len(first), len(key) - len(last))
+
+
+def _fits_from(key: str, pieces: Sequence[str], index: int, at: int, end: int) -> bool:
+    """Whether key[at:end] is a gap, pieces[index], a gap, ... (the last piece is at `end`)."""
+    if index == len(pieces) - 1:
+        return end > at and key.find("/", at, end) < 0
+    piece = pieces[index]
+    slash = key.find("/", at, end)
+    limit = end if slash < 0 else slash  # a gap ends where its segment does, at the latest
+    window = min(limit + len(piece), end)
+    start = key.find(piece, at + 1, window)
+    while 0 <= start <= limit:
+        if _fits_from(key, pieces, index + 1, start + len(piece), end):
+            return True
+        start = key.find(piece, start + 1, window)
+    return False
 
 
 @dataclass(frozen=True)
@@ -75,32 +116,43 @@ class KeyPattern:
     """Every key one task may have written, per format.
 
     `exact`: candidate keys (templates without {ServerId}) and the format each stands for.
-    `shaped`: for templates with {ServerId}, a regular expression per format; `tail` is the
-    literal text after the last {ServerId} when that text holds a `/` (then the key's last
-    segment is known exactly and a listing is searched by it, not scanned).
+    `shaped`: for templates with {ServerId}, the literal pieces around each {ServerId} (one
+    path segment or part of one, at least one character) per format; `tail` is the literal
+    text after the last {ServerId} when that text holds a `/` (then the key's last segment is
+    known exactly and a listing is searched by it, not scanned).
     """
 
     formats: tuple[str, ...]
     prefix: str
     exact: Mapping[str, str] = field(default_factory=dict)
-    shaped: tuple[tuple[re.Pattern[str], str, str | None], ...] = ()
+    shaped: tuple[tuple[tuple[str, ...], str, str | None], ...] = ()
 
     def format_of(self, key: str) -> str | None:
         """The format `key` is a file of for this task, or None when it is no file of it."""
         found = self.exact.get(key)
         if found is not None:
             return found
-        for pattern, fmt, _ in self.shaped:
-            if pattern.fullmatch(key):
+        for pieces, fmt, _ in self.shaped:
+            if _fits(key, pieces):
                 return fmt
         return None
+
+
+@functools.lru_cache(maxsize=256)
+def _formats_of(types: str) -> tuple[str, ...]:
+    return tuple(sorted({part.strip().lower() for part in types.split(";") if part.strip()}))
 
 
 def task_formats(body: Mapping[str, Any]) -> tuple[str, ...]:
     types = body.get("recordFileType")
     if not isinstance(types, str):
         return ()
-    return tuple(sorted({part.strip().lower() for part in types.split(";") if part.strip()}))
+    return _formats_of(types)
+
+
+@functools.lru_cache(maxsize=256)
+def _prefix_of(template: str) -> str:
+    return listing_prefix(template)
 
 
 def key_pattern(request: Mapping[str, Any]) -> KeyPattern:
@@ -110,50 +162,36 @@ def key_pattern(request: Mapping[str, Any]) -> KeyPattern:
     formats = task_formats(body)
     segments = body["recordTimes"]
     starts, ends = service_times(segments[0]["startTime"]), service_times(segments[-1]["endTime"])
-    literal = {"AppName": str(body["appName"]), "StreamName": str(body["streamName"])}
+    app, stream = str(body["appName"]), str(body["streamName"])
     with_format = "{format}" in template
+    writers = [(fmt, _writers(template, fmt)) for fmt in formats]
     exact: dict[str, str] = {}
-    shaped: list[tuple[re.Pattern[str], str, str | None]] = []
+    shaped: list[tuple[tuple[str, ...], str, str | None]] = []
     seen: set[tuple[str, str]] = set()
     for (date, start_text), (_, end_text) in zip(starts, ends, strict=True):
-        values = {**literal, "Date": date, "StartTime": start_text, "EndTime": end_text}
-        for fmt in formats:
-            for candidate in _candidates(template, values, fmt, formats, with_format):
+        values = {"AppName": app, "StreamName": stream, "Date": date}
+        values["StartTime"], values["EndTime"] = start_text, end_text
+        for fmt, writer in writers:
+            written = writer.format_map(values)
+            if with_format:
+                candidates: tuple[str, ...] = (written,)
+            # Without {format}: the key itself stands for the task's only format, or for the
+            # format it already ends with (`clip.mp4`); the key plus `.{format}` for that format.
+            elif len(formats) == 1 or written.lower().endswith("." + fmt):
+                candidates = (written, f"{written}.{fmt}")
+            else:
+                candidates = (f"{written}.{fmt}",)
+            for candidate in candidates:
                 if (candidate, fmt) in seen:
                     continue
                 seen.add((candidate, fmt))
                 if SERVER_ID not in candidate:
                     exact.setdefault(candidate, fmt)
                     continue
-                pieces = candidate.split(SERVER_ID)
-                regex = _ANY_SEGMENT.join(re.escape(piece) for piece in pieces)
+                pieces = tuple(candidate.split(SERVER_ID))
                 tail = pieces[-1]
-                shaped.append((re.compile(regex), fmt, tail if "/" in tail else None))
-    return KeyPattern(formats, listing_prefix(template), exact, tuple(shaped))
-
-
-def _candidates(
-    template: str, values: Mapping[str, str], fmt: str, formats: Sequence[str], with_format: bool
-) -> Iterable[str]:
-    """The template written out for one format ({ServerId} left in place)."""
-    pieces = []
-    for text, name in _template_parts(template):
-        pieces.append(text)
-        if name == "ServerId":
-            pieces.append(SERVER_ID)
-        elif name == "format":
-            pieces.append(fmt)
-        elif name is not None:
-            pieces.append(values[name])
-    written = "".join(pieces)
-    if with_format:
-        yield written
-        return
-    # Without {format}: the key itself stands for the task's only format, or for the format
-    # it already ends with (`clip.mp4`); the key plus `.{format}` for that format.
-    if len(formats) == 1 or written.lower().endswith("." + fmt):
-        yield written
-    yield f"{written}.{fmt}"
+                shaped.append((pieces, fmt, tail if "/" in tail else None))
+    return KeyPattern(formats, _prefix_of(template), exact, tuple(shaped))
 
 
 @dataclass(frozen=True)
@@ -177,12 +215,12 @@ class Listing:
     def candidates(self, pattern: KeyPattern) -> list[tuple[str, str]]:
         """(key, format) of every listed object that is a file of the task `pattern` is for."""
         found = [(key, fmt) for key, fmt in pattern.exact.items() if key in self.objects]
-        for regex, fmt, tail in pattern.shaped:
+        for pieces, fmt, tail in pattern.shaped:
             if tail is not None:
                 keys: Iterable[str] = self._last_segments().get(tail.rsplit("/", 1)[1], ())
             else:  # {ServerId} in the last segment: nothing to look keys up by
                 keys = self.objects
-            found.extend((key, fmt) for key in keys if regex.fullmatch(key))
+            found.extend((key, fmt) for key in keys if _fits(key, pieces))
         return found
 
     def _last_segments(self) -> dict[str, list[str]]:

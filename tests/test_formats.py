@@ -1153,3 +1153,20 @@ def test_apply_text_is_plain_in_a_pipe_and_quiet_hides_successes(sandbox_workspa
     assert quiet.returncode == 0, quiet.stderr
     lines = [line for line in quiet.stdout.splitlines() if line.strip()]
     assert lines == ["Plan: 7 to submit.", "SANDBOX apply complete: 7 submitted."]
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=4) | st.integers(), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(_json_values)
+def test_json_text_is_the_text_json_dumps_writes(value: Any) -> None:
+    from reconciler.cli.common import json_text
+
+    assert json_text(value) == json.dumps(value, indent=2, ensure_ascii=False)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reconciler.storage import (
     DEFAULT_SAVE_OBJECT,
     ListedObject,
     Listing,
+    _fits,
     key_pattern,
     listing_prefix,
     match_listing,
@@ -196,3 +200,22 @@ def test_a_key_two_tasks_may_have_written_goes_to_the_one_without_another_file()
 )
 def test_object_key_from_a_download_url(url: str, key: str | None) -> None:
     assert object_key_from_url(url, "highlights") == key
+
+
+@given(
+    pieces=st.lists(st.text("ab/{}", max_size=3), min_size=2, max_size=4),
+    key=st.text("ab/{}", max_size=12),
+)
+def test_server_id_matching_is_one_or_more_characters_other_than_a_slash(
+    pieces: list[str], key: str
+) -> None:
+    # {ServerId} is matched without a regular expression per task: the same answers as one.
+    expected = re.fullmatch("[^/]+".join(re.escape(piece) for piece in pieces), key) is not None
+    assert _fits(key, pieces) is expected
+
+
+def test_server_id_twice_in_one_segment() -> None:
+    req = request("r/{ServerId}-{StreamName}-{ServerId}.{format}")
+    assert formats_of(
+        req, "r/a-b-cup-final-c.mp4", "r/a-cup-final-.mp4", "r/a/-cup-final-c.mp4"
+    ) == ["mp4", None, None]

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -251,9 +251,72 @@ def failure_document(command: str, message: str, code: int) -> dict[str, Any]:
 
 def print_json(document: Any) -> None:
     """A command's one JSON document, on stdout."""
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_text(document) + "\n")
     sys.stdout.flush()
     json_failures.printed = True
+
+
+def json_text(document: Any) -> str:
+    """`json.dumps(document, indent=2, ensure_ascii=False)`: the same text, in about half the
+    time (json indents in pure Python, one generator per value; verify's report of 3,000 tasks
+    took 0.07 s). Values other than dicts, lists, strings, ints, bools and None, and keys other
+    than strings, are left to json itself."""
+    parts: list[str] = []
+    try:
+        _write_json(document, parts.append, "\n")
+    except _UnusualJson:
+        return json.dumps(document, indent=2, ensure_ascii=False)
+    return "".join(parts)
+
+
+class _UnusualJson(Exception):
+    pass
+
+
+def _write_json(value: Any, out: Callable[[str], object], newline: str) -> None:
+    from json.encoder import encode_basestring
+
+    if isinstance(value, str):
+        out(encode_basestring(value))
+    elif value is None:
+        out("null")
+    elif value is True:
+        out("true")
+    elif value is False:
+        out("false")
+    elif isinstance(value, int):
+        out(int.__repr__(value))
+    elif isinstance(value, dict):
+        if not value:
+            out("{}")
+            return
+        inner = newline + "  "
+        separator = "{" + inner
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _UnusualJson
+            out(separator)
+            out(encode_basestring(key))
+            out(": ")
+            if isinstance(item, str):
+                out(encode_basestring(item))
+            else:
+                _write_json(item, out, inner)
+            separator = "," + inner
+        out(newline + "}")
+    elif isinstance(value, list | tuple):
+        if not value:
+            out("[]")
+            return
+        inner = newline + "  "
+        separator = "[" + inner
+        for item in value:
+            out(separator)
+            _write_json(item, out, inner)
+            separator = "," + inner
+        out(newline + "]")
+    else:
+        raise _UnusualJson
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -24,6 +25,7 @@ from reconciler.cli.common import (
     print_json,
     state_location,
 )
+from reconciler.collector import collector_paused
 from reconciler.report import OutputFormat
 
 if TYPE_CHECKING:
@@ -128,26 +130,32 @@ def verify(
                 "checked. verify looks for the tasks a state records"
             )
         current = store.load()
-    targets = _targets(paths or [], selector, current, fmt)
-    options = VerifyOptions(
-        credentials=credentials,
-        storage_endpoint=endpoint,
-        grace_seconds=grace,
-        concurrency=concurrency,
-    )
-    with errors_reported():
-        try:
-            result = run_verify(targets, current, store, options, now=datetime.now(UTC))
-        except StorageUnavailable as error:
-            fail(str(error))
-    if fmt is OutputFormat.JSON:
-        print_json(verify_json(result, state_path=store.shown))
-    elif fmt is OutputFormat.GITHUB:
-        verify_github(result, sys.stdout, zone=timezone)
-    elif fmt is OutputFormat.MARKDOWN:
-        verify_markdown(result, sys.stdout, zone=timezone)
-    else:
-        verify_text(result, sys.stdout, quiet=quiet, zone=timezone)
+    # The state lives until the process ends, and what verify builds from it is mostly
+    # acyclic: left on, the cyclic collector scans the growing heap again and again (~0.1 s
+    # for 3,000 tasks), and all of it once more as the interpreter exits (~0.2 s).
+    gc.freeze()
+    with collector_paused():
+        targets = _targets(paths or [], selector, current, fmt)
+        options = VerifyOptions(
+            credentials=credentials,
+            storage_endpoint=endpoint,
+            grace_seconds=grace,
+            concurrency=concurrency,
+        )
+        with errors_reported():
+            try:
+                result = run_verify(targets, current, store, options, now=datetime.now(UTC))
+            except StorageUnavailable as error:
+                fail(str(error))
+        if fmt is OutputFormat.JSON:
+            print_json(verify_json(result, state_path=store.shown))
+        elif fmt is OutputFormat.GITHUB:
+            verify_github(result, sys.stdout, zone=timezone)
+        elif fmt is OutputFormat.MARKDOWN:
+            verify_markdown(result, sys.stdout, zone=timezone)
+        else:
+            verify_text(result, sys.stdout, quiet=quiet, zone=timezone)
+    gc.freeze()
     raise typer.Exit(result.exit_code)
 
 

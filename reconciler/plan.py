@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from reconciler.problems import Location
-from reconciler.schema import LAST_TIME
+from reconciler.record_times import LAST_TIME
 from reconciler.tasks import SHORT_HASH, Task, canonical_request, request_hash
 
 if TYPE_CHECKING:  # the state module (and filelock) load only when a state is read

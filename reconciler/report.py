@@ -16,7 +16,7 @@ from xml.etree import ElementTree
 
 from reconciler.plan import Plan, PlanAction, PlanItem
 from reconciler.problems import Problem
-from reconciler.schema import parse_record_time
+from reconciler.record_times import parse_record_time
 from reconciler.tasks import TaskSet
 from reconciler.timezones import is_utc, local, offset_text, show_time, zone_name, zone_note
 

@@ -63,7 +63,8 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 
 from reconciler import __version__
-from reconciler.schema import check_spec, ecma_match, load_schema, parse_record_time
+from reconciler.record_times import parse_record_time
+from reconciler.schema import check_spec, ecma_match, load_schema
 from reconciler.signing import NONCE_HEADER, Credentials, SignatureError, verify_request
 
 TASK_PATH = "/v1/records/{publishDomain}/appNames/{appName}/streamNames/{streamName}/task"

@@ -9,7 +9,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import cache, reduce
 from importlib import resources
 from typing import Any
@@ -27,20 +27,20 @@ from reconciler.manifests import (
     expand_set,
 )
 from reconciler.problems import Location, Problem, field_path
+from reconciler.record_times import (  # re-exported: schema users read times too
+    RECORD_TIME,
+    parse_record_time,
+    record_time_problem,
+)
+from reconciler.record_times import (
+    utc_text as _utc_text,
+)
 
 SCHEMA_RESOURCE = "schemas/record-task.schema.json"
 # Matched with fullmatch: `$` in a Python pattern also matches before a final newline. A time is
 # UTC (`Z`) or carries its offset (`+08:00`); the request always carries the UTC form.
-_TIME = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:Z|([+-])([0-9]{2}):([0-9]{2}))",
-    re.ASCII,
-)
 # A time written without its zone (or with a space for the 'T'): what a local time looks like.
 _NAIVE_TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}:[0-9]{2}:[0-9]{2})", re.ASCII)
-# The first and last times a request can carry (a datetime holds years 1 to 9999).
-FIRST_TIME = datetime.min.replace(tzinfo=UTC)
-LAST_TIME = datetime.max.replace(microsecond=0, tzinfo=UTC)
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -53,65 +53,6 @@ def schema_text() -> str:
 def load_schema() -> dict[str, Any]:
     schema: dict[str, Any] = json.loads(schema_text())
     return schema
-
-
-def parse_record_time(text: str) -> datetime | None:
-    """A recordTimes value as an aware UTC datetime, or None if it is not a real time in the
-    format (see record_time_problem for why)."""
-    moment, _ = _read_time(text)
-    return moment
-
-
-def record_time_problem(text: str) -> str | None:
-    """Why a time in the format is no time a request can carry (None when it is one)."""
-    _, problem = _read_time(text)
-    return problem
-
-
-def utc_record_time(text: str) -> str:
-    """A valid recordTimes value in the form the request carries: UTC, `Z`."""
-    if text.endswith("Z"):
-        return text
-    moment = parse_record_time(text)
-    assert moment is not None, "requests are built from validated manifests only"
-    return _utc_text(moment)
-
-
-def _read_time(text: str) -> tuple[datetime | None, str | None]:
-    match = _TIME.fullmatch(text)
-    if match is None:
-        return None, "not in the format"
-    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
-    try:  # the calendar applies to the time as written
-        written = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError:
-        return None, (
-            f"{text} is not a real calendar time (check the month, day, hour, minute and "
-            "second); use a time like 2018-10-21T10:00:00Z (UTC) or 2018-10-21T18:00:00+08:00"
-        )
-    sign, hours, minutes = match.group(7, 8, 9)
-    if sign is None:
-        return written, None
-    if int(hours) > 23 or int(minutes) > 59:
-        return None, (
-            f"{text}: {sign}{hours}:{minutes} is not a real offset (hours 00 to 23, minutes "
-            "00 to 59, like +08:00)"
-        )
-    offset = timedelta(hours=int(hours), minutes=int(minutes))
-    try:
-        return (written - offset if sign == "+" else written + offset), None
-    except OverflowError:
-        edge = _utc_text(FIRST_TIME if sign == "+" else LAST_TIME)
-        when = "before" if sign == "+" else "after"
-        return None, (
-            f"{text} is {when} {edge} in UTC, the {'first' if sign == '+' else 'last'} time a "
-            "request can carry"
-        )
-
-
-def _utc_text(moment: datetime) -> str:
-    # Not strftime: its %Y writes the year 999 as "999" on some platforms.
-    return f"{moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec='seconds')}Z"
 
 
 def _shown(text: str, moment: datetime) -> str:
@@ -237,7 +178,7 @@ def hidden_character(text: str) -> str | None:
 def _calendar_time(
     validator: Validator, enabled: bool, instance: Any, schema: Mapping[str, Any]
 ) -> Iterator[ValidationError]:
-    in_format = isinstance(instance, str) and _TIME.fullmatch(instance) is not None
+    in_format = isinstance(instance, str) and RECORD_TIME.fullmatch(instance) is not None
     problem = record_time_problem(instance) if enabled and in_format else None
     if problem is not None:
         yield ValidationError(problem)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.collector import collector_paused
 from reconciler.manifests import NOTIFY_KIND, Ignored, Manifest, find_manifests, iter_found
 from reconciler.problems import Location, Problem, field_path
-from reconciler.schema import check_manifests, parse_record_time, utc_record_time
+from reconciler.record_times import parse_record_time, utc_record_time
 
 if TYPE_CHECKING:
     from reconciler.notify import NotifyConfig
@@ -175,6 +175,8 @@ def load_tasks(
 
 
 def _load_tasks(paths: Sequence[str], known: Mapping[str, Mapping[str, Any]] | None) -> TaskSet:
+    from reconciler.schema import check_manifests  # the validator, only where manifests load
+
     tasks: list[Task] = []
     configs: list[NotifyConfig] = []
     problems: list[Problem] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from reconciler.schema import parse_record_time
+from reconciler.record_times import parse_record_time
 
 UTC_NAME = "UTC"
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TextIO
 
-from reconciler.schema import parse_record_time
+from reconciler.record_times import parse_record_time
 from reconciler.state.model import (
     MISSING,
     SUCCESS,

@@ -49,6 +49,24 @@ def write_clips(folder: Path, count: int) -> None:
     (folder / "clips.yaml").write_text("---\n".join(documents), encoding="utf-8")
 
 
+def recording_sandbox(
+    folder: Path, clips: int, sandbox_factory: Any, server: Any, **faults: Any
+) -> tuple[Sandbox, dict[str, str]]:
+    """`clips` manifests and a state in `folder`, an empty bucket, and a sandbox that records
+    into it (with `faults`); the sandbox and the environment apply runs in."""
+    server.bucket(BUCKET)
+    box: Sandbox = sandbox_factory(
+        record_after=0.05,
+        storage_endpoint=server.endpoint,
+        storage_access_key=server.admin.access_key,
+        storage_secret_key=server.admin.secret_key,
+        **faults,
+    )
+    write_clips(folder / "clips", clips)
+    init_state(folder)
+    return box, env_for(box)
+
+
 def wait_recorded(box: Sandbox, server: Any) -> dict[str, Any]:
     """The sandbox's recordings once it has made them all, and they show in a listing."""
     deadline = time.monotonic() + WAIT
@@ -78,19 +96,9 @@ def by_result(document: dict[str, Any]) -> dict[str, set[str]]:
 def test_verify_finds_exactly_the_recorded_clips_and_names_exactly_the_missing_ones(
     tmp_path: Path, sandbox_factory: Any, seaweed_server: Any
 ) -> None:
-    seaweed_server.bucket(BUCKET)
-    admin = seaweed_server.admin
-    box: Sandbox = sandbox_factory(
-        record_after=0.05,
-        record_fail_rate=0.35,
-        seed=11,
-        storage_endpoint=seaweed_server.endpoint,
-        storage_access_key=admin.access_key,
-        storage_secret_key=admin.secret_key,
+    box, env = recording_sandbox(
+        tmp_path, 16, sandbox_factory, seaweed_server, record_fail_rate=0.35, seed=11
     )
-    write_clips(tmp_path / "clips", 16)
-    init_state(tmp_path)
-    env = env_for(box)
     applied = cli("apply", "clips", cwd=tmp_path, env=env)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     recordings = wait_recorded(box, seaweed_server)
@@ -126,20 +134,10 @@ def test_verify_finds_exactly_the_recorded_clips_and_names_exactly_the_missing_o
 def test_a_pending_task_whose_file_exists_is_settled_and_never_sent_again(
     tmp_path: Path, sandbox_factory: Any, seaweed_server: Any
 ) -> None:
-    seaweed_server.bucket(BUCKET)
-    admin = seaweed_server.admin
     # Every answer is dropped: the tasks exist (and are recorded), apply never hears: pending.
-    box: Sandbox = sandbox_factory(
-        drop_rate=1.0,
-        record_after=0.05,
-        seed=5,
-        storage_endpoint=seaweed_server.endpoint,
-        storage_access_key=admin.access_key,
-        storage_secret_key=admin.secret_key,
+    box, env = recording_sandbox(
+        tmp_path, 4, sandbox_factory, seaweed_server, drop_rate=1.0, seed=5
     )
-    write_clips(tmp_path / "clips", 4)
-    init_state(tmp_path)
-    env = env_for(box)
     applied = cli("apply", "clips", cwd=tmp_path, env=env)
     assert applied.returncode == 1 and "pending" in applied.stdout + applied.stderr
     wait_recorded(box, seaweed_server)

@@ -713,37 +713,45 @@ class PostgresStore:
         )
 
     def load(self) -> State:
-        """The named state: tasks and evidence, read in one snapshot of the database."""
+        """The named state: its tasks in one statement, then their evidence.
+
+        No explicit transaction, so a pooler in statement mode can serve `plan` and `state
+        list` (only apply needs one session). Evidence only ever grows and is read after the
+        tasks, so what the reads may miss is evidence that arrived between them, never a task.
+        """
         with self._database() as connection:
             if not self._schema_ready(connection):
                 return State()
-            with connection.transaction():
-                connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                row = connection.execute(
-                    f"SELECT sandbox FROM {SCHEMA}.states WHERE name = %s", (self.name,)
-                ).fetchone()
-                if row is None:
-                    return State()
-                sandbox = bool(row[0])
-                cursor = connection.execute(_TASK_SELECT, (self.name,))
-                entries: dict[str, StateEntry] = {}
-                for task in cursor:
-                    entries[task[0]] = self._entry(task)
-                recordings: dict[str, list[Recording]] = {}
-                for evidence in connection.execute(
-                    f"SELECT {_RECORDING_COLUMNS} FROM {SCHEMA}.recordings WHERE state = %s "
-                    "ORDER BY seq",
+            cursor = connection.execute(
+                "SELECT s.sandbox, t.hash, t.status, t.name, t.source, t.request, t.request_id, "
+                f"t.updated_at, t.submitted_at, t.external_id FROM {SCHEMA}.states s "
+                f"LEFT JOIN {SCHEMA}.tasks t ON t.state = s.name WHERE s.name = %s",
+                (self.name,),
+            )
+            sandbox = False
+            found = False
+            entries: dict[str, StateEntry] = {}
+            for row in cursor:
+                found, sandbox = True, bool(row[0])
+                if row[1] is not None:  # None: a state with no task yet
+                    entries[row[1]] = self._entry(row[1:])
+            if not found:
+                return State()
+            recordings: dict[str, list[Recording]] = {}
+            for evidence in connection.execute(
+                f"SELECT {_RECORDING_COLUMNS} FROM {SCHEMA}.recordings WHERE state = %s "
+                "ORDER BY seq",
+                (self.name,),
+            ):
+                recordings.setdefault(evidence[0], []).append(self._recording(evidence))
+            unmatched = tuple(
+                self._unmatched(callback)
+                for callback in connection.execute(
+                    f"SELECT id, received_at, reason, body FROM {SCHEMA}.unmatched "
+                    "WHERE state = %s ORDER BY seq",
                     (self.name,),
-                ):
-                    recordings.setdefault(evidence[0], []).append(self._recording(evidence))
-                unmatched = tuple(
-                    self._unmatched(callback)
-                    for callback in connection.execute(
-                        f"SELECT id, received_at, reason, body FROM {SCHEMA}.unmatched "
-                        "WHERE state = %s ORDER BY seq",
-                        (self.name,),
-                    )
                 )
+            )
         return State._adopt(
             entries,
             sandbox=sandbox,

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from reconciler.identity import request_hash
 from reconciler.problems import Location
 from reconciler.record_times import LAST_TIME
-from reconciler.tasks import SHORT_HASH, Task, canonical_request, request_hash
+from reconciler.tasks import SHORT_HASH, Task, canonical_request
 
 if TYPE_CHECKING:  # the state module (and filelock) load only when a state is read
     from reconciler.notify import ConfigPlanItem, NotifyConfig

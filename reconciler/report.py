@@ -6,11 +6,9 @@ import calendar
 import dataclasses
 import json
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TextIO
 from xml.etree import ElementTree
 
@@ -18,6 +16,15 @@ from reconciler.plan import Plan, PlanAction, PlanItem
 from reconciler.problems import Problem
 from reconciler.record_times import parse_record_time
 from reconciler.tasks import TaskSet
+from reconciler.text import (
+    FORMAT_VERSION,
+    MARKDOWN_COLLAPSE_AFTER,
+    OutputFormat,
+    github_annotation,
+    md_text,
+    plural,
+    visible,
+)
 from reconciler.timezones import is_utc, local, offset_text, show_time, zone_name, zone_note
 
 if TYPE_CHECKING:  # Rich and the apply machinery load only for the commands that print them
@@ -26,58 +33,6 @@ if TYPE_CHECKING:  # Rich and the apply machinery load only for the commands tha
     from reconciler.apply import ApplyResult, Outcome
     from reconciler.notify import ConfigOutcome, ConfigPlanItem
     from reconciler.state import State
-
-FORMAT_VERSION = 1
-
-
-class OutputFormat(StrEnum):
-    TEXT = "text"
-    JSON = "json"
-    GITHUB = "github"
-    MARKDOWN = "markdown"
-    JUNIT = "junit"
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    return f"{count} {word if count == 1 else (many or word + 's')}"
-
-
-# Characters a terminal or a page would act on instead of showing: C0 and C1 controls and DEL
-# (Cc), format characters such as the bidirectional overrides that reorder what is shown and
-# zero-width ones that hide text (Cf), line and paragraph separators, lone surrogates.
-_UNSHOWN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
-_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escaped(ch: str) -> str:
-    if ch in _SHORT_ESCAPES:
-        return _SHORT_ESCAPES[ch]
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def visible(text: str) -> str:
-    """`text` with every control character written as an escape (`\\x1b`, `\\r`, `\\n`,
-    `\\x7f`, `\\x9b`, `\\u202e`): a value shown in a terminal can neither move the cursor,
-    colour the screen, ring the bell nor split the line it is on."""
-    return "".join(_escaped(ch) if unicodedata.category(ch) in _UNSHOWN else ch for ch in text)
-
-
-_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-# What can start Markdown syntax inside a line (a table cell, a sentence): escapes, code spans,
-# emphasis, links and images, cell boundaries, strikethrough, GitHub's math and mentions.
-_MD_SPECIAL = frozenset("\\`*_[]!|~$@")
-
-
-def md_text(text: str) -> str:
-    """`text` as literal text inside a line of Markdown (CommonMark and GitHub's GFM), a table
-    cell too: controls made visible, `& < >` as entities (no HTML, comment or autolink can
-    start) and the characters in `_MD_SPECIAL` backslash-escaped (no link, image, emphasis,
-    code span, strikethrough or cell boundary either). `. - : / ( )` stay as they are: inside
-    a line they start nothing."""
-    return "".join(
-        _MD_ENTITIES.get(ch) or (f"\\{ch}" if ch in _MD_SPECIAL else ch) for ch in visible(text)
-    )
 
 
 def dump_json(document: dict[str, Any], out: TextIO) -> None:
@@ -92,40 +47,6 @@ def problem_json(problem: Problem) -> dict[str, Any]:
         "field": problem.field,
         "message": problem.message,
     }
-
-
-# --- GitHub Actions workflow commands ------------------------------------------------------
-
-
-def _gh_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _gh_property(text: str) -> str:
-    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def github_annotation(
-    level: str,
-    message: str,
-    *,
-    file: str | None = None,
-    line: int | None = None,
-    column: int | None = None,
-    title: str | None = None,
-) -> str:
-    """One `::error file=…,line=…::message` line (level: error, warning or notice)."""
-    properties = []
-    if file is not None:
-        properties.append(f"file={_gh_property(file)}")
-    if line is not None:
-        properties.append(f"line={line}")
-    if column is not None:
-        properties.append(f"col={column}")
-    if title is not None:
-        properties.append(f"title={_gh_property(title)}")
-    joined = (" " + ",".join(properties)) if properties else ""
-    return f"::{level}{joined}::{_gh_data(message)}"
 
 
 def problem_annotation(problem: Problem, title: str) -> str:
@@ -308,7 +229,6 @@ _PLAN_HEADINGS = {
     "orphaned": ("-", "Orphaned: in state, in no manifest (nothing is done)", "magenta"),
     "unchanged": ("=", "Unchanged", "dim"),
 }
-MARKDOWN_COLLAPSE_AFTER = 10
 # reconciler.apply.OutcomeKind's values; compared as text so that printing does not import the
 # HTTP client.
 OUTCOME_KINDS = ("submitted", "failed", "unknown", "not-sent")

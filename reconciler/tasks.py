@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from reconciler.collector import collector_paused
+from reconciler.identity import request_hash as request_hash
 from reconciler.manifests import NOTIFY_KIND, Ignored, Manifest, find_manifests, iter_found
 from reconciler.problems import Location, Problem, field_path
 from reconciler.record_times import parse_record_time, utc_record_time
@@ -52,16 +51,6 @@ def canonical_request(spec: Mapping[str, Any]) -> dict[str, Any]:
         if spec.get(name) is not None:
             body[name] = spec[name]
     return {"path": {name: spec[name] for name in PATH_FIELDS}, "body": body}
-
-
-def canonical_json(value: Any) -> bytes:
-    """The one serialisation that is hashed (and sent): sorted keys, no whitespace, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def request_hash(request: Mapping[str, Any]) -> str:
-    """A task's identity: sha256 of its canonical request."""
-    return hashlib.sha256(canonical_json(request)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

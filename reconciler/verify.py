@@ -393,7 +393,7 @@ def _times(entry: StateEntry, zone: tzinfo) -> str:
 
 def check_line(check: TaskCheck, zone: tzinfo = UTC) -> str:
     """One task's result as a line: name, hash, stream, times, then what was found or not."""
-    from reconciler.report import visible
+    from reconciler.text import visible
 
     entry = check.entry
     head = (
@@ -417,7 +417,7 @@ def check_line(check: TaskCheck, zone: tzinfo = UTC) -> str:
 
 
 def verify_summary(result: VerifyResult) -> str:
-    from reconciler.report import plural
+    from reconciler.text import plural
 
     found, settled = result.of(CheckResult.FOUND), result.of(CheckResult.SETTLED)
     missing, unreadable = result.of(CheckResult.MISSING), result.of(CheckResult.UNREADABLE)
@@ -449,7 +449,7 @@ _TEXT_SECTIONS = (
 def verify_text(
     result: VerifyResult, out: TextIO, *, quiet: bool = False, zone: tzinfo = UTC
 ) -> None:
-    from reconciler.report import visible
+    from reconciler.text import visible
     from reconciler.timezones import zone_note
 
     note = zone_note(zone, result.checked_at)
@@ -478,7 +478,7 @@ def verify_text(
 
 def verify_json(result: VerifyResult, *, state_path: str) -> dict[str, Any]:
     """The documented `verify --format json` document (schemas/output.schema.json)."""
-    from reconciler.report import FORMAT_VERSION
+    from reconciler.text import FORMAT_VERSION
 
     def file_json(file: FileCheck) -> dict[str, Any]:
         document: dict[str, Any] = {"format": file.format, "found": file.found}
@@ -543,7 +543,7 @@ def verify_json(result: VerifyResult, *, state_path: str) -> dict[str, Any]:
 
 def verify_github(result: VerifyResult, out: TextIO, *, zone: tzinfo = UTC) -> None:
     """An error per missing task at its manifest's line, one per unreadable bucket."""
-    from reconciler.report import github_annotation
+    from reconciler.text import github_annotation
 
     for failure in result.failures:
         out.write(
@@ -574,7 +574,7 @@ def verify_github(result: VerifyResult, out: TextIO, *, zone: tzinfo = UTC) -> N
 
 def verify_markdown(result: VerifyResult, out: TextIO, *, zone: tzinfo = UTC) -> None:
     """For a job summary: what is missing (everything a person needs to look), then the rest."""
-    from reconciler.report import MARKDOWN_COLLAPSE_AFTER, md_text
+    from reconciler.text import MARKDOWN_COLLAPSE_AFTER, md_text
 
     lines = ["### reconciler verify", "", f"**{md_text(verify_summary(result))}**", ""]
     for failure in result.failures:

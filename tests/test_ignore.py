@@ -20,8 +20,9 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from reconciler.manifests import IGNORE_FILE, Ignored, find_manifests
-from reconciler.report import OutputFormat, ignored_lines, validate_json, validate_report
+from reconciler.report import ignored_lines, validate_json, validate_report
 from reconciler.tasks import load_tasks
+from reconciler.text import OutputFormat
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = (Path(__file__).parent / "fixtures" / "bad-input" / "valid-base.yaml").read_text()

@@ -24,7 +24,7 @@ from jsonschema import Draft202012Validator
 
 from reconciler.callbacks import parse_callback
 from reconciler.plan import make_plan
-from reconciler.report import plan_timelines, recording_counts, recordings_line, visible
+from reconciler.report import plan_timelines, recording_counts, recordings_line
 from reconciler.state import (
     EvidenceSource,
     Recording,
@@ -35,6 +35,7 @@ from reconciler.state import (
 )
 from reconciler.state.model import generated_external_id
 from reconciler.tasks import Task, load_tasks
+from reconciler.text import visible
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_SCHEMA = ROOT / "schemas" / "output.schema.json"

@@ -21,16 +21,10 @@ from markdown_it import MarkdownIt
 
 from reconciler.apply import ApplyResult, Outcome, OutcomeKind
 from reconciler.plan import Plan, PlanAction, PlanItem
-from reconciler.report import (
-    apply_markdown,
-    github_annotation,
-    outcome_line,
-    plan_github,
-    plan_markdown,
-    visible,
-)
+from reconciler.report import apply_markdown, outcome_line, plan_github, plan_markdown
 from reconciler.state import State, StateEntry, StateStore, TaskStatus
 from reconciler.tasks import request_hash
+from reconciler.text import github_annotation, visible
 
 # The elements plan and apply Markdown are made of; anything else came from a value.
 OUR_ELEMENTS = frozenset(

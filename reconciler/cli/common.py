@@ -417,13 +417,21 @@ def checked_endpoint(endpoint: str | None) -> str | None:
 @contextlib.contextmanager
 def errors_reported() -> Iterator[None]:
     """Known failures become `error: ...` and exit 1, never a traceback."""
-    from reconciler.plan import PlanError
-    from reconciler.state import StateError
-
     try:
         yield
-    except (StateError, PlanError) as error:
+    except Exception as error:
+        if not isinstance(error, _known_errors()):
+            raise
         fail(str(error))
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    """StateError, and PlanError when the planner is loaded (only then can one be raised):
+    commands that never plan (verify, receive) do not load the planner for it."""
+    from reconciler.state import StateError
+
+    plan = sys.modules.get("reconciler.plan")
+    return (StateError,) if plan is None else (StateError, plan.PlanError)
 
 
 # Set when an abort left sender threads waiting for answers: main() then exits without

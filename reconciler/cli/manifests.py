@@ -48,7 +48,7 @@ from reconciler.cli.common import (
     warn_if_missing,
 )
 from reconciler.interrupts import Interrupted
-from reconciler.report import OutputFormat
+from reconciler.text import OutputFormat
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -29,7 +29,7 @@ from reconciler.cli.common import (
     state_app,
     state_location,
 )
-from reconciler.report import OutputFormat, visible
+from reconciler.text import OutputFormat, visible
 
 if TYPE_CHECKING:
     from reconciler.state import State, StateBackend

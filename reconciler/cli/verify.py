@@ -26,7 +26,7 @@ from reconciler.cli.common import (
     state_location,
 )
 from reconciler.collector import collector_paused
-from reconciler.report import OutputFormat
+from reconciler.text import OutputFormat
 
 if TYPE_CHECKING:
     from reconciler.state import State
@@ -164,12 +164,13 @@ def _targets(
 ) -> list[Target]:
     """The tasks to verify: every task in the state, or those of the manifests given (with
     their manifest's line, for annotations), chosen by the selector."""
-    from reconciler.cli.manifests import _load_tasks_or_exit, _parse_selector
-    from reconciler.plan import matches
     from reconciler.verify import Target
 
     if not paths:
         return [Target(entry, entry.source) for entry in current.entries.values()]
+    from reconciler.cli.manifests import _load_tasks_or_exit, _parse_selector
+    from reconciler.plan import matches
+
     chosen = _parse_selector(selector)
     tasks = _load_tasks_or_exit(paths, fmt, "verify", current)
     targets = []

@@ -14,7 +14,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, cast
 
-from reconciler.tasks import request_hash
+from reconciler.identity import request_hash
 
 STATE_VERSION = 2
 # Every version this reconciler reads: 1 (before recording evidence) is read as it is and

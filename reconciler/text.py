@@ -1,0 +1,101 @@
+"""What every output shares: the output formats, and text made safe to show in a terminal, in
+Markdown and in GitHub's workflow commands.
+
+Apart from `report` (the plan and apply reports, which load the planner) so that commands
+that only read a state (verify, state list) show their text without loading it.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from enum import StrEnum
+
+FORMAT_VERSION = 1
+
+
+class OutputFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    GITHUB = "github"
+    MARKDOWN = "markdown"
+    JUNIT = "junit"
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
+# Characters a terminal or a page would act on instead of showing: C0 and C1 controls and DEL
+# (Cc), format characters such as the bidirectional overrides that reorder what is shown and
+# zero-width ones that hide text (Cf), line and paragraph separators, lone surrogates.
+_UNSHOWN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(ch: str) -> str:
+    if ch in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """`text` with every control character written as an escape (`\\x1b`, `\\r`, `\\n`,
+    `\\x7f`, `\\x9b`, `\\u202e`): a value shown in a terminal can neither move the cursor,
+    colour the screen, ring the bell nor split the line it is on."""
+    return "".join(_escaped(ch) if unicodedata.category(ch) in _UNSHOWN else ch for ch in text)
+
+
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# What can start Markdown syntax inside a line (a table cell, a sentence): escapes, code spans,
+# emphasis, links and images, cell boundaries, strikethrough, GitHub's math and mentions.
+_MD_SPECIAL = frozenset("\\`*_[]!|~$@")
+
+
+def md_text(text: str) -> str:
+    """`text` as literal text inside a line of Markdown (CommonMark and GitHub's GFM), a table
+    cell too: controls made visible, `& < >` as entities (no HTML, comment or autolink can
+    start) and the characters in `_MD_SPECIAL` backslash-escaped (no link, image, emphasis,
+    code span, strikethrough or cell boundary either). `. - : / ( )` stay as they are: inside
+    a line they start nothing."""
+    return "".join(
+        _MD_ENTITIES.get(ch) or (f"\\{ch}" if ch in _MD_SPECIAL else ch) for ch in visible(text)
+    )
+
+
+# --- GitHub Actions workflow commands ------------------------------------------------------
+
+
+def _gh_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_annotation(
+    level: str,
+    message: str,
+    *,
+    file: str | None = None,
+    line: int | None = None,
+    column: int | None = None,
+    title: str | None = None,
+) -> str:
+    """One `::error file=…,line=…::message` line (level: error, warning or notice)."""
+    properties = []
+    if file is not None:
+        properties.append(f"file={_gh_property(file)}")
+    if line is not None:
+        properties.append(f"line={line}")
+    if column is not None:
+        properties.append(f"col={column}")
+    if title is not None:
+        properties.append(f"title={_gh_property(title)}")
+    joined = (" " + ",".join(properties)) if properties else ""
+    return f"::{level}{joined}::{_gh_data(message)}"
+
+
+#: Markdown lists longer than this are folded into a <details> block.
+MARKDOWN_COLLAPSE_AFTER = 10

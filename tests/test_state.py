@@ -1371,6 +1371,28 @@ def test_a_version_1_file_with_version_2_fields_is_refused(store: StateStore) ->
             "evidence must be a sha256",
         ),
         (lambda task: task["recordings"][0].__setitem__("size", 3), "unknown field(s) size"),
+        # Values JSON can hold that are no text at all (unhashable ones included): refused,
+        # never a traceback.
+        (
+            lambda task: task["recordings"][0].__setitem__("source", []),
+            "unknown evidence source []",
+        ),
+        (
+            lambda task: task["recordings"][0].__setitem__("source", {"x": 1}),
+            "unknown evidence source {'x': 1}",
+        ),
+        (
+            lambda task: task["recordings"][0].__setitem__("status", ["success"]),
+            "status must be a string",
+        ),
+        (
+            lambda task: task["recordings"][0].__setitem__("evidence", {"x": 1}),
+            "evidence must be a sha256",
+        ),
+        (
+            lambda task: task["recordings"][0].__setitem__("downloadUrl", 3),
+            "download_url must be a string",
+        ),
     ],
 )
 def test_a_hand_edited_recording_is_refused_naming_the_task(

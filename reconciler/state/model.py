@@ -241,10 +241,26 @@ class Recording:
     duration: str | None = None
 
     def __post_init__(self) -> None:
+        source: object = self.source
+        # One combined test first: this runs for every file verify finds and every load.
+        if (
+            isinstance(self.evidence, str)
+            and _HASH.fullmatch(self.evidence)
+            and isinstance(source, str)
+            and source in _SOURCES
+            and isinstance(self.format, str)
+            and isinstance(self.status, str)
+            and _is_timestamp(self.received_at)
+            and (self.download_url is None or isinstance(self.download_url, str))
+            and (self.file_size is None or isinstance(self.file_size, str))
+            and (self.duration is None or isinstance(self.duration, str))
+        ):
+            if source.__class__ is not EvidenceSource:
+                object.__setattr__(self, "source", _SOURCES[str(source)])
+            return
         if not (isinstance(self.evidence, str) and _HASH.fullmatch(self.evidence)):
             raise ValueError(f"evidence must be a sha256 (64 hex digits), not {self.evidence!r}")
-        source: object = self.source
-        if source not in _SOURCES:
+        if not isinstance(source, str) or source not in _SOURCES:
             raise ValueError(f"unknown evidence source {source!r} (known: {', '.join(_SOURCES)})")
         if source.__class__ is not EvidenceSource:
             object.__setattr__(self, "source", _SOURCES[str(source)])

@@ -22,6 +22,7 @@ DEFAULT_SAVE_OBJECT = (
 )
 #: The zones the service may write times in: UTC, and UTC+8 (China Standard Time).
 SERVICE_ZONES: tuple[tzinfo, ...] = (UTC, timezone(timedelta(hours=8)))
+_CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SERVER_ID = "{ServerId}"
 _PLACEHOLDER = re.compile(r"\{(AppName|StreamName|format|Date|StartTime|EndTime|ServerId)\}")
 
@@ -35,6 +36,7 @@ def save_template(body: Mapping[str, Any]) -> str:
     return template.lstrip("/")
 
 
+@functools.lru_cache(maxsize=256)
 def listing_prefix(template: str) -> str:
     """The text before the template's first placeholder: all that verify lists."""
     found = _PLACEHOLDER.search(template)
@@ -49,6 +51,12 @@ def service_times(moment: str) -> tuple[tuple[str, str], ...]:
     parsed = datetime.fromisoformat(moment)
     if parsed.utcoffset() != timedelta(0):
         raise ValueError(f"{moment!r} is not a UTC time")
+    if parsed.hour < 16 and _CANONICAL_TIME.fullmatch(moment):
+        # The canonical form, and UTC+8 still on the same day: the digits are the text's own
+        # (this runs for every task verify looks for).
+        day = moment[0:4] + moment[5:7] + moment[8:10]
+        clock = moment[14:16] + moment[17:19]
+        return ((day, day + moment[11:13] + clock), (day, f"{day}{parsed.hour + 8:02d}{clock}"))
     written = []
     for zone in SERVICE_ZONES:
         local = parsed.astimezone(zone)
@@ -151,8 +159,9 @@ def task_formats(body: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def _prefix_of(template: str) -> str:
-    return listing_prefix(template)
+def _shape(template: str, formats: tuple[str, ...]) -> tuple[bool, tuple[tuple[str, str], ...]]:
+    """Whether `template` writes {format}, and its writer per format (once per template)."""
+    return "{format}" in template, tuple((fmt, _writers(template, fmt)) for fmt in formats)
 
 
 def key_pattern(request: Mapping[str, Any]) -> KeyPattern:
@@ -160,38 +169,43 @@ def key_pattern(request: Mapping[str, Any]) -> KeyPattern:
     body = request["body"]
     template = save_template(body)
     formats = task_formats(body)
+    with_format, writers = _shape(template, formats)
+    single = len(formats) == 1
     segments = body["recordTimes"]
     starts, ends = service_times(segments[0]["startTime"]), service_times(segments[-1]["endTime"])
     app, stream = str(body["appName"]), str(body["streamName"])
-    with_format = "{format}" in template
-    writers = [(fmt, _writers(template, fmt)) for fmt in formats]
     exact: dict[str, str] = {}
     shaped: list[tuple[tuple[str, ...], str, str | None]] = []
     seen: set[tuple[str, str]] = set()
     for (date, start_text), (_, end_text) in zip(starts, ends, strict=True):
-        values = {"AppName": app, "StreamName": stream, "Date": date}
-        values["StartTime"], values["EndTime"] = start_text, end_text
+        values = {
+            "AppName": app,
+            "StreamName": stream,
+            "Date": date,
+            "StartTime": start_text,
+            "EndTime": end_text,
+        }
         for fmt, writer in writers:
             written = writer.format_map(values)
             if with_format:
                 candidates: tuple[str, ...] = (written,)
             # Without {format}: the key itself stands for the task's only format, or for the
             # format it already ends with (`clip.mp4`); the key plus `.{format}` for that format.
-            elif len(formats) == 1 or written.lower().endswith("." + fmt):
+            elif single or written.lower().endswith("." + fmt):
                 candidates = (written, f"{written}.{fmt}")
             else:
                 candidates = (f"{written}.{fmt}",)
             for candidate in candidates:
+                if SERVER_ID not in candidate:
+                    exact.setdefault(candidate, fmt)  # the first format a key stands for
+                    continue
                 if (candidate, fmt) in seen:
                     continue
                 seen.add((candidate, fmt))
-                if SERVER_ID not in candidate:
-                    exact.setdefault(candidate, fmt)
-                    continue
                 pieces = tuple(candidate.split(SERVER_ID))
                 tail = pieces[-1]
                 shaped.append((pieces, fmt, tail if "/" in tail else None))
-    return KeyPattern(formats, _prefix_of(template), exact, tuple(shaped))
+    return KeyPattern(formats, listing_prefix(template), exact, tuple(shaped))
 
 
 @dataclass(frozen=True)

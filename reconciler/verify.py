@@ -210,9 +210,14 @@ def run_verify(
     due, not_due, already = due_targets(targets, state, now, options.grace_seconds)
     places: dict[str, Place] = {}
     prefixes: dict[str, str] = {}
+    buckets: dict[tuple[str, str], Place] = {}  # one Place per bucket, shared by its tasks
     for target in due:
         body = target.entry.request["body"]
-        places[target.entry.hash] = reader.place(str(body["saveEndpoint"]), str(body["saveBucket"]))
+        named = (str(body["saveEndpoint"]), str(body["saveBucket"]))
+        place = buckets.get(named)
+        if place is None:
+            place = buckets[named] = reader.place(*named)
+        places[target.entry.hash] = place
         prefixes[target.entry.hash] = listing_prefix(save_template(body))
     failed: dict[Place, str] = {}
     found: dict[str, dict[str, FileCheck]] = {target.entry.hash: {} for target in due}
@@ -289,7 +294,8 @@ def run_verify(
     for target in due:
         hash = target.entry.hash
         place, pattern = places[hash], patterns[hash]
-        files = tuple(found[hash].get(fmt, FileCheck(fmt)) for fmt in pattern.formats)
+        seen = found[hash]
+        files = tuple(seen[fmt] if fmt in seen else FileCheck(fmt) for fmt in pattern.formats)
         if place in failed:
             result = CheckResult.UNREADABLE
         elif all(file.found for file in files):

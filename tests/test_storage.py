@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from reconciler.storage import (
     DEFAULT_SAVE_OBJECT,
+    SERVICE_ZONES,
     ListedObject,
     Listing,
     _fits,
@@ -19,6 +21,7 @@ from reconciler.storage import (
     match_listing,
     object_key_from_url,
     save_template,
+    service_times,
 )
 from reconciler.tasks import canonical_request, request_hash
 
@@ -219,3 +222,16 @@ def test_server_id_twice_in_one_segment() -> None:
     assert formats_of(
         req, "r/a-b-cup-final-c.mp4", "r/a-cup-final-.mp4", "r/a/-cup-final-c.mp4"
     ) == ["mp4", None, None]
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 30)))
+def test_service_times_are_each_zones_clock_for_any_canonical_time(moment: datetime) -> None:
+    # service_times reads the canonical text's own digits where it can; the answer must be
+    # what each zone's clock says, on every day, across midnight and the year's end included.
+    text = moment.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = moment.replace(microsecond=0, tzinfo=UTC)
+    expected = tuple(
+        (f"{local:%Y%m%d}", f"{local:%Y%m%d%H%M%S}")
+        for local in (utc.astimezone(zone) for zone in SERVICE_ZONES)
+    )
+    assert service_times(text) == expected

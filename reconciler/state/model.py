@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -417,8 +418,11 @@ def asked_formats(request: Mapping[str, Any]) -> tuple[str, ...]:
     """The file formats a task's request asks for (`flv;mp4` -> ("flv", "mp4"))."""
     body = request.get("body")
     types = body.get("recordFileType") if isinstance(body, Mapping) else None
-    if not isinstance(types, str):
-        return ()
+    return _split_types(types) if isinstance(types, str) else ()
+
+
+@functools.lru_cache(maxsize=256)
+def _split_types(types: str) -> tuple[str, ...]:
     return tuple(part for part in types.lower().split(";") if part)
 
 

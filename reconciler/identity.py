@@ -12,10 +12,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+# Built once (json.dumps with options builds one per call): every state load hashes every task.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
 
 def canonical_json(value: Any) -> bytes:
     """The one serialisation that is hashed (and sent): sorted keys, no whitespace, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(value).encode()
 
 
 def request_hash(request: Mapping[str, Any]) -> str:

@@ -40,7 +40,7 @@ from reconciler.state import (
     utc_timestamp,
 )
 from reconciler.state import file as state_module
-from reconciler.state.model import entry_fields
+from reconciler.state.model import EvidenceSource, entry_fields
 from reconciler.tasks import request_hash
 
 FIXTURES = Path(__file__).parent / "fixtures" / "state"
@@ -1471,3 +1471,39 @@ def test_a_bad_line_appended_after_a_cached_load_is_named_by_its_line(store: Sta
         handle.write(b'{"hash": 3}\n{"hash": "x"}\n')
     with pytest.raises(StateError, match=r"\.journal:3: "):
         store.load()
+
+
+HEX64 = st.text("0123456789abcdef", min_size=64, max_size=64)
+# Any text JSON can carry in a UTF-8 file (lone surrogates cannot be written, by either writer).
+ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)))
+
+
+@given(
+    key=HEX64,
+    evidence=HEX64,
+    source=st.sampled_from(list(EvidenceSource)),
+    fmt=ANY_TEXT,
+    status=ANY_TEXT,
+    received_at=st.datetimes(min_value=datetime(2000, 1, 1)).map(
+        lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    ),
+    optional=st.fixed_dictionaries(
+        {}, optional={"download_url": ANY_TEXT, "file_size": ANY_TEXT, "duration": ANY_TEXT}
+    ),
+)
+def test_a_recordings_journal_line_is_its_compact_json(
+    key: str,
+    evidence: str,
+    source: EvidenceSource,
+    fmt: str,
+    status: str,
+    received_at: str,
+    optional: dict[str, str],
+) -> None:
+    # The journal writes recording lines field by field, for speed; the text must be what
+    # compact_json writes of the recording's JSON, whatever its values.
+    from reconciler.state.model import compact_json
+
+    recording = Recording(evidence, source, fmt, status, received_at, **optional)
+    expected = compact_json({"hash": key, "recording": recording.to_json()}) + "\n"
+    assert state_module._recording_line(key, recording) == expected.encode("utf-8")

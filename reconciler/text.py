@@ -1,5 +1,5 @@
-"""What every output shares: the output formats, and text made safe to show in a terminal, in
-Markdown and in GitHub's workflow commands.
+"""What every output shares: the output formats, text made safe to show in a terminal, in
+Markdown and in GitHub's workflow commands, and JSON documents written as text.
 
 Apart from `report` (the plan and apply reports, which load the planner) so that commands
 that only read a state (verify, state list) show their text without loading it.
@@ -7,8 +7,11 @@ that only read a state (verify, state list) show their text without loading it.
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from enum import StrEnum
+from json.encoder import encode_basestring as _json_string
+from typing import Any
 
 FORMAT_VERSION = 1
 
@@ -99,3 +102,57 @@ def github_annotation(
 
 #: Markdown lists longer than this are folded into a <details> block.
 MARKDOWN_COLLAPSE_AFTER = 10
+
+
+# --- JSON documents -----------------------------------------------------------------------
+
+
+def json_text(document: Any) -> str:
+    """`json.dumps(document, indent=2, ensure_ascii=False)`: the same text, in about a third of
+    the time (json indents in pure Python, one generator per value; verify's report of 3,000
+    tasks took 0.05 s). Values other than dicts, lists, strings, ints, bools and None, and keys
+    other than strings, are left to json itself."""
+    try:
+        return json_value(document)
+    except UnusualJson:
+        return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+class UnusualJson(Exception):
+    """A value json_value leaves to json itself (a float, a key that is no string...)."""
+
+
+def json_value(value: Any, newline: str = "\n") -> str:
+    """`value` as json_text writes it at the indentation that `newline` ends with (a line
+    break and two spaces per level). Each container is one join: the fewer Python calls per
+    value, the faster. UnusualJson for what json_text leaves to json."""
+    if isinstance(value, str):
+        return _json_string(value)
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return int.__repr__(value)
+    inner = newline + "  "
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UnusualJson
+            if isinstance(item, str):
+                items.append(_json_string(key) + ": " + _json_string(item))
+            else:
+                items.append(_json_string(key) + ": " + json_value(item, inner))
+        return "{" + inner + ("," + inner).join(items) + newline + "}"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "[]"
+        return (
+            "[" + inner + ("," + inner).join([json_value(v, inner) for v in value]) + newline + "]"
+        )
+    raise UnusualJson

@@ -1167,6 +1167,6 @@ _json_values = st.recursive(
 
 @given(_json_values)
 def test_json_text_is_the_text_json_dumps_writes(value: Any) -> None:
-    from reconciler.cli.common import json_text
+    from reconciler.text import json_text
 
     assert json_text(value) == json.dumps(value, indent=2, ensure_ascii=False)

@@ -22,7 +22,7 @@ from reconciler.cli.common import (
     fail,
     json_failures,
     open_store,
-    print_json,
+    print_json_text,
     state_location,
 )
 from reconciler.collector import collector_paused
@@ -104,7 +104,7 @@ def verify(
         VerifyOptions,
         run_verify,
         verify_github,
-        verify_json,
+        verify_json_text,
         verify_markdown,
         verify_text,
     )
@@ -148,7 +148,7 @@ def verify(
             except StorageUnavailable as error:
                 fail(str(error))
         if fmt is OutputFormat.JSON:
-            print_json(verify_json(result, state_path=store.shown))
+            print_json_text(verify_json_text(result, state_path=store.shown))
         elif fmt is OutputFormat.GITHUB:
             verify_github(result, sys.stdout, zone=timezone)
         elif fmt is OutputFormat.MARKDOWN:

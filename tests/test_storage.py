@@ -235,3 +235,14 @@ def test_service_times_are_each_zones_clock_for_any_canonical_time(moment: datet
         for local in (utc.astimezone(zone) for zone in SERVICE_ZONES)
     )
     assert service_times(text) == expected
+
+
+@given(st.text(), st.text())
+def test_an_objects_url_is_its_bucket_and_key_percent_encoded(bucket: str, key: str) -> None:
+    # object_url skips quote() for keys that are their own encoding; the URL must be the same.
+    from urllib.parse import quote
+
+    from reconciler.bucket import Place
+
+    place = Place("s3.cn-north-1.jdcloud-oss.com", bucket, "https://host")
+    assert place.object_url(key) == f"https://host/{quote(bucket)}/{quote(key)}"

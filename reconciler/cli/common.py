@@ -169,10 +169,10 @@ LockTimeout = Annotated[
 
 def _zone(value: str | tzinfo) -> tzinfo:
     """`--timezone`'s value: an IANA zone, else a usage error (exit 2) naming the option."""
+    if isinstance(value, tzinfo):  # the default (the zone database stays unread)
+        return value
     from reconciler.timezones import ZoneError, display_zone
 
-    if isinstance(value, tzinfo):  # the default
-        return value
     try:
         return display_zone(value)
     except ZoneError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -194,3 +195,18 @@ def test_the_readme_says_to_commit_the_journal() -> None:
     assert rows["`reconciler-state.json.journal`"].startswith("yes")
     assert rows["`*.lock`, `*.lock.info`, `*.tmp`"].startswith("no")
     assert "Keep `*.journal`" not in README
+
+
+def test_the_state_init_writes_is_the_one_the_readme_shows(tmp_path: Path) -> None:
+    shown = re.search(r"reconciler init +# writes reconciler-state\.json: (\{.*\})", README)
+    assert shown is not None, "the README shows what init writes"
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "init"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "reconciler-state.json").read_text(encoding="utf-8"))
+    assert written == json.loads(shown.group(1))

@@ -17,13 +17,14 @@ beside it and wins (see model.summarise_recording).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 from json.encoder import encode_basestring as _json_string
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeGuard
 
 from reconciler.record_times import parse_record_time
 from reconciler.state.model import (
@@ -33,6 +34,7 @@ from reconciler.state.model import (
     Recording,
     State,
     StateEntry,
+    StateError,
     TaskStatus,
     asked_formats,
     utc_timestamp,
@@ -44,8 +46,9 @@ from reconciler.storage import (
     listing_prefix,
     match_listing,
     save_template,
+    task_formats,
 )
-from reconciler.text import json_value
+from reconciler.text import json_value, visible
 
 if TYPE_CHECKING:
     from reconciler.bucket import BucketReader, Place
@@ -181,6 +184,44 @@ def due_targets(
     return due, not_due, already
 
 
+_REQUEST_TEXTS = ("publishDomain", "appName", "streamName", "saveBucket", "saveEndpoint")
+_UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def request_problem(request: Mapping[str, Any]) -> str | None:
+    """What keeps verify from looking for a state entry's request (None: nothing). A request
+    reconciler wrote is always a canonical one; this finds one edited by hand (its hash made to
+    match), before any listing: verify reads its fields, times and file types."""
+    path, body = request.get("path"), request.get("body")
+    if not _is_object(path) or not _is_object(body):
+        return "must hold `path` and `body` objects"
+    for name in _REQUEST_TEXTS:
+        if not isinstance(body.get(name), str):
+            return f"body.{name} must be a string"
+    if not isinstance(path.get("streamName"), str):
+        return "path.streamName must be a string"
+    template = body.get("saveObject")
+    if template is not None and not isinstance(template, str):
+        return "body.saveObject must be a string"
+    if not task_formats(body):
+        return "body.recordFileType must name a file type (mp4, flv, ...)"
+    times = body.get("recordTimes")
+    if not isinstance(times, list) or not times:
+        return "body.recordTimes must be a non-empty list"
+    for index, segment in enumerate(times):
+        for name in ("startTime", "endTime"):
+            value = segment.get(name) if _is_object(segment) else None
+            if not isinstance(value, str) or not _UTC_TIME.fullmatch(value):
+                return (
+                    f"body.recordTimes[{index}].{name} must be a UTC time like 2026-05-01T00:00:00Z"
+                )
+    return None
+
+
+def _is_object(value: object) -> TypeGuard[Mapping[str, Any]]:
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def found_evidence(place: Place, key: str) -> str:
     """The evidence id of an object: sha256 of its endpoint, bucket and key."""
     return hashlib.sha256(f"{place.endpoint}/{place.bucket}/{key}".encode()).hexdigest()
@@ -202,6 +243,16 @@ def run_verify(
     """Look for every due target's files; record the evidence in `store` (None: record nothing)."""
     from reconciler.bucket import BucketError, BucketReader
 
+    targets = list(targets)
+    for target in targets:
+        problem = request_problem(target.entry.request)
+        if problem is not None:
+            where = store.shown if store is not None else "the state"
+            raise StateError(
+                f"{where}: task {target.entry.hash[:12]} ({visible(target.entry.name)}): its "
+                f"request is no recording request verify can look for: {problem} (edited by "
+                "hand?); nothing was read or recorded"
+            )
     if reader is None:
         reader = BucketReader(
             options.credentials,
@@ -401,8 +452,6 @@ def _times(entry: StateEntry, zone: tzinfo) -> str:
 
 def check_line(check: TaskCheck, zone: tzinfo = UTC) -> str:
     """One task's result as a line: name, hash, stream, times, then what was found or not."""
-    from reconciler.text import visible
-
     entry = check.entry
     head = (
         f"{visible(entry.name)}  {entry.hash[:12]}  {visible(_stream(entry))}  "
@@ -457,7 +506,6 @@ _TEXT_SECTIONS = (
 def verify_text(
     result: VerifyResult, out: TextIO, *, quiet: bool = False, zone: tzinfo = UTC
 ) -> None:
-    from reconciler.text import visible
     from reconciler.timezones import zone_note
 
     note = zone_note(zone, result.checked_at)

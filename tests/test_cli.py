@@ -285,6 +285,42 @@ def test_a_settle_beyond_the_calendar_is_a_usage_error(tmp_path: Path, args: tup
     assert not list(tmp_path.iterdir()), "nothing is written"
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("verify", "--grace", str(10**11)), "--grace"),  # past the calendar's first day
+        (("verify", "--grace", str(10**22)), "--grace"),  # past a C integer
+        (("apply", str(EXAMPLES), "--sandbox", "--lock-timeout", "nan"), "--lock-timeout"),
+        (("apply", str(EXAMPLES), "--sandbox", "--lock-timeout", "-inf"), "--lock-timeout"),
+        (("state", "rm", "0" * 12, "--yes", "--lock-timeout", "nan"), "--lock-timeout"),
+        (("receive", "--lock-timeout", "nan"), "--lock-timeout"),
+    ],
+)
+def test_numbers_no_clock_can_hold_are_usage_errors(
+    tmp_path: Path, args: tuple[str, ...], option: str
+) -> None:
+    env = {
+        "JDCLOUD_ACCESS_KEY": "ak",
+        "JDCLOUD_SECRET_KEY": "sk",
+        "RECONCILER_CALLBACK_TOKEN": "t" * 32,
+    }
+    result = cli(tmp_path, *args, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and option in result.stderr
+    assert not list(tmp_path.iterdir()), "nothing is written"
+
+
+def test_the_longest_grace_is_accepted(tmp_path: Path) -> None:
+    from reconciler.cli.verify import MAX_GRACE_SECONDS
+
+    init = cli(tmp_path, "init")
+    assert init.returncode == 0, init.stderr
+    env = {"JDCLOUD_ACCESS_KEY": "ak", "JDCLOUD_SECRET_KEY": "sk"}
+    result = cli(tmp_path, "verify", "--grace", str(MAX_GRACE_SECONDS), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_longest_settle_time_plans(tmp_path: Path) -> None:
     from reconciler.plan import MAX_SETTLE_SECONDS
 

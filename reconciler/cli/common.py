@@ -4,6 +4,7 @@ for errors, consoles and the state's location."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import threading
@@ -161,9 +162,24 @@ def settle_in_range(value: int | None) -> int | None:
 
 
 Settle = Annotated[int, typer.Option("--settle", min=0, help=SETTLE_HELP, callback=settle_in_range)]
+
+
+def finite_seconds(value: float) -> float:
+    """A number of seconds to wait: `nan` and `inf` pass `min=0` and then break the lock's
+    timeout, so they are usage errors here."""
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a number of seconds (give one, like 60)")
+    return value
+
+
 LockTimeout = Annotated[
     float,
-    typer.Option("--lock-timeout", min=0, help="Seconds to wait for another apply's lock."),
+    typer.Option(
+        "--lock-timeout",
+        min=0,
+        callback=finite_seconds,
+        help="Seconds to wait for another apply's lock.",
+    ),
 ]
 
 

@@ -13,6 +13,7 @@ from reconciler.cli.common import (
     app,
     errors_reported,
     fail,
+    finite_seconds,
     open_store,
     state_location,
 )
@@ -43,6 +44,7 @@ def receive_command(
         typer.Option(
             "--lock-timeout",
             min=0,
+            callback=finite_seconds,
             help="Seconds a callback waits for a file state's lock (held by an apply) before "
             "it is answered 503, which makes JD Cloud try again.",
         ),

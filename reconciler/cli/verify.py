@@ -40,6 +40,11 @@ class VerifyFormat(StrEnum):
     MARKDOWN = "markdown"
 
 
+#: The longest --grace: about ten years, as for --settle (a deadline before the calendar's first
+#: day could not be computed).
+MAX_GRACE_SECONDS = 10 * 366 * 24 * 3600
+
+
 def _storage_endpoint(value: str | None) -> str | None:
     from reconciler.bucket import check_storage_endpoint
 
@@ -70,6 +75,7 @@ def verify(
         typer.Option(
             "--grace",
             min=0,
+            max=MAX_GRACE_SECONDS,
             help="Seconds after a clip's last endTime before its file must be in the bucket.",
         ),
     ] = 1800,

@@ -31,6 +31,7 @@ from urllib3.util.retry import Retry
 
 from reconciler import __version__
 from reconciler.signing import SECURITY_TOKEN_HEADER, Credentials, sign_request
+from reconciler.text import without_user_info
 
 DEFAULT_ENDPOINT = "https://live.jdcloud-api.com"
 USER_AGENT = f"reconciler/{__version__}"
@@ -837,7 +838,7 @@ def check_endpoint(endpoint: str) -> str:
     wrong (a password in the URL is never repeated)."""
     if not endpoint:
         raise ValueError("the endpoint is empty; give an http:// or https:// URL")
-    shown = repr(_without_user_info(endpoint))
+    shown = repr(without_user_info(endpoint))
     if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in endpoint):
         raise ValueError(f"the endpoint {shown} must not contain whitespace or control characters")
     if "://" not in endpoint:
@@ -865,14 +866,6 @@ def check_endpoint(endpoint: str) -> str:
     if "#" in endpoint:
         raise ValueError(f"the endpoint {shown} must not have a fragment (#...)")
     return endpoint.rstrip("/")
-
-
-def _without_user_info(endpoint: str) -> str:
-    scheme, separator, rest = endpoint.partition("://")
-    authority, slash, path = rest.partition("/")
-    if separator and "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{scheme}{separator}{authority}{slash}{path}"
 
 
 @dataclass(frozen=True)

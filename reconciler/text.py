@@ -100,6 +100,16 @@ def github_annotation(
     return f"::{level}{joined}::{_gh_data(message)}"
 
 
+def without_user_info(url: str) -> str:
+    """`url` with any user name and password in it written as `***`: a URL given by mistake
+    with credentials in it is shown in messages without them."""
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if separator and "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{separator}{authority}{slash}{path}"
+
+
 #: Markdown lists longer than this are folded into a <details> block.
 MARKDOWN_COLLAPSE_AFTER = 10
 

@@ -246,3 +246,33 @@ def test_an_objects_url_is_its_bucket_and_key_percent_encoded(bucket: str, key: 
 
     place = Place("s3.cn-north-1.jdcloud-oss.com", bucket, "https://host")
     assert place.object_url(key) == f"https://host/{quote(bucket)}/{quote(key)}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://AKID:hunter2pass@127.0.0.1:99999",  # a bad port
+        "ftp://AKID:hunter2pass@127.0.0.1:9",  # another scheme
+        "http://AKID:hunter2pass@:9",  # no host
+        "http://AKID:hunter2pass@127.0.0.1:9/path",
+        "http://AKID:hunter2pass@127.0.0.1:9 ",
+        "http://:hunter2pass@127.0.0.1:9",
+    ],
+)
+def test_a_storage_endpoint_with_a_password_is_refused_without_repeating_it(url: str) -> None:
+    from reconciler.bucket import check_storage_endpoint
+
+    with pytest.raises(ValueError) as refused:
+        check_storage_endpoint(url)
+    assert "hunter2pass" not in str(refused.value) and "AKID" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://exa mple.com", "http://127.0.0.1:9\r\nX-Injected: 1", "http://127.0.0.1\t:9"]
+)
+def test_a_storage_endpoint_with_whitespace_or_controls_is_refused(url: str) -> None:
+    from reconciler.bucket import check_storage_endpoint
+
+    with pytest.raises(ValueError, match="whitespace or control characters") as refused:
+        check_storage_endpoint(url)
+    assert "\r" not in str(refused.value) and "\n" not in str(refused.value)

@@ -304,6 +304,18 @@ def test_state_list_and_show_escape_control_characters(hand_edited: tuple[Path, 
     assert len(rows) == 1 and "clips/x\\ny.yaml" in rows[0], "a line break split the row"
 
 
+def test_state_show_prints_the_request_as_indented_json(hand_edited: tuple[Path, str]) -> None:
+    # Escaping the values must not escape the JSON's own line breaks: the request stays one
+    # member per line, and reads back as the request.
+    folder, key = hand_edited
+    shown = run(folder, "state", "show", key[:12])
+    assert shown.returncode == 0, shown.stderr
+    block = shown.stdout.split("request:\n", 1)[1]
+    assert len(block.splitlines()) > 10, block
+    state = json.loads((folder / "reconciler-state.json").read_text(encoding="utf-8"))
+    assert json.loads(block) == state["tasks"][key]["request"]
+
+
 @pytest.mark.parametrize(
     ("request_id", "shown"),
     [

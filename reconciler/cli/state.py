@@ -329,7 +329,9 @@ def state_show(
     for line in _recording_lines(current, entry, timezone):
         typer.echo(line)
     typer.echo("request:")
-    typer.echo(visible(json.dumps(entry.request, indent=2, ensure_ascii=False, sort_keys=True)))
+    text = json.dumps(entry.request, indent=2, ensure_ascii=False, sort_keys=True)
+    # Line by line: the values' controls escaped, the JSON's own line breaks kept.
+    typer.echo("\n".join(visible(line) for line in text.split("\n")))
 
 
 def _recording_lines(current: State, entry: Any, timezone: Any) -> list[str]:

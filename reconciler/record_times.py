@@ -13,6 +13,7 @@ __all__ = [
     "FIRST_TIME",
     "LAST_TIME",
     "RECORD_TIME",
+    "UTC_TIME",
     "parse_record_time",
     "record_time_problem",
     "utc_record_time",
@@ -24,6 +25,8 @@ RECORD_TIME = re.compile(
     r"(?:Z|([+-])([0-9]{2}):([0-9]{2}))",
     re.ASCII,
 )
+#: A time as canonical requests and states carry it: UTC, to the second, `Z`, ASCII digits.
+UTC_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 # The first and last times a request can carry (a datetime holds years 1 to 9999).
 FIRST_TIME = datetime.min.replace(tzinfo=UTC)
 LAST_TIME = datetime.max.replace(microsecond=0, tzinfo=UTC)

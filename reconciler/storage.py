@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
+from reconciler.record_times import UTC_TIME
+
 DEFAULT_SAVE_OBJECT = (
     "record/{Date}/{ServerId}/{AppName}/{StreamName}/{StartTime}_{EndTime}.{format}"
 )
 #: The zones the service may write times in: UTC, and UTC+8 (China Standard Time).
 SERVICE_ZONES: tuple[tzinfo, ...] = (UTC, timezone(timedelta(hours=8)))
-_CANONICAL_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SERVER_ID = "{ServerId}"
 _PLACEHOLDER = re.compile(r"\{(AppName|StreamName|format|Date|StartTime|EndTime|ServerId)\}")
 
@@ -51,7 +52,7 @@ def service_times(moment: str) -> tuple[tuple[str, str], ...]:
     parsed = datetime.fromisoformat(moment)
     if parsed.utcoffset() != timedelta(0):
         raise ValueError(f"{moment!r} is not a UTC time")
-    if parsed.hour < 16 and _CANONICAL_TIME.fullmatch(moment):
+    if parsed.hour < 16 and UTC_TIME.fullmatch(moment):
         # The canonical form, and UTC+8 still on the same day: the digits are the text's own
         # (this runs for every task verify looks for).
         day = moment[0:4] + moment[5:7] + moment[8:10]

@@ -17,7 +17,6 @@ beside it and wins (see model.summarise_recording).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from enum import StrEnum
 from json.encoder import encode_basestring as _json_string
 from typing import TYPE_CHECKING, Any, TextIO, TypeGuard
 
-from reconciler.record_times import parse_record_time
+from reconciler.record_times import UTC_TIME, parse_record_time
 from reconciler.state.model import (
     MISSING,
     SUCCESS,
@@ -185,7 +184,6 @@ def due_targets(
 
 
 _REQUEST_TEXTS = ("publishDomain", "appName", "streamName", "saveBucket", "saveEndpoint")
-_UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
 def request_problem(request: Mapping[str, Any]) -> str | None:
@@ -211,7 +209,7 @@ def request_problem(request: Mapping[str, Any]) -> str | None:
     for index, segment in enumerate(times):
         for name in ("startTime", "endTime"):
             value = segment.get(name) if _is_object(segment) else None
-            if not isinstance(value, str) or not _UTC_TIME.fullmatch(value):
+            if not isinstance(value, str) or not UTC_TIME.fullmatch(value):
                 return (
                     f"body.recordTimes[{index}].{name} must be a UTC time like 2026-05-01T00:00:00Z"
                 )

@@ -85,6 +85,17 @@ HOSTILE: dict[str, tuple[Callable[[], Any], str]] = {
         ),
         "body.recordTimes[0].startTime must be a UTC time",
     ),
+    "startTime in other digits": (  # \\d would take them; the clock cannot read them
+        lambda: with_body(
+            recordTimes=[
+                {
+                    "startTime": "\u0662\u0660\u0662\u0665-05-01T00:00:00Z",
+                    "endTime": "2025-05-01T00:10:00Z",
+                }
+            ]
+        ),
+        "body.recordTimes[0].startTime must be a UTC time",
+    ),
     "a segment a string": (
         lambda: with_body(recordTimes=["2025-05-01T00:00:00Z"]),
         "body.recordTimes[0].startTime must be a UTC time",

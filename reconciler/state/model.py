@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from reconciler.identity import request_hash
+from reconciler.record_times import UTC_TIME
 
 STATE_VERSION = 2
 # Every version this reconciler reads: 1 (before recording evidence) is read as it is and
@@ -29,7 +30,6 @@ GENERATED_ID_DIGITS = 32
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]+")
-_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _REQUIRED_FIELDS = frozenset({"name", "request", "source", "status", "updatedAt"})
 _ALLOWED_FIELDS = _REQUIRED_FIELDS | {"requestId", "submittedAt", "taskExternalId"}
 
@@ -183,7 +183,7 @@ class StateEntry:
 
 
 def _is_timestamp(value: object) -> bool:
-    return isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None
+    return isinstance(value, str) and UTC_TIME.fullmatch(value) is not None
 
 
 def _entry_problem(fields: Mapping[str, object]) -> str:

@@ -47,7 +47,17 @@ from reconciler.storage import (
     save_template,
     task_formats,
 )
-from reconciler.text import json_value, visible
+from reconciler.text import (
+    FORMAT_VERSION,
+    MARKDOWN_COLLAPSE_AFTER,
+    UnusualJson,
+    github_annotation,
+    json_text,
+    json_value,
+    md_text,
+    plural,
+    visible,
+)
 
 if TYPE_CHECKING:
     from reconciler.bucket import BucketReader, Place
@@ -472,8 +482,6 @@ def check_line(check: TaskCheck, zone: tzinfo = UTC) -> str:
 
 
 def verify_summary(result: VerifyResult) -> str:
-    from reconciler.text import plural
-
     found, settled = result.of(CheckResult.FOUND), result.of(CheckResult.SETTLED)
     missing, unreadable = result.of(CheckResult.MISSING), result.of(CheckResult.UNREADABLE)
     parts = [f"{len(found) + len(settled)} found"]
@@ -537,10 +545,8 @@ def verify_json(result: VerifyResult, *, state_path: str) -> dict[str, Any]:
 
 def verify_json_text(result: VerifyResult, *, state_path: str) -> str:
     """`json_text(verify_json(result))`, with the tasks (nearly all of it: 3,000 tasks are
-    2.4 MB) written straight from the checks instead of through dicts; tests/test_verify.py
+    2.4 MB) written straight from the checks instead of through dicts; tests/test_verify_json.py
     holds the two to the same text for any result."""
-    from reconciler.text import UnusualJson, json_text
-
     head = json_text({**_document_head(result, state_path), "tasks": []})
     if not result.checks:
         return head
@@ -553,8 +559,6 @@ def verify_json_text(result: VerifyResult, *, state_path: str) -> str:
 
 
 def _document_head(result: VerifyResult, state_path: str) -> dict[str, Any]:
-    from reconciler.text import FORMAT_VERSION
-
     failed = {failure.place: failure.message for failure in result.failures}
     buckets = []
     seen = dict.fromkeys([check.place for check in result.checks])
@@ -683,8 +687,6 @@ def _check_text(check: TaskCheck) -> str:
 
 def verify_github(result: VerifyResult, out: TextIO, *, zone: tzinfo = UTC) -> None:
     """An error per missing task at its manifest's line, one per unreadable bucket."""
-    from reconciler.text import github_annotation
-
     for failure in result.failures:
         out.write(
             github_annotation(
@@ -714,8 +716,6 @@ def verify_github(result: VerifyResult, out: TextIO, *, zone: tzinfo = UTC) -> N
 
 def verify_markdown(result: VerifyResult, out: TextIO, *, zone: tzinfo = UTC) -> None:
     """For a job summary: what is missing (everything a person needs to look), then the rest."""
-    from reconciler.text import MARKDOWN_COLLAPSE_AFTER, md_text
-
     lines = ["### reconciler verify", "", f"**{md_text(verify_summary(result))}**", ""]
     for failure in result.failures:
         lines.append(

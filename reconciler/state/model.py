@@ -259,12 +259,11 @@ class Recording:
             if source.__class__ is not EvidenceSource:
                 object.__setattr__(self, "source", _SOURCES[str(source)])
             return
+        # One of the tests above failed: find which, and say so.
         if not (isinstance(self.evidence, str) and _HASH.fullmatch(self.evidence)):
             raise ValueError(f"evidence must be a sha256 (64 hex digits), not {self.evidence!r}")
         if not isinstance(source, str) or source not in _SOURCES:
             raise ValueError(f"unknown evidence source {source!r} (known: {', '.join(_SOURCES)})")
-        if source.__class__ is not EvidenceSource:
-            object.__setattr__(self, "source", _SOURCES[str(source)])
         for name in ("format", "status"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, not {getattr(self, name)!r}")

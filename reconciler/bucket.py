@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from reconciler.storage import ListedObject
-from reconciler.text import visible, without_user_info
+from reconciler.text import has_space_or_control, visible, without_user_info
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -45,8 +45,9 @@ def check_storage_endpoint(url: str) -> str:
     """`url` if it is an http(s) endpoint with no path, query or credentials; else ValueError,
     whose text never repeats a user name or password the URL carries."""
     shown = repr(visible(without_user_info(url)))
-    if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+    if has_space_or_control(url):
         raise ValueError(f"{shown} must not contain whitespace or control characters")
+    # Before anything that parses it: what urlsplit reads as user info is before an `@` here.
     if "@" in url.partition("://")[2].partition("/")[0]:
         raise ValueError("the URL must not carry credentials (they come from JDCLOUD_*)")
     try:
@@ -56,8 +57,6 @@ def check_storage_endpoint(url: str) -> str:
         raise ValueError(f"{shown} is not a URL (expected http(s)://host[:port])") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{shown} is not an http(s) URL (expected http(s)://host[:port])")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("the URL must not carry credentials (they come from JDCLOUD_*)")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(
             f"{shown} has a path, query or fragment; an S3 endpoint is http(s)://host[:port]"

@@ -31,7 +31,7 @@ from urllib3.util.retry import Retry
 
 from reconciler import __version__
 from reconciler.signing import SECURITY_TOKEN_HEADER, Credentials, sign_request
-from reconciler.text import without_user_info
+from reconciler.text import has_space_or_control, without_user_info
 
 DEFAULT_ENDPOINT = "https://live.jdcloud-api.com"
 USER_AGENT = f"reconciler/{__version__}"
@@ -838,12 +838,13 @@ def check_endpoint(endpoint: str) -> str:
     wrong (a password in the URL is never repeated)."""
     if not endpoint:
         raise ValueError("the endpoint is empty; give an http:// or https:// URL")
-    shown = repr(without_user_info(endpoint))
-    if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in endpoint):
+    masked = without_user_info(endpoint)
+    shown = repr(masked)
+    if has_space_or_control(endpoint):
         raise ValueError(f"the endpoint {shown} must not contain whitespace or control characters")
     if "://" not in endpoint:
         raise ValueError(
-            f"the endpoint {shown} has no scheme; write http://{endpoint} or https://{endpoint}"
+            f"the endpoint {shown} has no scheme; write http://{masked} or https://{masked}"
         )
     try:
         parts = urlsplit(endpoint)

@@ -100,14 +100,23 @@ def github_annotation(
     return f"::{level}{joined}::{_gh_data(message)}"
 
 
+def has_space_or_control(text: str) -> bool:
+    """Whether `text` holds whitespace, a C0 control or DEL: nothing an endpoint URL may hold
+    (a line break in one could add a header to a request, or a line to a log)."""
+    return any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in text)
+
+
 def without_user_info(url: str) -> str:
-    """`url` with any user name and password in it written as `***`: a URL given by mistake
-    with credentials in it is shown in messages without them."""
+    """`url` with all it holds before its last `@` written as `***` (a scheme's `://` kept): a
+    URL given by mistake with a user name and password is shown in messages without them,
+    however malformed (no scheme, `http:/user:pw@host`). An `@` in a path hides more than
+    the user info; never less."""
+    if "@" not in url:
+        return url
     scheme, separator, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    if separator and "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return f"{scheme}{separator}{authority}{slash}{path}"
+    if not separator:
+        scheme, rest = "", url
+    return f"{scheme}{separator}***@{rest.rpartition('@')[2]}"
 
 
 #: Markdown lists longer than this are folded into a <details> block.

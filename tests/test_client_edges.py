@@ -326,6 +326,10 @@ def test_check_endpoint_accepts_http_urls_with_a_host(endpoint: str, expected: s
         ("https://h?x=1", ["query"]),
         ("https://h#top", ["fragment"]),
         ("https://user:hunter2@h", ["user"]),
+        # No `://`: still never echoed, the suggestion included.
+        ("user:hunter2@h", ["no scheme", "http://***@h"]),
+        ("//user:hunter2@h:9", ["no scheme"]),
+        ("http:/user:hunter2@h", ["no scheme"]),
         ("https://h:99999", ["port"]),
         ("https://h:abc", ["port"]),
         ("https://h ost", ["whitespace"]),

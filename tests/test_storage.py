@@ -257,6 +257,10 @@ def test_an_objects_url_is_its_bucket_and_key_percent_encoded(bucket: str, key: 
         "http://AKID:hunter2pass@127.0.0.1:9/path",
         "http://AKID:hunter2pass@127.0.0.1:9 ",
         "http://:hunter2pass@127.0.0.1:9",
+        "//AKID:hunter2pass@127.0.0.1:9",  # no scheme
+        "AKID:hunter2pass@127.0.0.1:9",
+        "http:/AKID:hunter2pass@127.0.0.1:9",
+        "http:AKID:hunter2pass@127.0.0.1",
     ],
 )
 def test_a_storage_endpoint_with_a_password_is_refused_without_repeating_it(url: str) -> None:

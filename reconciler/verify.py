@@ -219,11 +219,22 @@ def request_problem(request: Mapping[str, Any]) -> str | None:
     for index, segment in enumerate(times):
         for name in ("startTime", "endTime"):
             value = segment.get(name) if _is_object(segment) else None
-            if not isinstance(value, str) or not UTC_TIME.fullmatch(value):
+            if not _is_utc_time(value):
                 return (
                     f"body.recordTimes[{index}].{name} must be a UTC time like 2026-05-01T00:00:00Z"
                 )
     return None
+
+
+def _is_utc_time(text: object) -> bool:
+    """Whether `text` is a real time in the canonical form (such times compare as text)."""
+    if not isinstance(text, str) or not UTC_TIME.fullmatch(text):
+        return False
+    try:
+        datetime.fromisoformat(text)  # the calendar: no 30 February, no hour 24
+    except ValueError:
+        return False
+    return True
 
 
 def _is_object(value: object) -> TypeGuard[Mapping[str, Any]]:

@@ -96,6 +96,24 @@ HOSTILE: dict[str, tuple[Callable[[], Any], str]] = {
         ),
         "body.recordTimes[0].startTime must be a UTC time",
     ),
+    "startTime no calendar day": (  # the pattern holds; the calendar does not
+        lambda: with_body(
+            recordTimes=[{"startTime": "2025-02-30T00:00:00Z", "endTime": "2025-05-01T00:10:00Z"}]
+        ),
+        "body.recordTimes[0].startTime must be a UTC time",
+    ),
+    "endTime in month 13": (
+        lambda: with_body(
+            recordTimes=[{"startTime": "2025-05-01T00:00:00Z", "endTime": "2025-13-01T00:10:00Z"}]
+        ),
+        "body.recordTimes[0].endTime must be a UTC time",
+    ),
+    "endTime at hour 24": (
+        lambda: with_body(
+            recordTimes=[{"startTime": "2025-05-01T00:00:00Z", "endTime": "2025-05-01T24:00:00Z"}]
+        ),
+        "body.recordTimes[0].endTime must be a UTC time",
+    ),
     "a segment a string": (
         lambda: with_body(recordTimes=["2025-05-01T00:00:00Z"]),
         "body.recordTimes[0].startTime must be a UTC time",

@@ -44,20 +44,30 @@ def listing_prefix(template: str) -> str:
     return template if found is None else template[: found.start()]
 
 
+# UTC+8's hour for each UTC hour before 16, when both zones are on the same day.
+_EAST_HOURS = {f"{hour:02d}": f"{hour + 8:02d}" for hour in range(16)}
+_EAST_OFFSET = timedelta(hours=8)
+
+
 @functools.lru_cache(maxsize=4096)
 def service_times(moment: str) -> tuple[tuple[str, str], ...]:
     """(`yyyyMMdd`, `yyyyMMddHHmmss`) of the request time `moment` (UTC,
     `YYYY-MM-DDTHH:MM:SSZ`, as a canonical request carries it) in each zone the service may
     write; ValueError for text that is no such time."""
-    parsed = datetime.fromisoformat(moment)
+    parsed = datetime.fromisoformat(moment)  # ValueError for a day or hour the calendar lacks
+    if UTC_TIME.fullmatch(moment):
+        # The canonical form (UTC: its `Z`): the digits are the text's own, and UTC+8's too
+        # while it is the same day there; else those of the ISO text 8 hours on (this runs
+        # for every task verify looks for: no clock arithmetic per zone).
+        day, clock = moment[0:4] + moment[5:7] + moment[8:10], moment[14:16] + moment[17:19]
+        east_hour = _EAST_HOURS.get(moment[11:13])
+        if east_hour is not None:
+            return ((day, day + moment[11:13] + clock), (day, day + east_hour + clock))
+        east = (parsed + _EAST_OFFSET).isoformat()
+        east_day = east[0:4] + east[5:7] + east[8:10]
+        return ((day, day + moment[11:13] + clock), (east_day, east_day + east[11:13] + clock))
     if parsed.utcoffset() != timedelta(0):
         raise ValueError(f"{moment!r} is not a UTC time")
-    if parsed.hour < 16 and UTC_TIME.fullmatch(moment):
-        # The canonical form, and UTC+8 still on the same day: the digits are the text's own
-        # (this runs for every task verify looks for).
-        day = moment[0:4] + moment[5:7] + moment[8:10]
-        clock = moment[14:16] + moment[17:19]
-        return ((day, day + moment[11:13] + clock), (day, f"{day}{parsed.hour + 8:02d}{clock}"))
     written = []
     for zone in SERVICE_ZONES:
         local = parsed.astimezone(zone)
@@ -68,9 +78,9 @@ def service_times(moment: str) -> tuple[tuple[str, str], ...]:
 
 @functools.lru_cache(maxsize=256)
 def _writers(template: str, fmt: str) -> str:
-    """The template for one format as a `str.format_map` text: {format} written out, every
-    other placeholder a field ({ServerId} kept as its own text), literal braces doubled. Built
-    once per template and format: a task only fills in its values."""
+    """The template for one format as a `str.format` text: {format} written out, every other
+    placeholder a positional field (see _FIELDS; {ServerId} kept as its own text), literal
+    braces doubled. Built once per template and format: a task only fills in its values."""
     pieces: list[str] = []
     at = 0
     for found in _PLACEHOLDER.finditer(template):
@@ -81,10 +91,14 @@ def _writers(template: str, fmt: str) -> str:
         elif name == "format":
             pieces.append(_literal(fmt))
         else:
-            pieces.append("{" + name + "}")
+            pieces.append("{" + str(_FIELDS.index(name)) + "}")
         at = found.end()
     pieces.append(_literal(template[at:]))
     return "".join(pieces)
+
+
+# The order key_pattern passes each task's values to a writer in.
+_FIELDS = ("AppName", "StreamName", "Date", "StartTime", "EndTime")
 
 
 def _literal(text: str) -> str:
@@ -179,15 +193,8 @@ def key_pattern(request: Mapping[str, Any]) -> KeyPattern:
     shaped: list[tuple[tuple[str, ...], str, str | None]] = []
     seen: set[tuple[str, str]] = set()
     for (date, start_text), (_, end_text) in zip(starts, ends, strict=True):
-        values = {
-            "AppName": app,
-            "StreamName": stream,
-            "Date": date,
-            "StartTime": start_text,
-            "EndTime": end_text,
-        }
         for fmt, writer in writers:
-            written = writer.format_map(values)
+            written = writer.format(app, stream, date, start_text, end_text)  # _FIELDS' order
             if with_format:
                 candidates: tuple[str, ...] = (written,)
             # Without {format}: the key itself stands for the task's only format, or for the

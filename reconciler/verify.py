@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from enum import StrEnum
 from json.encoder import encode_basestring as _json_string
 from typing import TYPE_CHECKING, Any, TextIO, TypeGuard
 
-from reconciler.record_times import UTC_TIME, parse_record_time
+from reconciler.record_times import UTC_TIME
 from reconciler.state.model import (
     MISSING,
     SUCCESS,
@@ -39,12 +39,11 @@ from reconciler.state.model import (
     utc_timestamp,
 )
 from reconciler.storage import (
+    KeyPattern,
     ListedObject,
     Listing,
     key_pattern,
-    listing_prefix,
     match_listing,
-    save_template,
     task_formats,
 )
 from reconciler.text import (
@@ -159,9 +158,10 @@ class VerifyResult:
         return 1 if self.failures or self.of(CheckResult.MISSING) else 0
 
 
-def last_end(entry: StateEntry) -> datetime | None:
-    times = entry.request.get("body", {}).get("recordTimes") or []
-    return parse_record_time(times[-1]["endTime"]) if times else None
+def last_end(entry: StateEntry) -> str:
+    """The task's last endTime, as its request writes it (a canonical UTC time, which
+    request_problem has checked: such times compare as text, earlier is smaller)."""
+    return str(entry.request["body"]["recordTimes"][-1]["endTime"])
 
 
 def found_in_storage(entry: StateEntry, recordings: Sequence[Recording]) -> bool:
@@ -173,24 +173,6 @@ def found_in_storage(entry: StateEntry, recordings: Sequence[Recording]) -> bool
         if r.source is EvidenceSource.STORAGE and r.status == SUCCESS
     }
     return bool(asked) and seen >= asked
-
-
-def due_targets(
-    targets: Iterable[Target], state: State, now: datetime, grace_seconds: int
-) -> tuple[list[Target], int, int]:
-    """(the targets to look for, how many are not due yet, how many were found before)."""
-    due: list[Target] = []
-    not_due = already = 0
-    deadline = now - timedelta(seconds=grace_seconds)
-    for target in targets:
-        end = last_end(target.entry)
-        if end is None or end > deadline:
-            not_due += 1
-        elif found_in_storage(target.entry, state.recordings_of(target.entry.hash)):
-            already += 1
-        else:
-            due.append(target)
-    return due, not_due, already
 
 
 _REQUEST_TEXTS = ("publishDomain", "appName", "streamName", "saveBucket", "saveEndpoint")
@@ -279,22 +261,15 @@ def run_verify(
             pool_size=options.concurrency,
         )
     checked_at = utc_timestamp(now)
-    due, not_due, already = due_targets(targets, state, now, options.grace_seconds)
+    deadline = utc_timestamp(now - timedelta(seconds=options.grace_seconds))
+    due: list[Target] = []
+    not_due = already = 0
     places: dict[str, Place] = {}
-    prefixes: dict[str, str] = {}
     buckets: dict[tuple[str, str], Place] = {}  # one Place per bucket, shared by its tasks
-    for target in due:
-        body = target.entry.request["body"]
-        named = (str(body["saveEndpoint"]), str(body["saveBucket"]))
-        place = buckets.get(named)
-        if place is None:
-            place = buckets[named] = reader.place(*named)
-        places[target.entry.hash] = place
-        prefixes[target.entry.hash] = listing_prefix(save_template(body))
-    failed: dict[Place, str] = {}
-    found: dict[str, dict[str, FileCheck]] = {target.entry.hash: {} for target in due}
-    heads = _head_jobs(due, state, places)
-    by_head = {(hash, fmt) for hash, fmt, _ in heads}
+    patterns: dict[str, KeyPattern] = {}
+    found: dict[str, dict[str, FileCheck]] = {}
+    failed: dict[Place, str] = {}  # the first error per place: HEADs', then listings' as sent
+    unreadable: set[Place] = set()  # the places an error has been seen for so far
 
     def head(job: tuple[str, str, str]) -> tuple[str, str, ListedObject | str | None]:
         hash, fmt, key = job
@@ -310,74 +285,117 @@ def run_verify(
         except BucketError as error:
             return str(error)
 
-    groups: dict[tuple[Place, str], list[str]] = {}
+    groups: dict[tuple[Place, str], dict[str, None]] = {}  # the tasks each listing is for
     listings: dict[tuple[Place, str], Future[list[ListedObject] | str]] = {}
+
+    def list_for(hash: str) -> None:
+        group = (places[hash], patterns[hash].prefix)
+        groups.setdefault(group, {})[hash] = None
+        if group not in listings:
+            listings[group] = pool.submit(listing, group)
+
+    concluded: dict[str, tuple[TaskCheck, list[Recording]]] = {}
+
+    def conclude(target: Target) -> None:
+        hash = target.entry.hash
+        place, pattern = places[hash], patterns[hash]
+        seen = found[hash]
+        files = tuple(seen[fmt] if fmt in seen else FileCheck(fmt) for fmt in pattern.formats)
+        check = _task_check(target, place, pattern.prefix, files, place not in unreadable)
+        if check.result is CheckResult.UNREADABLE:
+            concluded[hash] = check, []
+        else:
+            concluded[hash] = check, [_recording(place, hash, file, checked_at) for file in files]
+
+    heads: list[Future[tuple[str, str, ListedObject | str | None]]] = []
+    headed: list[str] = []  # the tasks a callback named a file of
     with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="verify") as pool:
-        # The HEADs of the callbacks' downloadUrls, and one listing per distinct (endpoint,
-        # bucket, prefix) for every task with a format no callback named, all at once; the
-        # key patterns are worked out while they are in flight.
-        head_results = [pool.submit(head, job) for job in heads]
-        for target in due:
-            hash = target.entry.hash
-            asked = asked_formats(target.entry.request)
-            if any((hash, fmt) not in by_head for fmt in asked):
-                group = (places[hash], prefixes[hash])
-                groups.setdefault(group, []).append(hash)
-                if group not in listings:
-                    listings[group] = pool.submit(listing, group)
-        patterns = {target.entry.hash: key_pattern(target.entry.request) for target in due}
-        for answered in head_results:
+        # One pass over the tasks sends, as soon as a task shows the need, the HEADs of the
+        # callbacks' downloadUrls and one listing per distinct (endpoint, bucket, prefix) for
+        # every task with a format no callback named; the rest of the pass (the key patterns
+        # included) and each task's conclusion are worked out while they are in flight.
+        for target in targets:
+            entry = target.entry
+            if last_end(entry) > deadline:
+                not_due += 1
+                continue
+            hash = entry.hash
+            held = state.recordings_of(hash)
+            if held and found_in_storage(entry, held):
+                already += 1
+                continue
+            due.append(target)
+            body = entry.request["body"]
+            named = (str(body["saveEndpoint"]), str(body["saveBucket"]))
+            place = buckets.get(named)
+            if place is None:
+                place = buckets[named] = reader.place(*named)
+            places[hash] = place
+            pattern = patterns[hash] = key_pattern(entry.request)
+            found[hash] = {}
+            keys = _downloaded_keys(held, pattern.formats, place.bucket) if held else {}
+            if keys:
+                headed.append(hash)
+                heads.extend(pool.submit(head, (hash, fmt, key)) for fmt, key in keys.items())
+            if len(keys) < len(pattern.formats):
+                list_for(hash)
+        for answered in heads:
             hash, fmt, outcome = answered.result()
             place = places[hash]
             if isinstance(outcome, str):
                 failed.setdefault(place, outcome)
+                unreadable.add(place)
             elif outcome is not None:
                 found[hash][fmt] = FileCheck(
                     fmt, outcome.key, outcome.size, place.object_url(outcome.key), Via.HEAD
                 )
         # A downloadUrl with no object there (404): the prefix is listed for that task too.
+        for hash in headed:
+            if places[hash] not in unreadable and len(found[hash]) < len(patterns[hash].formats):
+                list_for(hash)
+        # Each task is concluded as soon as what it waits for is in: the tasks no listing is
+        # for at once, the others as their listing comes; a bucket found unreadable later
+        # turns its tasks' conclusions into `unreadable` below.
+        waiting = {hash for hashes in groups.values() for hash in hashes}
+        by_hash = {target.entry.hash: target for target in due}
         for target in due:
-            hash = target.entry.hash
-            group = (places[hash], prefixes[hash])
-            if places[hash] in failed or set(found[hash]) >= set(patterns[hash].formats):
-                continue
-            if hash not in groups.get(group, ()):
-                groups.setdefault(group, []).append(hash)
-            if group not in listings:
-                listings[group] = pool.submit(listing, group)
-        for group, pending in listings.items():
-            place = group[0]
-            listed = pending.result()
+            if target.entry.hash not in waiting:
+                conclude(target)
+        sent = {future: group for group, future in listings.items()}
+        errors: dict[tuple[Place, str], str] = {}
+        for done in as_completed(sent):
+            group = sent[done]
+            place, listed = group[0], done.result()
             if isinstance(listed, str):
-                failed.setdefault(place, listed)
-                continue
-            wanted = {hash: patterns[hash] for hash in groups[group]}
-            for hash, objects in match_listing(wanted, Listing(listed)).items():
-                for fmt, item in objects.items():
-                    found[hash].setdefault(
-                        fmt,
-                        FileCheck(
-                            fmt, item.key, item.size, place.object_url(item.key), Via.LISTING
-                        ),
-                    )
+                errors[group] = listed
+                unreadable.add(place)
+            else:
+                wanted = {hash: patterns[hash] for hash in groups[group]}
+                for hash, objects in match_listing(wanted, Listing(listed)).items():
+                    for fmt, item in objects.items():
+                        found[hash].setdefault(
+                            fmt,
+                            FileCheck(
+                                fmt, item.key, item.size, place.object_url(item.key), Via.LISTING
+                            ),
+                        )
+            for hash in groups[group]:
+                conclude(by_hash[hash])
+    for group in listings:  # the order they were sent in: the same error named every run
+        if group in errors:
+            failed.setdefault(group[0], errors[group])
 
     checks: list[TaskCheck] = []
     recordings: list[tuple[str, Recording]] = []
     for target in due:
         hash = target.entry.hash
-        place, pattern = places[hash], patterns[hash]
-        seen = found[hash]
-        files = tuple(seen[fmt] if fmt in seen else FileCheck(fmt) for fmt in pattern.formats)
-        if place in failed:
-            result = CheckResult.UNREADABLE
-        elif all(file.found for file in files):
-            was_pending = target.entry.status is TaskStatus.PENDING
-            result = CheckResult.SETTLED if was_pending else CheckResult.FOUND
-        else:
-            result = CheckResult.MISSING
-        checks.append(TaskCheck(target, place, pattern.prefix, result, files))
-        if result is not CheckResult.UNREADABLE:
-            recordings.extend((hash, _recording(place, hash, file, checked_at)) for file in files)
+        check, found_recordings = concluded[hash]
+        if check.place in failed and check.result is not CheckResult.UNREADABLE:
+            check = replace(check, result=CheckResult.UNREADABLE)
+            found_recordings = []
+        checks.append(check)
+        recordings.extend((hash, recording) for recording in found_recordings)
+
     recorded = store.record_evidence(recordings) if store is not None and recordings else 0
     failures = tuple(
         BucketFailure(place, message, sum(1 for c in checks if c.place == place))
@@ -400,35 +418,44 @@ def run_verify(
     )
 
 
+def _task_check(
+    target: Target, place: Place, prefix: str, files: tuple[FileCheck, ...], readable: bool
+) -> TaskCheck:
+    if not readable:
+        result = CheckResult.UNREADABLE
+    elif all(file.found for file in files):
+        was_pending = target.entry.status is TaskStatus.PENDING
+        result = CheckResult.SETTLED if was_pending else CheckResult.FOUND
+    else:
+        result = CheckResult.MISSING
+    return TaskCheck(target, place, prefix, result, files)
+
+
 def _check_order(check: TaskCheck) -> tuple[str, str, str]:
     return (check.target.source, check.entry.name, check.entry.hash)
 
 
-def _head_jobs(
-    due: Sequence[Target], state: State, places: Mapping[str, Place]
-) -> list[tuple[str, str, str]]:
+def _downloaded_keys(
+    recordings: Sequence[Recording], asked: Sequence[str], bucket: str
+) -> dict[str, str]:
+    """The key in `bucket` a successful callback named for each format asked (the first)."""
     from reconciler.storage import object_key_from_url
 
-    jobs: list[tuple[str, str, str]] = []
-    for target in due:
-        hash = target.entry.hash
-        asked = set(asked_formats(target.entry.request))
-        done: set[str] = set()
-        for recording in state.recordings_of(hash):
-            fmt = recording.format.lower()
-            if (
-                recording.source is not EvidenceSource.CALLBACK
-                or not recording.succeeded
-                or recording.download_url is None
-                or fmt not in asked
-                or fmt in done
-            ):
-                continue
-            key = object_key_from_url(recording.download_url, places[hash].bucket)
-            if key is not None:
-                jobs.append((hash, fmt, key))
-                done.add(fmt)
-    return jobs
+    keys: dict[str, str] = {}
+    for recording in recordings:
+        fmt = recording.format.lower()
+        if (
+            recording.source is not EvidenceSource.CALLBACK
+            or not recording.succeeded
+            or recording.download_url is None
+            or fmt not in asked
+            or fmt in keys
+        ):
+            continue
+        key = object_key_from_url(recording.download_url, bucket)
+        if key is not None:
+            keys[fmt] = key
+    return keys
 
 
 def _recording(place: Place, hash: str, file: FileCheck, checked_at: str) -> Recording:

@@ -254,6 +254,45 @@ def test_the_downloadurl_of_a_callback_is_asked_with_head(
     assert document["buckets"][0]["prefixes"] == []  # nothing listed
 
 
+def test_a_downloadurl_with_no_object_there_and_the_other_format_are_listed(
+    world: World, request: pytest.FixtureRequest
+) -> None:
+    # flv: the callback named a key that holds nothing (404), so its prefix is listed too and
+    # the file is found where the template says; mp4: no callback named it, found listed.
+    bucket = world.server.bucket(bucket_name(request))
+    task = world.task(
+        "moved",
+        bucket,
+        streamName="cam",
+        recordFileType="flv;mp4",
+        saveObject="clips/{StreamName}.{format}",
+    )
+    # Only flv, and the callback's key holds nothing: listed only because of the 404.
+    alone = world.task(
+        "moved-alone",
+        bucket,
+        streamName="solo",
+        recordFileType="flv",
+        saveObject="solo/{StreamName}.{format}",
+    )
+    world.server.put(bucket, ["clips/cam.flv", "clips/cam.mp4", "solo/solo.flv"])
+    for number, (moved, stream) in enumerate(((task, "cam"), (alone, "solo"))):
+        url = f"http://s3.cn-north-1.jcloudcs.com/{bucket}/gone/{stream}.flv"
+        callback = Recording(
+            f"{number}" * 64, EvidenceSource.CALLBACK, "flv", "success", STAMP, url
+        )
+        world.store.record_evidence([(moved.hash, callback)])
+    code, document, _ = world.verify()
+    assert code == 0, document
+    tasks = by_name(document)
+    files = {file["format"]: file for file in tasks["moved"]["files"]}
+    assert (files["flv"]["key"], files["flv"]["via"]) == ("clips/cam.flv", "listing")
+    assert (files["mp4"]["key"], files["mp4"]["via"]) == ("clips/cam.mp4", "listing")
+    assert tasks["moved-alone"]["files"][0]["key"] == "solo/solo.flv"
+    assert document["buckets"][0]["prefixes"] == ["clips/", "solo/"]  # one listing each
+    assert document["summary"]["found"] == 2
+
+
 def test_templates_with_and_without_placeholders_and_format(
     world: World, request: pytest.FixtureRequest
 ) -> None:
@@ -396,6 +435,10 @@ def test_a_server_that_breaks_mid_listing(
     # More than one page, the task's own file on the first.
     world.server.put(bad, [f"record/20261121/n/live/bad/{CST}.mp4"])
     world.server.put(bad, [f"record/2027{n:04d}/n/x.mp4" for n in range(1100)])
+    # Another prefix of the same bucket, one page, read before the break: its file is found,
+    # and still nothing is concluded or recorded for it (the bucket was not read whole).
+    early = world.task("listed-first", bad, streamName="early", saveObject="q/{StreamName}.mp4")
+    world.server.put(bad, ["q/early.mp4"])
     proxy = BreakingProxy(world.server.port, bad, mode)
     try:
         code, document, _ = world.verify(endpoint=f"http://127.0.0.1:{proxy.port}")
@@ -404,11 +447,13 @@ def test_a_server_that_breaks_mid_listing(
     assert proxy.broken >= 1
     assert code == 1
     tasks = by_name(document)
-    assert (tasks["good"]["result"], tasks["behind-the-break"]["result"]) == (
-        "found",
-        "unreadable",
-    )
+    assert (
+        tasks["good"]["result"],
+        tasks["behind-the-break"]["result"],
+        tasks["listed-first"]["result"],
+    ) == ("found", "unreadable", "unreadable")
     failed = [b for b in document["buckets"] if not b["readable"]]
     assert [b["bucket"] for b in failed] == [bad]
     assert bad in failed[0]["error"]
     assert world.recordings(task) == ()  # nothing recorded for the bucket it could not read
+    assert world.recordings(early) == ()

@@ -301,7 +301,9 @@ def run_verify(
         place, pattern = places[hash], patterns[hash]
         seen = found[hash]
         files = tuple(seen[fmt] if fmt in seen else FileCheck(fmt) for fmt in pattern.formats)
-        check = _task_check(target, place, pattern.prefix, files, place not in unreadable)
+        # (`x in a_set` hashes x even when the set is empty: a Place's hash is not free.)
+        readable = not unreadable or place not in unreadable
+        check = _task_check(target, place, pattern.prefix, files, readable)
         if check.result is CheckResult.UNREADABLE:
             concluded[hash] = check, []
         else:
@@ -390,7 +392,7 @@ def run_verify(
     for target in due:
         hash = target.entry.hash
         check, found_recordings = concluded[hash]
-        if check.place in failed and check.result is not CheckResult.UNREADABLE:
+        if failed and check.place in failed and check.result is not CheckResult.UNREADABLE:
             check = replace(check, result=CheckResult.UNREADABLE)
             found_recordings = []
         checks.append(check)
@@ -685,11 +687,13 @@ _FOUND_TEXT = """{{
 
 
 def _check_text(check: TaskCheck) -> str:
+    # Enum members are written as the strings they are (`.value` is a slow property), and the
+    # request's times as the strings request_problem found them to be: this runs per task.
     entry, target, place = check.entry, check.target, check.place
-    times = entry.request.get("body", {}).get("recordTimes") or []
+    times = entry.request["body"]["recordTimes"]
     files = []
     for file in check.files:
-        if not file.found:
+        if file.key is None:
             files.append(
                 '{\n          "format": '
                 + _json_string(file.format)
@@ -700,7 +704,7 @@ def _check_text(check: TaskCheck) -> str:
         files.append(
             _FOUND_TEXT.format(
                 _json_string(file.format),
-                json_value(file.key),
+                _json_string(file.key),
                 json_value(file.url),
                 _json_string(str(file.via)),
                 size,
@@ -710,15 +714,15 @@ def _check_text(check: TaskCheck) -> str:
         _json_string(entry.hash),
         _json_string(entry.name),
         _json_string(target.source),
-        json_value(target.line),
-        _json_string(entry.status.value),
+        "null" if target.line is None else json_value(target.line),
+        _json_string(entry.status),
         _json_string(_stream(entry)),
-        json_value(times[0]["startTime"], "\n      "),
-        json_value(times[-1]["endTime"], "\n      "),
+        _json_string(times[0]["startTime"]),
+        _json_string(times[-1]["endTime"]),
         _json_string(place.endpoint),
         _json_string(place.bucket),
         _json_string(check.prefix),
-        _json_string(check.result.value),
+        _json_string(check.result),
         "[\n        " + ",\n        ".join(files) + "\n      ]" if files else "[]",
     )
 

@@ -1428,7 +1428,7 @@ def test_a_second_load_of_an_unchanged_state_parses_nothing_again(
     use_fixture(store, "v2.json")
     parses = count_snapshot_parses(store, monkeypatch)
     first = store.load()
-    assert store.load() == first and parses == [1]
+    assert store.load() is first and parses == [1]  # nothing new: the same (immutable) State
     with store.lock():
         store.append([make_entry(1)])
     assert store.load() == first.with_entries([make_entry(1)])

@@ -219,14 +219,6 @@ class StateStore:
                 raise StateError(f"{self.shown}: cannot read the state file: {error}") from error
             if not os.path.samestat(opened, current):
                 return None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise StateError(
-                f"{self.shown}: the state file is not UTF-8 ({error}); it was left untouched; "
-                "restore it (e.g. from Git) or repair it by hand"
-            ) from None
-        del data  # a large state is parsed from text alone: its bytes need not stay in memory
         end = _journal_valid_end(journal)
         cache = self._cache
         if (
@@ -237,9 +229,21 @@ class StateStore:
         ):
             # The same snapshot and the journal it was folded with, and perhaps more lines:
             # only those are read (a receiver appends one per callback; verify loads twice).
+            # With none, the State itself (immutable) is what was read.
+            if end == cache.consumed:
+                self._checked_snapshot = _identity(opened)
+                return cache.state
             first_line = journal.count(b"\n", 0, cache.consumed) + 1
             state = self._fold(_Snapshot.of(cache.state), journal[cache.consumed : end], first_line)
         else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise StateError(
+                    f"{self.shown}: the state file is not UTF-8 ({error}); it was left untouched; "
+                    "restore it (e.g. from Git) or repair it by hand"
+                ) from None
+            del data  # a large state is parsed from text alone: its bytes need not stay in memory
             state = self._fold(self._parse_snapshot(text), journal[:end])
         self._cache = _Cache(snapshot_key, end, hash(journal[:end]), state)
         self._checked_snapshot = _identity(opened)

@@ -60,12 +60,13 @@ def service_times(moment: str) -> tuple[tuple[str, str], ...]:
         # while it is the same day there; else those of the ISO text 8 hours on (this runs
         # for every task verify looks for: no clock arithmetic per zone).
         day, clock = moment[0:4] + moment[5:7] + moment[8:10], moment[14:16] + moment[17:19]
+        utc = (day, day + moment[11:13] + clock)
         east_hour = _EAST_HOURS.get(moment[11:13])
         if east_hour is not None:
-            return ((day, day + moment[11:13] + clock), (day, day + east_hour + clock))
+            return (utc, (day, day + east_hour + clock))
         east = (parsed + _EAST_OFFSET).isoformat()
         east_day = east[0:4] + east[5:7] + east[8:10]
-        return ((day, day + moment[11:13] + clock), (east_day, east_day + east[11:13] + clock))
+        return (utc, (east_day, east_day + east[11:13] + clock))
     if parsed.utcoffset() != timedelta(0):
         raise ValueError(f"{moment!r} is not a UTC time")
     written = []

@@ -285,12 +285,13 @@ def run_verify(
         except BucketError as error:
             return str(error)
 
-    groups: dict[tuple[Place, str], dict[str, None]] = {}  # the tasks each listing is for
+    groups: dict[tuple[Place, str], dict[str, Target]] = {}  # the tasks each listing is for
     listings: dict[tuple[Place, str], Future[list[ListedObject] | str]] = {}
 
-    def list_for(hash: str) -> None:
+    def list_for(target: Target) -> None:
+        hash = target.entry.hash
         group = (places[hash], patterns[hash].prefix)
-        groups.setdefault(group, {})[hash] = None
+        groups.setdefault(group, {})[hash] = target
         if group not in listings:
             listings[group] = pool.submit(listing, group)
 
@@ -310,7 +311,7 @@ def run_verify(
             concluded[hash] = check, [_recording(place, hash, file, checked_at) for file in files]
 
     heads: list[Future[tuple[str, str, ListedObject | str | None]]] = []
-    headed: list[str] = []  # the tasks a callback named a file of
+    headed: list[Target] = []  # the tasks a callback named a file of
     with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="verify") as pool:
         # One pass over the tasks sends, as soon as a task shows the need, the HEADs of the
         # callbacks' downloadUrls and one listing per distinct (endpoint, bucket, prefix) for
@@ -337,10 +338,10 @@ def run_verify(
             found[hash] = {}
             keys = _downloaded_keys(held, pattern.formats, place.bucket) if held else {}
             if keys:
-                headed.append(hash)
+                headed.append(target)
                 heads.extend(pool.submit(head, (hash, fmt, key)) for fmt, key in keys.items())
             if len(keys) < len(pattern.formats):
-                list_for(hash)
+                list_for(target)
         for answered in heads:
             hash, fmt, outcome = answered.result()
             place = places[hash]
@@ -352,14 +353,14 @@ def run_verify(
                     fmt, outcome.key, outcome.size, place.object_url(outcome.key), Via.HEAD
                 )
         # A downloadUrl with no object there (404): the prefix is listed for that task too.
-        for hash in headed:
+        for target in headed:
+            hash = target.entry.hash
             if places[hash] not in unreadable and len(found[hash]) < len(patterns[hash].formats):
-                list_for(hash)
+                list_for(target)
         # Each task is concluded as soon as what it waits for is in: the tasks no listing is
         # for at once, the others as their listing comes; a bucket found unreadable later
         # turns its tasks' conclusions into `unreadable` below.
-        waiting = {hash for hashes in groups.values() for hash in hashes}
-        by_hash = {target.entry.hash: target for target in due}
+        waiting = {hash for listed_for in groups.values() for hash in listed_for}
         for target in due:
             if target.entry.hash not in waiting:
                 conclude(target)
@@ -381,8 +382,8 @@ def run_verify(
                                 fmt, item.key, item.size, place.object_url(item.key), Via.LISTING
                             ),
                         )
-            for hash in groups[group]:
-                conclude(by_hash[hash])
+            for target in groups[group].values():
+                conclude(target)
     for group in listings:  # the order they were sent in: the same error named every run
         if group in errors:
             failed.setdefault(group[0], errors[group])
